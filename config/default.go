@@ -1,0 +1,65 @@
+package config
+
+// Default returns an annotated example configuration, for documentation and
+// --help. It parses and validates as it is.
+func Default() string { return defaultYAML }
+
+const defaultYAML = `# mirrorfs configuration, normally /etc/mirrorfs/mirrorfs.yaml.
+#
+# Keys are lower case; an unknown key is an error. All paths are absolute.
+# Every single-value key can be overridden by an environment variable named
+# MIRRORFS_ and the key path in upper case with _ for dots, for example
+# MIRRORFS_MOUNT, MIRRORFS_BATCH_DELAY, MIRRORFS_SSH_USER.
+
+# The web root that editors, deploy scripts and the web server use
+# (required). mirrorfs mounts itself here.
+mount: /var/www/html
+
+# Where the real bytes live. Omit it to mount over the existing directory
+# in place, keeping the bytes in the directory the mount covers.
+store: /var/lib/mirrorfs/store
+
+# The journal of every mutation (default /var/lib/mirrorfs/journal).
+# Must not lie inside mount or store.
+journal: /var/lib/mirrorfs/journal
+
+# Control socket for mirrorfs status and journal (default shown).
+control: /run/mirrorfs/mirrorfs.sock
+
+# gitignore-style patterns; matching paths are not replicated. A leading /
+# anchors a pattern at the root, a trailing / matches directories only.
+# Negation (!) is not supported.
+exclude:
+  - "*.swp"
+  - "*~"
+  - ".git/"
+
+batch:
+  delay: 10ms      # gather changes this long before shipping a batch
+  max_ops: 50000   # most journal operations in one batch
+  hold_open: 60s   # longest a file still open for writing is held back
+
+retry:             # capped exponential backoff, per worker
+  min: 100ms
+  max: 30s
+
+log:
+  level: info      # debug, info, warn or error
+
+ssh:
+  user: mirror                             # default user on the workers
+  identity: [/etc/mirrorfs/id_ed25519]     # private keys to offer
+  known_hosts: /etc/mirrorfs/known_hosts   # host keys are always verified
+  connect_timeout: 10s
+
+# The web servers to keep identical to the store. An empty list (or none)
+# is allowed: mirrorfs then only mounts and journals.
+workers:
+  - name: web-worker-01   # unique; letters, digits, '.', '_', '-'
+    host: 10.0.0.11       # host name or IP address (IPv6 without brackets)
+    port: 22              # default 22
+    root: /var/www/html   # path on the worker; default: same as mount
+  - name: web-worker-02
+    host: 10.0.0.12
+    user: deploy          # overrides ssh.user for this worker
+`

@@ -1,0 +1,103 @@
+// Package control is the daemon's local control socket: a small HTTP API
+// on a unix socket that `mirrorfs status` (and later the journal tools)
+// use to ask the running daemon, since Badger lets only one process open
+// the journal.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// WorkerStatus is one worker's replication state as shown by `status`.
+type WorkerStatus struct {
+	Name        string  `json:"name"`
+	Addr        string  `json:"addr"`
+	Connected   bool    `json:"connected"`
+	LastError   string  `json:"last_error"`
+	LastErrorAt string  `json:"last_error_at,omitempty"`
+	Pending     uint64  `json:"pending"`
+	LagSeconds  float64 `json:"lag_seconds"`
+	Applied     uint64  `json:"applied"`
+	InitialCopy bool    `json:"initial_copy"`
+	BytesSent   uint64  `json:"bytes_sent"`
+}
+
+// Status is the daemon's answer to GET /status.
+type Status struct {
+	Mount   string         `json:"mount"`
+	LastSeq uint64         `json:"last_seq"`
+	Workers []WorkerStatus `json:"workers"`
+}
+
+// ErrNoDaemon means nothing listens on the control socket.
+var ErrNoDaemon = errors.New("no mirrorfs daemon is listening")
+
+// Serve answers status requests on the unix socket at path until ctx is
+// done. A stale socket file from a crashed daemon is replaced; a socket a
+// live daemon answers on is not.
+func Serve(ctx context.Context, path string, status func() Status) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("control socket %s: another mirrorfs daemon is answering on it", path)
+	}
+	os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	// Status shows paths and errors only; still, keep it to root.
+	os.Chmod(path, 0o600)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(status())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	os.Remove(path)
+	return nil
+}
+
+// Fetch asks the daemon listening on path for its status.
+func Fetch(ctx context.Context, path string) (Status, error) {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://mirrorfs/status", nil)
+	if err != nil {
+		return Status{}, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return Status{}, fmt.Errorf("%w on %s: %v", ErrNoDaemon, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return Status{}, fmt.Errorf("control socket %s: %s", path, resp.Status)
+	}
+	var st Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return Status{}, fmt.Errorf("control socket %s: bad answer: %w", path, err)
+	}
+	return st, nil
+}

@@ -1,0 +1,109 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+
+	"github.com/mirrorfs/mirrorfs/journal"
+)
+
+// handle is an open file of the mount: go-fuse's loopback file with writes
+// journaled and writer bookkeeping for Close records.
+type handle struct {
+	*gofs.LoopbackFile
+	node   *node
+	writer bool
+}
+
+var (
+	_ gofs.FileWriter    = (*handle)(nil)
+	_ gofs.FileReleaser  = (*handle)(nil)
+	_ gofs.FileFlusher   = (*handle)(nil)
+	_ gofs.FileFsyncer   = (*handle)(nil)
+	_ gofs.FileAllocater = (*handle)(nil)
+)
+
+// PassthroughFd refuses kernel passthrough: the kernel would then read and
+// write the backing file itself and the journal would miss writes.
+func (h *handle) PassthroughFd() (int, bool) { return -1, false }
+
+func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if errno := h.node.m.writable(); errno != 0 {
+		return 0, errno
+	}
+	n, errno := h.LoopbackFile.Write(ctx, data, off)
+	if errno != 0 || n == 0 {
+		return n, errno
+	}
+	return n, h.recordData(ctx, journal.Op{Kind: journal.KindWrite, Offset: off, Length: int64(n)})
+}
+
+func (h *handle) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	if errno := h.node.m.writable(); errno != 0 {
+		return errno
+	}
+	if errno := h.LoopbackFile.Allocate(ctx, off, size, mode); errno != 0 {
+		return errno
+	}
+	return h.recordData(ctx, journal.Op{Kind: journal.KindFallocate, Offset: int64(off), Length: int64(size), Flags: mode})
+}
+
+// recordData journals a change of this file's bytes. A file with no name
+// (unlinked while open) has nothing to replicate.
+func (h *handle) recordData(ctx context.Context, op journal.Op) syscall.Errno {
+	p, ok := h.node.relPath()
+	if !ok {
+		return 0
+	}
+	op.File, op.Path = h.node.id(), p
+	if errno := h.node.m.record(ctx, op); errno != 0 {
+		return errno
+	}
+	if h.node.m.markDirty(op.File) {
+		return h.node.m.record(ctx, journal.Op{Kind: journal.KindClose, File: op.File, Path: p})
+	}
+	return 0
+}
+
+// recordClose journals that the file's content is now one its writer
+// meant to publish.
+func (h *handle) recordClose(ctx context.Context) syscall.Errno {
+	p, ok := h.node.relPath()
+	if !ok {
+		return 0
+	}
+	return h.node.m.record(ctx, journal.Op{Kind: journal.KindClose, File: h.node.id(), Path: p})
+}
+
+// Flush runs on every close(2). When the last writer closes, the Close
+// record is journaled here, before close returns, rather than at the
+// asynchronous Release.
+func (h *handle) Flush(ctx context.Context) syscall.Errno {
+	errno := h.LoopbackFile.Flush(ctx)
+	if h.writer && h.node.m.takeDirty(h.node.id(), true) {
+		if e := h.recordClose(ctx); errno == 0 {
+			errno = e
+		}
+	}
+	return errno
+}
+
+func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if errno := h.LoopbackFile.Fsync(ctx, flags); errno != 0 {
+		return errno
+	}
+	if h.writer && h.node.m.takeDirty(h.node.id(), false) {
+		return h.recordClose(ctx)
+	}
+	return 0
+}
+
+func (h *handle) Release(ctx context.Context) syscall.Errno {
+	errno := h.LoopbackFile.Release(ctx)
+	if h.writer && h.node.m.closeWriter(h.node.id()) {
+		h.recordClose(ctx)
+	}
+	return errno
+}

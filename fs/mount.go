@@ -1,0 +1,197 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/mirrorfs/mirrorfs/journal"
+)
+
+// Recorder is where the mount journals mutations. Append must return only
+// once the op is durable. *journal.Journal implements it.
+type Recorder interface {
+	Append(ctx context.Context, op journal.Op) (uint64, error)
+}
+
+// Options configure a mount.
+type Options struct {
+	// Store is the directory holding the real bytes. For an in-place
+	// mount it is a /proc/self/fd/N path of the directory opened before
+	// the mount covered it.
+	Store string
+	// Mountpoint is where the web root appears.
+	Mountpoint string
+	Recorder   Recorder
+	Logger     *slog.Logger
+	// CacheTimeout is the kernel's entry and attribute timeout. Zero
+	// means one hour: every change passes through the mount.
+	CacheTimeout time.Duration
+	// Debug logs every FUSE request.
+	Debug bool
+}
+
+// ErrAlreadyMounted is returned when the mount point is already a mount.
+var ErrAlreadyMounted = errors.New("mount point is already a mount")
+
+// Mount is a live mirrorfs mount.
+type Mount struct {
+	server *fuse.Server
+	mirror *mirror
+	point  string
+}
+
+// New mounts the store at opts.Mountpoint and starts serving. It journals a
+// Close with File 0 first: no writer from an earlier run is still open.
+func New(ctx context.Context, opts Options) (*Mount, error) {
+	if opts.Recorder == nil {
+		return nil, errors.New("fs: no recorder")
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	st, err := os.Stat(opts.Store)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", opts.Store, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("store %s: not a directory", opts.Store)
+	}
+	mounted, err := IsMountPoint(opts.Mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	if mounted {
+		return nil, fmt.Errorf("%s: %w (unmount it first, e.g. fusermount3 -u %s)", opts.Mountpoint, ErrAlreadyMounted, opts.Mountpoint)
+	}
+
+	m := newMirror(opts.Recorder, logger)
+	if _, err := opts.Recorder.Append(ctx, journal.Op{Kind: journal.KindClose}); err != nil {
+		return nil, fmt.Errorf("journal mount start: %w", err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	rootData := &gofs.LoopbackRoot{Path: opts.Store, Dev: uint64(sys.Dev)}
+	root := &node{LoopbackNode: &gofs.LoopbackNode{RootData: rootData}, m: m}
+	rootData.RootNode = root
+	m.root = root
+
+	timeout := opts.CacheTimeout
+	if timeout == 0 {
+		timeout = time.Hour
+	}
+	negative := time.Second
+	mo := fuse.MountOptions{
+		AllowOther:           true,
+		FsName:               "mirrorfs",
+		Name:                 "mirrorfs",
+		Options:              []string{"default_permissions"},
+		IgnoreSecurityLabels: true,
+		// Passthrough would let the kernel write to the store behind the
+		// journal's back; writeback would merge writes before we see them.
+		DisabledCapabilities: fuse.CAP_PASSTHROUGH | fuse.CAP_WRITEBACK_CACHE,
+		Debug:                opts.Debug,
+		MaxWrite:             1 << 20,
+		Logger:               log.New(slogWriter{logger}, "", 0),
+	}
+	server, err := gofs.Mount(opts.Mountpoint, root, &gofs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &negative,
+		Logger:          log.New(slogWriter{logger}, "", 0),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", opts.Mountpoint, err)
+	}
+	return &Mount{server: server, mirror: m, point: opts.Mountpoint}, nil
+}
+
+// StopWrites makes every later mutation fail with EROFS. Called on
+// shutdown so nothing changes between the last journal record and the
+// unmount.
+func (mt *Mount) StopWrites() { mt.mirror.readOnly.Store(true) }
+
+// Unmount unmounts, retrying while the mount is busy, and waits until the
+// server stopped.
+func (mt *Mount) Unmount() error {
+	var err error
+	for range 50 {
+		if err = mt.server.Unmount(); err == nil {
+			mt.server.Wait()
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("unmount %s: %w", mt.point, err)
+}
+
+// Wait blocks until the mount is gone (unmounted from outside, too).
+func (mt *Mount) Wait() { mt.server.Wait() }
+
+// IsMountPoint reports whether dir is listed as a mount point in
+// /proc/self/mountinfo.
+func IsMountPoint(dir string) (bool, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return false, err
+	}
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, fmt.Errorf("read mount table: %w", err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) > 4 && unescapeMountinfo(fields[4]) == abs {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for space, ...) the
+// kernel uses in /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			ok := true
+			for _, c := range s[i+1 : i+4] {
+				if c < '0' || c > '7' {
+					ok = false
+					break
+				}
+				v = v*8 + byte(c-'0')
+			}
+			if ok {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// slogWriter routes go-fuse's log.Logger output to slog at debug level.
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.l.Debug("fuse", "msg", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,236 @@
+package fs
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/mirrorfs/mirrorfs/journal"
+)
+
+// memRecorder keeps appended ops in memory; fail makes Append refuse.
+type memRecorder struct {
+	mu   sync.Mutex
+	ops  []journal.Op
+	fail bool
+}
+
+func (r *memRecorder) Append(ctx context.Context, op journal.Op) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail {
+		return 0, os.ErrPermission
+	}
+	op.Seq = uint64(len(r.ops) + 1)
+	r.ops = append(r.ops, op)
+	return op.Seq, nil
+}
+
+func (r *memRecorder) take() []journal.Op {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ops := r.ops
+	r.ops = nil
+	return ops
+}
+
+// requireFUSE fails in CI and skips elsewhere when FUSE cannot be used.
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	_, err := os.Stat("/dev/fuse")
+	if err == nil && os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("FUSE tests need root and /dev/fuse: euid=%d, %v", os.Geteuid(), err)
+	}
+	t.Skipf("FUSE tests need root and /dev/fuse: euid=%d, %v", os.Geteuid(), err)
+}
+
+// newMount mounts a fresh store and unmounts it in cleanup.
+func newMount(t *testing.T) (mnt, store string, rec *memRecorder) {
+	t.Helper()
+	requireFUSE(t)
+	dir := t.TempDir()
+	store, mnt = filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
+	for _, d := range []string{store, mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec = &memRecorder{}
+	m, err := New(t.Context(), Options{Store: store, Mountpoint: mnt, Recorder: rec, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Error(err)
+		}
+	})
+	if ops := rec.take(); len(ops) != 1 || ops[0].Kind != journal.KindClose || ops[0].File != 0 {
+		t.Fatalf("mount start journaled %v, want one Close of file 0", ops)
+	}
+	return mnt, store, rec
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func kinds(ops []journal.Op) []string {
+	var ks []string
+	for _, o := range ops {
+		ks = append(ks, o.Kind.String()+" "+o.Path)
+	}
+	return ks
+}
+
+func ino(t *testing.T, p string) uint64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+func TestMutationsAreJournaled(t *testing.T) {
+	mnt, store, rec := newMount(t)
+
+	if err := os.WriteFile(filepath.Join(mnt, "a.html"), []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ops := rec.take()
+	want := []string{"create a.html", "write a.html", "close a.html"}
+	if !slices.Equal(kinds(ops), want) {
+		t.Fatalf("write file journaled %q, want %q", kinds(ops), want)
+	}
+	id := ino(t, filepath.Join(store, "a.html"))
+	for _, o := range ops {
+		if o.File != id {
+			t.Errorf("%v: File = %d, want store inode %d", o, o.File, id)
+		}
+	}
+	if ops[1].Offset != 0 || ops[1].Length != 5 {
+		t.Errorf("write range = [%d,+%d), want [0,+5)", ops[1].Offset, ops[1].Length)
+	}
+
+	steps := []struct {
+		name string
+		do   func() error
+		want []string
+	}{
+		{"mkdir", func() error { return os.Mkdir(filepath.Join(mnt, "d"), 0o750) }, []string{"mkdir d"}},
+		{"rename", func() error { return os.Rename(filepath.Join(mnt, "a.html"), filepath.Join(mnt, "d/b.html")) }, []string{"rename a.html"}},
+		{"symlink", func() error { return os.Symlink("d/b.html", filepath.Join(mnt, "cur")) }, []string{"symlink cur"}},
+		{"link", func() error { return os.Link(filepath.Join(mnt, "d/b.html"), filepath.Join(mnt, "hl")) }, []string{"link d/b.html"}},
+		{"chmod", func() error { return os.Chmod(filepath.Join(mnt, "hl"), 0o600) }, []string{"setattr hl"}},
+		{"truncate", func() error { return os.Truncate(filepath.Join(mnt, "hl"), 2) }, []string{"setattr hl", "close hl"}},
+		{"unlink", func() error { return os.Remove(filepath.Join(mnt, "hl")) }, []string{"unlink hl"}},
+		{"xattr", func() error { return syscall.Setxattr(filepath.Join(mnt, "d/b.html"), "user.k", []byte("v"), 0) }, []string{"setxattr d/b.html"}},
+		{"rmxattr", func() error { return syscall.Removexattr(filepath.Join(mnt, "d/b.html"), "user.k") }, []string{"removexattr d/b.html"}},
+		{"unlink2", func() error { return os.Remove(filepath.Join(mnt, "d/b.html")) }, []string{"unlink d/b.html"}},
+		{"rmdir", func() error { return os.Remove(filepath.Join(mnt, "d")) }, []string{"rmdir d"}},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if got := kinds(rec.take()); !slices.Equal(got, s.want) {
+			t.Errorf("%s journaled %q, want %q", s.name, got, s.want)
+		}
+	}
+}
+
+func TestRenameRecordsBothPaths(t *testing.T) {
+	mnt, _, rec := newMount(t)
+	os.WriteFile(filepath.Join(mnt, "x"), nil, 0o644)
+	os.WriteFile(filepath.Join(mnt, "y"), []byte("old"), 0o644)
+	rec.take()
+	if err := os.Rename(filepath.Join(mnt, "x"), filepath.Join(mnt, "y")); err != nil {
+		t.Fatal(err)
+	}
+	ops := rec.take()
+	if len(ops) != 1 || ops[0].Path != "x" || ops[0].NewPath != "y" {
+		t.Fatalf("rename over existing journaled %v", ops)
+	}
+}
+
+// A file kept open gets its Close only when the last writer closes, and
+// every write before it is journaled with the file's identity.
+func TestCloseOnlyAfterLastWriter(t *testing.T) {
+	mnt, _, rec := newMount(t)
+	p := filepath.Join(mnt, "log")
+	f1, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f1.Write([]byte("one"))
+	f2.WriteAt([]byte("two"), 3)
+	f1.Close()
+	if got := kinds(rec.take()); slices.Contains(got, "close log") {
+		t.Fatalf("Close journaled while a writer is still open: %q", got)
+	}
+	f2.Close()
+	if got := kinds(rec.take()); !slices.Equal(got, []string{"close log"}) {
+		t.Fatalf("last close journaled %q, want [close log]", got)
+	}
+	// Fsync publishes the content too.
+	f, _ := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	f.Write([]byte("three"))
+	f.Sync()
+	if got := kinds(rec.take()); !slices.Equal(got, []string{"write log", "close log"}) {
+		t.Fatalf("write+fsync journaled %q", got)
+	}
+	f.Close()
+	if got := kinds(rec.take()); len(got) != 0 {
+		t.Fatalf("clean close journaled %q, want nothing", got)
+	}
+}
+
+// When the journal refuses a record the caller sees EIO.
+func TestJournalFailureIsEIO(t *testing.T) {
+	mnt, _, rec := newMount(t)
+	rec.mu.Lock()
+	rec.fail = true
+	rec.mu.Unlock()
+	err := os.Mkdir(filepath.Join(mnt, "d"), 0o755)
+	if !errorsIs(err, syscall.EIO) {
+		t.Fatalf("mkdir with a failing journal: %v, want EIO", err)
+	}
+}
+
+func errorsIs(err error, errno syscall.Errno) bool {
+	pe, ok := err.(*os.PathError)
+	return ok && pe.Err == errno
+}
+
+func TestStopWrites(t *testing.T) {
+	requireFUSE(t)
+	dir := t.TempDir()
+	store, mnt := filepath.Join(dir, "s"), filepath.Join(dir, "m")
+	os.Mkdir(store, 0o755)
+	os.Mkdir(mnt, 0o755)
+	m, err := New(t.Context(), Options{Store: store, Mountpoint: mnt, Recorder: &memRecorder{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Unmount()
+	m.StopWrites()
+	if err := os.WriteFile(filepath.Join(mnt, "f"), nil, 0o644); !errorsIs(err, syscall.EROFS) {
+		t.Fatalf("write after StopWrites: %v, want EROFS", err)
+	}
+	if _, err := New(t.Context(), Options{Store: store, Mountpoint: mnt, Recorder: &memRecorder{}}); err == nil {
+		t.Fatal("mounting over a live mount succeeded")
+	}
+}

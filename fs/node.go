@@ -1,0 +1,346 @@
+package fs
+
+import (
+	"context"
+	"path"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/mirrorfs/mirrorfs/journal"
+)
+
+// node is a store file or directory seen through the mount: go-fuse's
+// loopback node with every mutation journaled.
+type node struct {
+	*gofs.LoopbackNode
+	m *mirror
+}
+
+var (
+	_ gofs.NodeWrapChilder    = (*node)(nil)
+	_ gofs.NodeCreater        = (*node)(nil)
+	_ gofs.NodeOpener         = (*node)(nil)
+	_ gofs.NodeMknoder        = (*node)(nil)
+	_ gofs.NodeMkdirer        = (*node)(nil)
+	_ gofs.NodeRmdirer        = (*node)(nil)
+	_ gofs.NodeUnlinker       = (*node)(nil)
+	_ gofs.NodeRenamer        = (*node)(nil)
+	_ gofs.NodeSymlinker      = (*node)(nil)
+	_ gofs.NodeLinker         = (*node)(nil)
+	_ gofs.NodeSetattrer      = (*node)(nil)
+	_ gofs.NodeSetxattrer     = (*node)(nil)
+	_ gofs.NodeRemovexattrer  = (*node)(nil)
+	_ gofs.NodeCopyFileRanger = (*node)(nil)
+	_ gofs.NodeAllocater      = (*node)(nil)
+)
+
+// WrapChild makes every node go-fuse creates below the root one of ours.
+func (n *node) WrapChild(ctx context.Context, ops gofs.InodeEmbedder) gofs.InodeEmbedder {
+	return &node{LoopbackNode: ops.(*gofs.LoopbackNode), m: n.m}
+}
+
+// relPath is the node's path relative to the store root, or ok=false when
+// the node has no name any more (unlinked while open): nothing to replicate.
+func (n *node) relPath() (p string, ok bool) {
+	root := n.m.root.EmbeddedInode()
+	var segs []string
+	for in := n.EmbeddedInode(); in != root; {
+		name, parent := in.Parent()
+		if parent == nil {
+			return "", false
+		}
+		segs = append(segs, name)
+		in = parent
+	}
+	for i, j := 0, len(segs)-1; i < j; i, j = i+1, j-1 {
+		segs[i], segs[j] = segs[j], segs[i]
+	}
+	return path.Join(segs...), true
+}
+
+// child is the store-relative path of name in directory n.
+func (n *node) child(name string) string {
+	p, _ := n.relPath()
+	return path.Join(p, name)
+}
+
+func (n *node) id() uint64 { return n.StableAttr().Ino }
+
+// storePath is the absolute path in the store of rel.
+func (n *node) storePath(rel string) string {
+	return path.Join(n.RootData.Path, rel)
+}
+
+// identityOf returns the store inode of the entry at rel without following
+// a symlink, or 0 if it cannot be read.
+func (n *node) identityOf(rel string) uint64 {
+	var st unix.Stat_t
+	if err := unix.Lstat(n.storePath(rel), &st); err != nil {
+		return 0
+	}
+	return st.Ino
+}
+
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if errno := n.m.writable(); errno != 0 {
+		return nil, nil, 0, errno
+	}
+	ch, fh, fuseFlags, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	id := ch.StableAttr().Ino
+	n.m.openWriter(id, true)
+	h := &handle{LoopbackFile: fh.(*gofs.LoopbackFile), node: ch.Operations().(*node), writer: true}
+	errno = n.m.record(ctx, journal.Op{Kind: journal.KindCreate, File: id, Path: n.child(name), Mode: out.Attr.Mode, UID: out.Attr.Uid, GID: out.Attr.Gid})
+	if errno != 0 {
+		h.Release(ctx)
+		return nil, nil, 0, errno
+	}
+	return ch, h, fuseFlags, 0
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	writer := flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 || flags&syscall.O_TRUNC != 0
+	if writer {
+		if errno := n.m.writable(); errno != 0 {
+			return nil, 0, errno
+		}
+	}
+	fh, fuseFlags, errno := n.LoopbackNode.Open(ctx, flags)
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	h := &handle{LoopbackFile: fh.(*gofs.LoopbackFile), node: n, writer: writer}
+	if writer {
+		n.m.openWriter(n.id(), false)
+	}
+	if flags&syscall.O_TRUNC != 0 {
+		// With atomic_o_trunc the kernel sends no separate SETATTR.
+		if p, ok := n.relPath(); ok {
+			n.m.markDirty(n.id())
+			if errno := n.m.record(ctx, journal.Op{Kind: journal.KindSetattr, File: n.id(), Path: p, Mask: journal.AttrSize}); errno != 0 {
+				h.Release(ctx)
+				return nil, 0, errno
+			}
+		}
+	} else {
+		// Every change passes through this mount, so cached pages of the
+		// file are still right: keep them (a web server reopens often).
+		fuseFlags |= fuse.FOPEN_KEEP_CACHE
+	}
+	return h, fuseFlags, 0
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.m.writable(); errno != 0 {
+		return nil, errno
+	}
+	ch, errno := n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
+	if errno != 0 {
+		return nil, errno
+	}
+	id, p := ch.StableAttr().Ino, n.child(name)
+	if mode&syscall.S_IFMT == syscall.S_IFREG || mode&syscall.S_IFMT == 0 {
+		// A regular file made by mknod has no writer to close it.
+		if errno := n.m.record(ctx, journal.Op{Kind: journal.KindCreate, File: id, Path: p, Mode: out.Attr.Mode, UID: out.Attr.Uid, GID: out.Attr.Gid}); errno != 0 {
+			return nil, errno
+		}
+		return ch, n.m.record(ctx, journal.Op{Kind: journal.KindClose, File: id, Path: p})
+	}
+	return ch, n.m.record(ctx, journal.Op{Kind: journal.KindMknod, File: id, Path: p, Mode: out.Attr.Mode, Rdev: uint64(rdev), UID: out.Attr.Uid, GID: out.Attr.Gid})
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.m.writable(); errno != 0 {
+		return nil, errno
+	}
+	ch, errno := n.LoopbackNode.Mkdir(ctx, name, mode, out)
+	if errno != 0 {
+		return nil, errno
+	}
+	return ch, n.m.record(ctx, journal.Op{Kind: journal.KindMkdir, File: ch.StableAttr().Ino, Path: n.child(name), Mode: out.Attr.Mode, UID: out.Attr.Uid, GID: out.Attr.Gid})
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if errno := n.m.writable(); errno != 0 {
+		return errno
+	}
+	p := n.child(name)
+	id := n.identityOf(p)
+	if errno := n.LoopbackNode.Rmdir(ctx, name); errno != 0 {
+		return errno
+	}
+	return n.m.record(ctx, journal.Op{Kind: journal.KindRmdir, File: id, Path: p})
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	if errno := n.m.writable(); errno != 0 {
+		return errno
+	}
+	p := n.child(name)
+	id := n.identityOf(p)
+	if errno := n.LoopbackNode.Unlink(ctx, name); errno != 0 {
+		return errno
+	}
+	return n.m.record(ctx, journal.Op{Kind: journal.KindUnlink, File: id, Path: p})
+}
+
+func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if errno := n.m.writable(); errno != 0 {
+		return errno
+	}
+	np, ok := newParent.(*node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	from, to := n.child(name), np.child(newName)
+	id := n.identityOf(from)
+	if errno := n.LoopbackNode.Rename(ctx, name, np.LoopbackNode, newName, flags); errno != 0 {
+		return errno
+	}
+	return n.m.record(ctx, journal.Op{Kind: journal.KindRename, File: id, Path: from, NewPath: to, Flags: flags})
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.m.writable(); errno != 0 {
+		return nil, errno
+	}
+	ch, errno := n.LoopbackNode.Symlink(ctx, target, name, out)
+	if errno != 0 {
+		return nil, errno
+	}
+	return ch, n.m.record(ctx, journal.Op{Kind: journal.KindSymlink, File: ch.StableAttr().Ino, Path: n.child(name), Target: target, UID: out.Attr.Uid, GID: out.Attr.Gid})
+}
+
+func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.m.writable(); errno != 0 {
+		return nil, errno
+	}
+	tn, ok := target.(*node)
+	if !ok {
+		return nil, syscall.EXDEV
+	}
+	from, fromOK := tn.relPath()
+	ch, errno := n.LoopbackNode.Link(ctx, tn.LoopbackNode, name, out)
+	if errno != 0 {
+		return nil, errno
+	}
+	if !fromOK {
+		return nil, syscall.EXDEV
+	}
+	return ch, n.m.record(ctx, journal.Op{Kind: journal.KindLink, File: tn.id(), Path: from, NewPath: n.child(name)})
+}
+
+func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if errno := n.m.writable(); errno != 0 {
+		return errno
+	}
+	if h, ok := f.(*handle); ok {
+		// The loopback node only knows its own file type.
+		f = h.LoopbackFile
+	}
+	if errno := n.LoopbackNode.Setattr(ctx, f, in, out); errno != 0 {
+		return errno
+	}
+	p, ok := n.relPath()
+	if !ok {
+		return 0
+	}
+	op := journal.Op{Kind: journal.KindSetattr, File: n.id(), Path: p}
+	if _, ok := in.GetMode(); ok {
+		op.Mask |= journal.AttrMode
+		op.Mode = out.Attr.Mode
+	}
+	if _, ok := in.GetUID(); ok {
+		op.Mask |= journal.AttrUID
+		op.UID = out.Attr.Uid
+	}
+	if _, ok := in.GetGID(); ok {
+		op.Mask |= journal.AttrGID
+		op.GID = out.Attr.Gid
+	}
+	if _, ok := in.GetATime(); ok {
+		op.Mask |= journal.AttrAtime
+		op.Atime = int64(out.Attr.Atime)*1e9 + int64(out.Attr.Atimensec)
+	}
+	if _, ok := in.GetMTime(); ok {
+		op.Mask |= journal.AttrMtime
+		op.Mtime = int64(out.Attr.Mtime)*1e9 + int64(out.Attr.Mtimensec)
+	}
+	sized := false
+	if sz, ok := in.GetSize(); ok {
+		op.Mask |= journal.AttrSize
+		op.Size = int64(sz)
+		sized = true
+	}
+	if op.Mask == 0 {
+		return 0
+	}
+	if errno := n.m.record(ctx, op); errno != 0 {
+		return errno
+	}
+	if sized && n.m.markDirty(op.File) {
+		return n.m.record(ctx, journal.Op{Kind: journal.KindClose, File: op.File, Path: p})
+	}
+	return 0
+}
+
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if errno := n.m.writable(); errno != 0 {
+		return errno
+	}
+	if errno := n.LoopbackNode.Setxattr(ctx, attr, data, flags); errno != 0 {
+		return errno
+	}
+	p, ok := n.relPath()
+	if !ok {
+		return 0
+	}
+	return n.m.record(ctx, journal.Op{Kind: journal.KindSetxattr, File: n.id(), Path: p, XattrName: attr, XattrValue: append([]byte(nil), data...), Flags: flags})
+}
+
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if errno := n.m.writable(); errno != 0 {
+		return errno
+	}
+	if errno := n.LoopbackNode.Removexattr(ctx, attr); errno != 0 {
+		return errno
+	}
+	p, ok := n.relPath()
+	if !ok {
+		return 0
+	}
+	return n.m.record(ctx, journal.Op{Kind: journal.KindRemovexattr, File: n.id(), Path: p, XattrName: attr})
+}
+
+// CopyFileRange copies between two backing descriptors without passing
+// through Write, so it is journaled here.
+func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn uint64, out *gofs.Inode, fhOut gofs.FileHandle, offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
+	if errno := n.m.writable(); errno != 0 {
+		return 0, errno
+	}
+	hin, ok1 := fhIn.(*handle)
+	hout, ok2 := fhOut.(*handle)
+	if !ok1 || !ok2 {
+		return 0, syscall.ENOTSUP
+	}
+	count, errno := n.LoopbackNode.CopyFileRange(ctx, hin.LoopbackFile, offIn, out, hout.LoopbackFile, offOut, length, flags)
+	if errno != 0 || count == 0 {
+		return count, errno
+	}
+	return count, hout.recordData(ctx, journal.Op{Kind: journal.KindCopyRange, Offset: int64(offOut), Length: int64(count)})
+}
+
+// Allocate is fallocate without a file handle of ours (the kernel sends it
+// with one; see handle.Allocate). Kept so the node interface is complete.
+func (n *node) Allocate(ctx context.Context, f gofs.FileHandle, off uint64, size uint64, mode uint32) syscall.Errno {
+	h, ok := f.(*handle)
+	if !ok {
+		return syscall.ENOTSUP
+	}
+	return h.Allocate(ctx, off, size, mode)
+}
