@@ -7,4 +7,16 @@
 // sync. Shippers read ops from their worker's cursor and advance the cursor
 // only after the worker applied them. Old ops are trimmed in bulk below the
 // slowest cursor; correctness never depends on a delete taking effect.
+//
+// On disk the journal is a Badger database sized for a small daemon. Ops are
+// keyed by big-endian seq, so iteration is seq order, and stay inline in the
+// LSM tree (never in Badger's value log); cursors and a format marker have
+// keys of their own. A trim floor, written before the deletes, hides trimmed
+// ops from readers even if Badger resurrects a deleted key. Badger's
+// write-ahead log is synced by the journal itself, once per group commit
+// (see walSyncer).
+//
+// Only one process may open a journal for writing. With Options.ReadOnly the
+// CLI can inspect it while no daemon runs, also after a crash, without
+// changing a byte of it.
 package journal

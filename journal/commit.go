@@ -1,0 +1,250 @@
+package journal
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// appendReq is one Append waiting for the committer.
+type appendReq struct {
+	kind Kind
+	time int64
+	body []byte // appendBody of the op; the committer adds the header
+	seq  uint64 // set by the committer
+	done chan error
+}
+
+var reqPool = sync.Pool{New: func() any { return &appendReq{done: make(chan error, 1)} }}
+
+// commitLoop is the only writer of ops. It takes every request that queued
+// up while the previous group was being synced, writes them in one Badger
+// transaction, syncs Badger's write-ahead log once (walSyncer) and then
+// answers them all. Under load each sync thus covers many appends; alone,
+// an append pays for one sync and waits for nothing else.
+//
+// It assigns seqs itself, in commit order: Badger's Sequence leases ranges,
+// leaves gaps after a crash and does not order concurrent Next calls by
+// commit.
+func (j *Journal) commitLoop() {
+	defer close(j.committed)
+	group := make([]*appendReq, 0, maxGroup)
+	for {
+		r, ok := <-j.reqs
+		if !ok {
+			return
+		}
+		group = append(group[:0], r)
+	drain:
+		for len(group) < maxGroup {
+			select {
+			case r, ok := <-j.reqs:
+				if !ok {
+					break drain // Close: commit this group, then exit above
+				}
+				group = append(group, r)
+			default:
+				break drain
+			}
+		}
+		j.commitGroup(group)
+		clear(group)
+	}
+}
+
+func (j *Journal) commitGroup(group []*appendReq) {
+	if errp := j.failure.Load(); errp != nil {
+		answer(group, *errp)
+		return
+	}
+	seq := j.last.Load()
+	txn := j.db.NewTransaction(true)
+	start := 0 // group[start:] is not yet committed
+	for i, r := range group {
+		seq++
+		r.seq = seq
+		v := appendHeader(make([]byte, 0, maxHeader+len(r.body)), r.kind, seq, r.time)
+		e := badger.NewEntry(opKey(seq), append(v, r.body...))
+		err := txn.SetEntry(e)
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			// Rare: the group outgrew one transaction. Commit what fits
+			// (one more sync) and go on in a new one.
+			if err := j.commitTxn(txn, group[start:i]); err != nil {
+				answer(group[i:], err)
+				return
+			}
+			j.splits.Add(1)
+			start = i
+			txn = j.db.NewTransaction(true)
+			err = txn.SetEntry(e)
+		}
+		if err != nil {
+			// Nothing of group[start:] was written: refuse it, but the
+			// journal itself is fine.
+			txn.Discard()
+			answer(group[start:], err)
+			return
+		}
+	}
+	_ = j.commitTxn(txn, group[start:])
+}
+
+// commitTxn commits txn holding part's ops, publishes them and answers part.
+func (j *Journal) commitTxn(txn *badger.Txn, part []*appendReq) error {
+	err := txn.Commit()
+	if err == nil {
+		err = j.wal.sync()
+	}
+	if err != nil {
+		err = j.fail(err)
+		answer(part, err)
+		return err
+	}
+	j.last.Store(part[len(part)-1].seq)
+	j.commits.Add(1)
+	j.appends.Add(uint64(len(part)))
+	j.broadcast()
+	answer(part, nil)
+	return nil
+}
+
+// fail makes the journal refuse every later append. After a failed commit
+// nobody knows what reached the disk (a failed fsync cannot be retried
+// safely), and seqs of a half-applied transaction must not be handed out
+// again. A restart recovers from what is on disk.
+func (j *Journal) fail(err error) error {
+	err = fmt.Errorf("commit failed, journal refuses appends until reopened: %w", err)
+	if j.failure.CompareAndSwap(nil, &err) {
+		j.log.Error("journal commit failed", "err", err)
+	}
+	return *j.failure.Load()
+}
+
+func answer(reqs []*appendReq, err error) {
+	for _, r := range reqs {
+		r.done <- err
+	}
+}
+
+// walSyncer makes what Badger committed durable, in place of Badger's
+// SyncWrites. With SyncWrites, Badger msyncs the memtable's write-ahead log
+// after each transaction (db.writeToLSM -> memTable.SyncWAL), but also the
+// value log (a deferred curlf.Sync in valueLog.write, whose error it only
+// logs), although no journal record ever goes there; on ext4, syncing even
+// an unchanged file costs a device cache flush, so every commit paid two
+// flushes, one of them useless.
+//
+// Badger writes a transaction into the current memtable's log, NNNNN.mem,
+// through a shared mapping (logFile.writeEntry on a z.MmapFile): once Commit
+// returns, the entries are in the page cache, and fdatasync on any
+// descriptor of the file writes them to disk, as Badger's own
+// msync(MS_SYNC) would. A log stops receiving writes once a newer one exists
+// (memtable rotation); it is synced once more, then left to Badger, which
+// flushes it into a synced table before deleting it. The directory is synced
+// when a new log appears: ristretto's z.OpenMmapFileUsing skips its SyncDir
+// for files created with a size, so a power loss could otherwise drop the
+// file of a fresh memtable with acknowledged ops in it.
+//
+// TestWALHoldsAppendedOps checks the layout this relies on.
+type walSyncer struct {
+	mu   sync.Mutex
+	dir  string
+	d    *os.File         // dir, kept open: listed after every commit
+	open map[int]*os.File // fid -> log not yet known to be final
+	done int              // logs with fid <= done are final and synced
+}
+
+func newWALSyncer(dir string) *walSyncer {
+	return &walSyncer{dir: dir, open: map[int]*os.File{}, done: -1}
+}
+
+// sync makes everything Badger committed so far durable.
+func (s *walSyncer) sync() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.d == nil {
+		d, err := os.Open(s.dir)
+		if err != nil {
+			return err
+		}
+		s.d = d
+	}
+	if _, err := s.d.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	names, err := s.d.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	newest, fresh := -1, false
+	for _, n := range names {
+		fid, ok := walFid(n)
+		if !ok {
+			continue
+		}
+		newest = max(newest, fid)
+		if fid <= s.done || s.open[fid] != nil {
+			continue
+		}
+		f, err := os.Open(filepath.Join(s.dir, n))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // flushed into a synced table and deleted meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		s.open[fid], fresh = f, true
+	}
+	if newest < 0 {
+		// Badger always has a live memtable log; without one the layout
+		// this relies on has changed, and nothing would be durable.
+		return fmt.Errorf("no write-ahead log (*.mem) in %s", s.dir)
+	}
+	for fid, f := range s.open {
+		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			return fmt.Errorf("sync %s: %w", f.Name(), err)
+		}
+		if fid < newest { // final: Badger writes only to the newest log
+			f.Close()
+			delete(s.open, fid)
+			s.done = max(s.done, fid)
+		}
+	}
+	if fresh {
+		if err := s.d.Sync(); err != nil {
+			return fmt.Errorf("sync directory %s: %w", s.dir, err)
+		}
+	}
+	return nil
+}
+
+func (s *walSyncer) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for fid, f := range s.open {
+		f.Close()
+		delete(s.open, fid)
+	}
+	if s.d != nil {
+		s.d.Close()
+		s.d = nil
+	}
+}
+
+func walFid(name string) (int, bool) {
+	base, ok := strings.CutSuffix(name, ".mem")
+	if !ok {
+		return 0, false
+	}
+	fid, err := strconv.Atoi(base)
+	return fid, err == nil
+}

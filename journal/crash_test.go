@@ -1,0 +1,257 @@
+package journal
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// These tests run a second process, this test binary re-executed into
+// TestHelperProcess, because what they check is between processes: Badger's
+// directory lock, and what survives the kill -9 of the process that
+// acknowledged an append.
+const (
+	helperEnv    = "MIRRORFS_JOURNAL_HELPER" // "append" or "hold"
+	helperDirEnv = "MIRRORFS_JOURNAL_HELPER_DIR"
+)
+
+// TestHelperProcess is not a test: it is the child process of the tests
+// below, and returns at once when run normally.
+func TestHelperProcess(t *testing.T) {
+	mode := os.Getenv(helperEnv)
+	if mode == "" {
+		return
+	}
+	j, err := Open(os.Getenv(helperDirEnv), Options{})
+	if err != nil {
+		fmt.Printf("error %v\n", err)
+		os.Exit(2)
+	}
+	switch mode {
+	case "hold":
+		fmt.Printf("ready %d\n", os.Getpid())
+		_, _ = io.Copy(io.Discard, os.Stdin) // until the parent goes away
+	case "append":
+		// Several writers, so acknowledgements come from group commits,
+		// each printed only once Append has returned.
+		var out sync.Mutex
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					seq, err := j.Append(context.Background(), helperOp(w, i))
+					if err != nil {
+						fmt.Printf("error %v\n", err)
+						os.Exit(2)
+					}
+					out.Lock()
+					fmt.Printf("ack %d %d %d\n", seq, w, i)
+					out.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+	}
+	os.Exit(0)
+}
+
+func helperOp(w, i int) Op {
+	return Op{Kind: KindWrite, File: uint64(w)<<32 | uint64(i), Path: fmt.Sprintf("worker-%d/file-%d.html", w, i),
+		Offset: int64(i) * 512, Length: 512, Time: int64(i + 1)}
+}
+
+// startHelper runs TestHelperProcess in mode on dir and returns its stdout
+// lines; the process is killed when the test ends.
+func startHelper(t *testing.T, mode, dir string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperDirEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = stdin.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return cmd, bufio.NewScanner(stdout)
+}
+
+// crashedJournal has a child append to a journal in parallel and kills it
+// with SIGKILL mid-stream. It returns the directory and every acknowledged
+// seq with the op the child appended under it.
+func crashedJournal(t *testing.T) (string, map[uint64]Op) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "journal")
+	cmd, lines := startHelper(t, "append", dir)
+	acked := map[uint64]Op{}
+	killed := false
+	timeout := time.AfterFunc(10*time.Second, func() { _ = cmd.Process.Kill() })
+	defer timeout.Stop()
+	for lines.Scan() {
+		var seq uint64
+		var w, i int
+		if _, err := fmt.Sscanf(lines.Text(), "ack %d %d %d", &seq, &w, &i); err != nil {
+			if strings.HasPrefix(lines.Text(), "error") {
+				t.Fatalf("helper: %s", lines.Text())
+			}
+			continue // test framework output
+		}
+		op := helperOp(w, i)
+		op.Seq = seq
+		acked[seq] = op
+		if len(acked) == 2000 && !killed {
+			// Acks already in the pipe are read below: they count too.
+			if err := cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			killed = true
+		}
+	}
+	err := cmd.Wait()
+	if !killed {
+		t.Fatalf("helper stopped after %d acks before being killed: %v", len(acked), err)
+	}
+	t.Logf("killed the appending process after %d acknowledged appends", len(acked))
+	return dir, acked
+}
+
+// TestKillDurability: every append acknowledged before a kill -9 is in the
+// journal after a restart, with its content, and seqs go on from there.
+func TestKillDurability(t *testing.T) {
+	dir, acked := crashedJournal(t)
+	j := openTest(t, dir, Options{})
+	var maxAcked uint64
+	for seq := range acked {
+		maxAcked = max(maxAcked, seq)
+	}
+	if j.LastSeq() < maxAcked {
+		t.Fatalf("LastSeq %d after the crash, but seq %d was acknowledged", j.LastSeq(), maxAcked)
+	}
+	ops := readAll(t, j, 1)
+	if uint64(len(ops)) != j.LastSeq() {
+		t.Fatalf("%d ops stored, LastSeq %d: seqs have gaps", len(ops), j.LastSeq())
+	}
+	for i, op := range ops {
+		if op.Seq != uint64(i+1) {
+			t.Fatalf("op #%d has seq %d", i, op.Seq)
+		}
+		if want, ok := acked[op.Seq]; ok && !opsEqual(op, want) {
+			t.Fatalf("seq %d holds %v, %v was acknowledged", op.Seq, op, want)
+		}
+	}
+	// The unacknowledged tail, if any, is complete ops of the helper too.
+	seq, err := j.Append(t.Context(), writeOp(0))
+	if err != nil || seq != j.LastSeq() || seq != uint64(len(ops))+1 {
+		t.Fatalf("Append after the crash = %d, %v; want %d", seq, err, len(ops)+1)
+	}
+}
+
+func opsEqual(a, b Op) bool {
+	return a.Seq == b.Seq && a.Kind == b.Kind && a.File == b.File && a.Path == b.Path &&
+		a.Offset == b.Offset && a.Length == b.Length && a.Time == b.Time
+}
+
+// TestReadOnlyAfterCrash: the journal of a killed daemon opens read-only,
+// shows every acknowledged op, and is left byte for byte as it was, so that
+// the daemon's own restart still does the recovery.
+func TestReadOnlyAfterCrash(t *testing.T) {
+	dir, acked := crashedJournal(t)
+	before := fingerprint(t, dir)
+
+	ro, err := Open(dir, Options{ReadOnly: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("read-only Open after a crash: %v", err)
+	}
+	if !ro.snapshot {
+		t.Log("Badger opened the crashed journal read-only in place")
+	}
+	ops := readAll(t, ro, 1)
+	found := 0
+	for _, op := range ops {
+		if want, ok := acked[op.Seq]; ok {
+			if !opsEqual(op, want) {
+				t.Fatalf("seq %d holds %v, %v was acknowledged", op.Seq, op, want)
+			}
+			found++
+		}
+	}
+	if found != len(acked) {
+		t.Fatalf("read-only view shows %d of %d acknowledged ops", found, len(acked))
+	}
+	if _, err := ro.Append(t.Context(), writeOp(0)); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("read-only Append: %v, want ErrReadOnly", err)
+	}
+	if _, err := Open(dir, Options{}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("read-write Open during a read-only inspection: %v, want ErrLocked", err)
+	}
+	snapshot := ro.dbDir
+	if err := ro.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := fingerprint(t, dir); !maps.Equal(before, after) {
+		t.Fatalf("read-only open changed the crashed journal:\nbefore %v\nafter  %v", before, after)
+	}
+	if snapshot != dir {
+		if _, err := os.Stat(snapshot); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("private copy %s left behind: %v", snapshot, err)
+		}
+	}
+
+	// The daemon's restart recovers the same ops.
+	j := openTest(t, dir, Options{})
+	if got := readAll(t, j, 1); len(got) != len(ops) {
+		t.Fatalf("after recovery %d ops, read-only view had %d", len(got), len(ops))
+	}
+}
+
+// TestLockedByOtherProcess: while a daemon holds the journal, Open fails at
+// once with ErrLocked, naming the directory and the holder.
+func TestLockedByOtherProcess(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "journal")
+	_, lines := startHelper(t, "hold", dir)
+	var pid int
+	for lines.Scan() {
+		if _, err := fmt.Sscanf(lines.Text(), "ready %d", &pid); err == nil {
+			break
+		}
+		if strings.HasPrefix(lines.Text(), "error") {
+			t.Fatalf("helper: %s", lines.Text())
+		}
+	}
+	if pid == 0 {
+		t.Fatal("helper never got the journal")
+	}
+	for _, ro := range []bool{false, true} {
+		start := time.Now()
+		_, err := Open(dir, Options{ReadOnly: ro})
+		if !errors.Is(err, ErrLocked) {
+			t.Fatalf("Open(ReadOnly: %v) of a held journal: %v, want ErrLocked", ro, err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("Open(ReadOnly: %v) took %v to fail", ro, took)
+		}
+		if msg := err.Error(); !strings.Contains(msg, dir) || (!ro && !strings.Contains(msg, fmt.Sprint(pid))) {
+			t.Errorf("error %q should name %s and pid %d", msg, dir, pid)
+		}
+	}
+}
