@@ -1,0 +1,495 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// apply applies a plan to the worker: namespace steps in journal order,
+// then paths to converge from the store, then file data at the final
+// names, then attributes and directory mtimes. Every part is idempotent.
+// Identities whose data turns out not to be readable are moved from
+// plan.Ship to plan.Carry, and so are files a refresh skipped because a
+// writer has them open.
+func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
+	refresh := map[string]bool{}
+	for p := range plan.Refresh {
+		refresh[p] = true
+	}
+	for _, st := range plan.Steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		suspect := s.suspect(st)
+		s.log.Debug("apply", "op", st.Seq, "step", st.Kind.String(), "path", st.Path, "new", st.NewPath, "suspect", suspect)
+		if err := s.applyStep(ctx, st, suspect, refresh); err != nil {
+			return err
+		}
+	}
+	// Names whose data ships below, or is held back, are not refreshed.
+	skip := map[string]bool{}
+	for _, id := range plan.Ship {
+		for _, n := range id.Names {
+			skip[n] = true
+		}
+	}
+	for _, id := range plan.Carry {
+		for _, n := range id.Names {
+			skip[n] = true
+		}
+	}
+	if len(refresh) > 0 {
+		s.log.Debug("refresh", "paths", sortedKeys(refresh))
+		sy := s.newSyncer(skip)
+		err := s.refreshPaths(ctx, sy, sortedKeys(refresh))
+		s.storeAhead() // after reading the store, also when it failed
+		if err != nil {
+			return err
+		}
+		for _, id := range plan.Ship {
+			delete(sy.held, id.ID) // ships below anyway
+		}
+		sy.holdSkipped(plan.Carry)
+	}
+	for _, id := range slices.Clone(plan.Ship) {
+		if err := s.shipIdent(ctx, plan, id); err != nil {
+			return err
+		}
+	}
+	// The directories the batch changed: those the plan names, and every
+	// directory a request of this shipper changed (a file written through
+	// a temp name, a hard link made again in another directory, a removal
+	// during a refresh, a temp file swept...).
+	dirs := maps.Clone(plan.Dirs)
+	for _, id := range plan.Ship {
+		for _, n := range id.Names {
+			dirs[parentDir(n)] = true
+		}
+	}
+	for p := range refresh {
+		dirs[parentDir(p)] = true
+	}
+	maps.Copy(dirs, s.touched)
+	if s.sweep {
+		if err := s.sweepTemps(ctx, dirs); err != nil {
+			return err
+		}
+		maps.Copy(dirs, s.touched)
+	}
+	for _, p := range sortedKeys(plan.Attrs) {
+		if err := s.copyAttrs(ctx, p, false); err != nil {
+			return err
+		}
+	}
+	// Mode and mtime of every changed directory are copied from the store
+	// last, when nothing changes their entries any more. (A directory
+	// whose attributes were just copied as a plan attribute is done.)
+	for _, p := range sortedKeys(dirs) {
+		if plan.Attrs[p] {
+			continue
+		}
+		if err := s.copyAttrs(ctx, p, true); err != nil {
+			return err
+		}
+	}
+	clear(s.touched)
+	return nil
+}
+
+func (s *Shipper) refreshPaths(ctx context.Context, sy *syncer, paths []string) error {
+	for _, p := range paths {
+		if err := sy.syncPath(ctx, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sweepTemps removes leftover temp files (TempPrefix) from the worker
+// directories dirs, each listed at most once per connection.
+//
+// Why this finds every leftover: a temp file is left behind only when the
+// request that would rename or remove it never completed, that is when
+// the connection failed or this process died in the middle of applying a
+// batch. That batch was not acknowledged, so the durable cursor (and, after
+// a failure without a restart, the in-memory read position) is before its
+// ops, also when held files pin the cursor further back; its ops are
+// therefore applied again by the batches that follow the next connect,
+// and the temp file lies in a directory those ops change: the directory of
+// a file they ship (or of one of its hard links, made again), of a name
+// they create, rename or remove, or a directory a refresh converges, which
+// the plan or the dirTracker names. Sweeping stops after the batch that
+// re-applied everything up to suspectUntil (normally the first one), so
+// the cost is one ReadDir per changed directory after a connect. A full
+// copy removes leftovers in every directory it converges (syncDir).
+func (s *Shipper) sweepTemps(ctx context.Context, dirs map[string]bool) error {
+	for _, d := range sortedKeys(dirs) {
+		if s.swept[d] {
+			continue
+		}
+		if s.excl.Excluded(d, true) {
+			continue // not ours
+		}
+		ents, err := s.t.ReadDir(ctx, d)
+		if err != nil {
+			wfi, lerr := s.wlstat(ctx, d)
+			if lerr != nil {
+				return lerr
+			}
+			if wfi == nil || !wfi.IsDir() {
+				continue // gone, or not a directory: nothing to sweep
+			}
+			return s.errf(d, fmt.Errorf("listing for leftover temp files: %w", err))
+		}
+		s.swept[d] = true
+		for _, e := range ents {
+			if !strings.HasPrefix(e.Name, TempPrefix) {
+				continue
+			}
+			p := joinPath(d, e.Name)
+			if fi, err := s.storeLstat(p); err == nil && fi != nil {
+				continue // the store has this name itself
+			}
+			s.log.Info("removing a temp file left by an interrupted transfer", "path", p)
+			if err := s.removeAll(ctx, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// dirTracker is the shipper's view of its Transport: it notes in dirs the
+// worker directories whose entries each request may change, so that their
+// mode and mtime are copied from the store at the end of the batch.
+type dirTracker struct {
+	Transport
+	dirs map[string]bool
+}
+
+func (d *dirTracker) changes(p string) { d.dirs[parentDir(p)] = true }
+
+func (d *dirTracker) Mkdir(ctx context.Context, p string, perm fs.FileMode) error {
+	d.changes(p)
+	d.dirs[p] = true // its mtime and mode too
+	return d.Transport.Mkdir(ctx, p, perm)
+}
+
+func (d *dirTracker) Remove(ctx context.Context, p string) error {
+	d.changes(p)
+	return d.Transport.Remove(ctx, p)
+}
+
+func (d *dirTracker) Rmdir(ctx context.Context, p string) error {
+	d.changes(p)
+	return d.Transport.Rmdir(ctx, p)
+}
+
+func (d *dirTracker) Rename(ctx context.Context, from, to string) error {
+	d.changes(from)
+	d.changes(to)
+	return d.Transport.Rename(ctx, from, to)
+}
+
+func (d *dirTracker) Symlink(ctx context.Context, target, p string) error {
+	d.changes(p)
+	return d.Transport.Symlink(ctx, target, p)
+}
+
+func (d *dirTracker) Link(ctx context.Context, existing, p string) error {
+	d.changes(p)
+	return d.Transport.Link(ctx, existing, p)
+}
+
+func (d *dirTracker) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Attrs) error {
+	d.changes(p)
+	return d.Transport.WriteFileAtomic(ctx, p, r, a)
+}
+
+// copyAttrs copies the store's attributes of p to the worker; a path the
+// store no longer has, or an excluded one, is skipped.
+func (s *Shipper) copyAttrs(ctx context.Context, p string, dirOnly bool) error {
+	sfi, err := s.storeLstat(p)
+	if err != nil || (dirOnly && !sfi.IsDir()) || s.excl.Excluded(p, sfi.IsDir()) {
+		return nil
+	}
+	return s.setAttrs(ctx, p, sfi, nil)
+}
+
+// applyStep applies one namespace step. When the step cannot be applied
+// as is, the worker's state decides: already done is fine; a path whose
+// state is unknown is added to refresh (converged from the store after the
+// steps). suspect marks a step that may already have been applied (replay
+// after a restart, a failure or a full copy): renames and links are then
+// followed by a refresh of both paths, because the worker's source may be
+// a newer file that took the old name.
+func (s *Shipper) applyStep(ctx context.Context, st step, suspect bool, refresh map[string]bool) error {
+	t := s.t
+	switch st.Kind {
+	case stepSkip:
+		lvl := slog.LevelDebug
+		if st.Notice {
+			lvl = slog.LevelInfo
+		}
+		s.log.Log(ctx, lvl, "not replicated", "op", st.Seq, "path", st.Path, "reason", st.Reason)
+		return nil
+
+	case stepMkdir:
+		err := t.Mkdir(ctx, st.Path, 0o700)
+		if err == nil {
+			return nil
+		}
+		wfi, lerr := s.wlstat(ctx, st.Path)
+		switch {
+		case lerr != nil:
+			return lerr
+		case wfi != nil && wfi.IsDir():
+			return nil // re-applied
+		default:
+			refresh[st.Path] = true
+			return nil
+		}
+
+	case stepRmdir, stepUnlink, stepRemoveAll:
+		if st.SrcFree && !suspect {
+			return nil // a name the worker never got: nothing to remove
+		}
+		var err error
+		switch st.Kind {
+		case stepRmdir:
+			err = t.Rmdir(ctx, st.Path)
+		case stepUnlink:
+			err = t.Remove(ctx, st.Path)
+		default:
+			return s.removeAll(ctx, st.Path)
+		}
+		if err == nil {
+			return nil
+		}
+		wfi, lerr := s.wlstat(ctx, st.Path)
+		if lerr != nil || wfi == nil {
+			return lerr // missing: re-applied, or never shipped
+		}
+		s.log.Info("worker has content the store did not: removing it", "op", st.Kind.String(), "path", st.Path)
+		return s.removeAll(ctx, st.Path)
+
+	case stepSymlink:
+		return s.putSymlink(ctx, st.Path, st.Target)
+
+	case stepRename:
+		return s.applyRename(ctx, st, suspect, refresh)
+
+	case stepExchange:
+		return s.applyExchange(ctx, st, suspect, refresh)
+
+	case stepLink:
+		tmp := joinPath(parentDir(st.NewPath), TempName())
+		if err := t.Link(ctx, st.Path, tmp); err != nil {
+			src, lerr := s.wlstat(ctx, st.Path)
+			if lerr != nil {
+				return lerr
+			}
+			if src == nil && st.SrcPending {
+				return nil // the source's data ships later and is linked then
+			}
+			if src == nil {
+				dst, lerr := s.wlstat(ctx, st.NewPath)
+				if lerr != nil {
+					return lerr
+				}
+				if dst == nil {
+					refresh[st.NewPath] = true
+				}
+				return nil
+			}
+			refresh[st.NewPath] = true
+			return nil
+		}
+		if err := s.replaceWith(ctx, tmp, st.NewPath); err != nil {
+			return err
+		}
+		if suspect {
+			refresh[st.NewPath] = true
+		}
+		return nil
+	}
+	return fmt.Errorf("%s: unknown plan step %d", s.opts.Name, st.Kind)
+}
+
+func (s *Shipper) applyRename(ctx context.Context, st step, suspect bool, refresh map[string]bool) error {
+	if st.SrcFree && !suspect {
+		// A name the worker never got: the file's data ships at its final
+		// name, replacing the destination atomically then.
+		return nil
+	}
+	err := s.t.Rename(ctx, st.Path, st.NewPath)
+	if err == nil {
+		if suspect {
+			refresh[st.Path] = true
+			refresh[st.NewPath] = true
+		}
+		return nil
+	}
+	src, lerr := s.wlstat(ctx, st.Path)
+	if lerr != nil {
+		return lerr
+	}
+	if src == nil {
+		if st.SrcPending {
+			return nil // created in this plan: its data ships at the new name
+		}
+		dst, lerr := s.wlstat(ctx, st.NewPath)
+		if lerr != nil {
+			return lerr
+		}
+		switch {
+		case dst == nil:
+			refresh[st.NewPath] = true
+		case suspect:
+			// Most likely applied before: the worker's destination is the
+			// store's when a cheap look says so; else converge it.
+			same, err := s.looksLikeStore(ctx, st.NewPath, dst)
+			if err != nil {
+				return err
+			}
+			if !same {
+				refresh[st.NewPath] = true
+			}
+		}
+		return nil // re-applied
+	}
+	// The source is there: the destination is in the way (a non-empty
+	// directory, or another type). The store is the truth.
+	s.log.Info("rename blocked on the worker; converging both paths from the store", "from", st.Path, "to", st.NewPath, "err", err)
+	refresh[st.Path] = true
+	refresh[st.NewPath] = true
+	return nil
+}
+
+// looksLikeStore is a cheap check that the worker's entry wfi at p is the
+// store's: a regular file of the same size and mtime (in seconds, the
+// grain of SFTP v3), or a symlink with the same target. Directories are
+// never taken as equal: a refresh compares their entries.
+func (s *Shipper) looksLikeStore(ctx context.Context, p string, wfi *FileInfo) (bool, error) {
+	sfi, err := s.storeLstat(p)
+	if err != nil {
+		return false, nil
+	}
+	switch {
+	case sfi.Mode().IsRegular() && wfi.Mode.IsRegular():
+		return sfi.Size() == wfi.Size && sfi.ModTime().Unix() == wfi.Mtime.Unix(), nil
+	case sfi.Mode()&fs.ModeSymlink != 0 && wfi.Mode&fs.ModeSymlink != 0:
+		target, err := s.store.Readlink(p)
+		if err != nil {
+			return false, nil
+		}
+		cur, err := s.t.Readlink(ctx, p)
+		return err == nil && cur == target, nil
+	}
+	return false, nil
+}
+
+// applyExchange swaps two paths. SFTP has no atomic exchange: it is three
+// renames through a temp name, tolerant of a missing side.
+func (s *Shipper) applyExchange(ctx context.Context, st step, suspect bool, refresh map[string]bool) error {
+	a, b := st.Path, st.NewPath
+	wa, err := s.wlstat(ctx, a)
+	if err != nil {
+		return err
+	}
+	wb, err := s.wlstat(ctx, b)
+	if err != nil {
+		return err
+	}
+	if wa == nil && !st.SrcPending || wb == nil && !st.DstPending || suspect {
+		refresh[a], refresh[b] = true, true
+	}
+	tmp := joinPath(parentDir(a), TempName())
+	if wa != nil {
+		if err := s.t.Rename(ctx, a, tmp); err != nil {
+			return s.errf(a, fmt.Errorf("exchange: %w", err))
+		}
+	}
+	if wb != nil {
+		if err := s.t.Rename(ctx, b, a); err != nil {
+			return s.errf(b, fmt.Errorf("exchange: %w", err))
+		}
+	}
+	if wa != nil {
+		if err := s.t.Rename(ctx, tmp, b); err != nil {
+			return s.errf(b, fmt.Errorf("exchange: %w", err))
+		}
+	}
+	return nil
+}
+
+// shipIdent sends the data of one identity to its primary name, then makes
+// its other names hard links to it again.
+func (s *Shipper) shipIdent(ctx context.Context, plan *Plan, id *ident) error {
+	primary, ok := s.locate(id)
+	if !ok {
+		s.unresolved(plan, id, "its store file moved before it could be sent")
+		return nil
+	}
+	err := s.shipFile(ctx, primary, id.ID, id.Names, id.Born)
+	if errors.Is(err, errNotIdentity) || errors.Is(err, errSourceChanged) {
+		s.unresolved(plan, id, err.Error())
+		return nil
+	}
+	return err
+}
+
+// shipFile sends the store file at primary, which must be inode ino, and
+// makes its other names hard links to it. names are the names the journal
+// told; unless complete, names of older links are looked up in the store.
+func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, names []string, complete bool) error {
+	n, err := s.sendFile(ctx, primary, ino)
+	if err != nil {
+		return err
+	}
+	s.log.Debug("shipped", "path", primary, "bytes", n)
+	sfi, err := s.storeLstat(primary)
+	if err != nil || nlink(sfi) < 2 {
+		return nil
+	}
+	names = slices.Clone(names)
+	if !complete && uint64(len(names)) < nlink(sfi) {
+		more, err := s.findLinks(ctx, ino)
+		if err != nil {
+			return s.errf(primary, fmt.Errorf("finding hard links: %w", err))
+		}
+		for _, m := range more {
+			if !slices.Contains(names, m) {
+				names = append(names, m)
+				// The store may show a link whose op is not journaled yet.
+				s.storeAhead()
+			}
+		}
+	}
+	for _, other := range names {
+		if other == primary || s.excl.Excluded(other, false) {
+			continue
+		}
+		ofi, err := s.storeLstat(other)
+		if err != nil || !ofi.Mode().IsRegular() || inode(ofi) != ino {
+			continue // moved meanwhile; its op follows
+		}
+		if err := s.relink(ctx, primary, other); err != nil {
+			if !errors.Is(err, fs.ErrPermission) {
+				return err
+			}
+			// Without hard links on the worker, send a copy.
+			if _, err := s.sendFile(ctx, other, ino); err != nil && !errors.Is(err, errNotIdentity) && !errors.Is(err, errSourceChanged) {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,52 @@
+package replicate
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"strings"
+)
+
+// dirCheck verifies that every parent of a path on the worker is a real
+// directory, not a symlink (which could lead outside the worker root). It
+// remembers verified directories until a namespace change invalidates them.
+type dirCheck struct {
+	ok map[string]bool
+}
+
+// check verifies the proper ancestors of p (the root itself is trusted).
+func (c *dirCheck) check(ctx context.Context, p string, lstat func(context.Context, string) (FileInfo, error)) error {
+	if c.ok == nil {
+		c.ok = make(map[string]bool)
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] != '/' {
+			continue
+		}
+		dir := p[:i]
+		if c.ok[dir] {
+			continue
+		}
+		fi, err := lstat(ctx, dir)
+		if err != nil {
+			return err
+		}
+		if fi.Mode&fs.ModeSymlink != 0 {
+			return fmt.Errorf("%w: parent %q of %q", ErrSymlink, dir, p)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("parent %q of %q is not a directory: %w", dir, p, fs.ErrNotExist)
+		}
+		c.ok[dir] = true
+	}
+	return nil
+}
+
+// invalidate forgets p and everything under it.
+func (c *dirCheck) invalidate(p string) {
+	for d := range c.ok {
+		if d == p || strings.HasPrefix(d, p+"/") {
+			delete(c.ok, d)
+		}
+	}
+}

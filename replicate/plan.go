@@ -1,0 +1,585 @@
+package replicate
+
+import (
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/mirrorfs/mirrorfs/journal"
+)
+
+// Linux renameat2 flags carried in Op.Flags of a rename.
+const (
+	renameNoReplace = 1 << 0
+	renameExchange  = 1 << 1
+)
+
+// stepKind is one namespace change applied in journal order.
+type stepKind uint8
+
+const (
+	stepMkdir     stepKind = iota + 1
+	stepRmdir              // Path
+	stepUnlink             // Path
+	stepRename             // Path -> NewPath
+	stepExchange           // Path <-> NewPath
+	stepSymlink            // Path -> Target
+	stepLink               // NewPath = hard link to Path
+	stepRemoveAll          // Path moved out of the mirrored tree (into an excluded path)
+	stepSkip               // logged only: mknod of a FIFO/device, xattrs
+)
+
+var stepNames = [...]string{
+	stepMkdir: "mkdir", stepRmdir: "rmdir", stepUnlink: "unlink", stepRename: "rename",
+	stepExchange: "exchange", stepSymlink: "symlink", stepLink: "link",
+	stepRemoveAll: "remove-all", stepSkip: "skip",
+}
+
+func (k stepKind) String() string { return stepNames[k] }
+
+// step is a namespace change to apply to the worker.
+type step struct {
+	Kind    stepKind
+	Seq     uint64
+	Time    int64 // Op.Time
+	Path    string
+	NewPath string
+	Target  string
+	// SrcPending: Path is a file created in the plan (or held since an
+	// earlier one) whose data has not been shipped: the worker may lack it.
+	SrcPending bool
+	// DstPending is SrcPending for NewPath (exchange).
+	DstPending bool
+	// SrcFree: the worker certainly has nothing at Path (a name a file
+	// created in the plan got by create or link): a rename or unlink of it
+	// needs no request, unless the step is being replayed.
+	SrcFree bool
+	Reason  string // stepSkip
+	Notice  bool   // stepSkip: worth an info log (xattrs are only debug)
+}
+
+// ident is one file identity (store inode) with data to ship.
+type ident struct {
+	ID    uint64
+	Names []string // current names in the store, in the order learned
+	// Born: created since its data last shipped; the worker has no copy
+	// and all its names are known to the plan.
+	Born      bool
+	Dirty     bool   // has data (create, write, truncate, fallocate, copy range)
+	FirstSeq  uint64 // first data op since the last ship
+	FirstTime int64  // Op.Time of that op
+	Open      bool   // a data op without a later Close
+	// Unresolved: its data could not be read from the store at its names
+	// (moved or removed by an op not yet journaled); retried later.
+	Unresolved      bool
+	UnresolvedSince int64 // Unix nanoseconds
+	// Free are names at which the worker certainly has nothing: given by
+	// a create or a link while Born (the name was free on the master, and
+	// the worker follows the master's namespace in order).
+	Free map[string]bool
+}
+
+func (id *ident) clone() *ident {
+	c := *id
+	c.Names = slices.Clone(id.Names)
+	c.Free = maps.Clone(id.Free)
+	return &c
+}
+
+func (id *ident) hasName(p string) bool { return slices.Contains(id.Names, p) }
+
+// Plan is a batch of journal ops folded into what the worker needs.
+type Plan struct {
+	First, Last uint64 // Seq range of the ops folded in (0, 0 for none)
+	Steps       []step
+	// Ship are identities whose data ships now, at their final names.
+	Ship []*ident
+	// Carry are identities whose data is held back (still open, or
+	// unresolved): carried into the next plan; they pin the durable cursor.
+	Carry map[uint64]*ident
+	// Attrs are paths whose attributes are copied from the store.
+	Attrs map[string]bool
+	// Dirs are directories whose content changed: their mtime and mode
+	// are copied from the store.
+	Dirs map[string]bool
+	// Refresh are paths to converge from the store as a whole (moved in
+	// from an excluded path).
+	Refresh map[string]bool
+	// Dead are identities that lost their last name (Op.Time of the
+	// unlink): later data ops on them (a file written while open after
+	// its unlink) are ignored until a create reuses the inode number.
+	Dead map[uint64]int64
+}
+
+// deadMemory is how long Plan.Dead remembers an identity.
+const deadMemory = 10 * time.Minute
+
+// pinned returns the durable cursor the plan allows: everything before the
+// first op of a carried identity, else Last.
+func (p *Plan) pinned(last uint64) uint64 {
+	c := last
+	for _, id := range p.Carry {
+		if id.FirstSeq > 0 && id.FirstSeq-1 < c {
+			c = id.FirstSeq - 1
+		}
+	}
+	return c
+}
+
+// planner folds ops into plans. It does no I/O except isDir.
+type planner struct {
+	excl     *Excluder
+	holdOpen time.Duration
+	// isDir tells whether a store path is a directory, for exclude
+	// patterns that match directories only when an op does not say.
+	isDir func(p string) bool
+	log   *slog.Logger
+}
+
+// fold builds a plan from the identities carried over from the previous
+// plan and the ops read since; now decides which open files are too old to
+// hold. carried is not modified.
+func (pl *planner) fold(carried map[uint64]*ident, dead map[uint64]int64, ops []journal.Op, now time.Time) *Plan {
+	f := folder{
+		pl:      pl,
+		ids:     make(map[uint64]*ident, len(carried)),
+		attrs:   map[string]bool{},
+		dirs:    map[string]bool{},
+		refresh: map[string]bool{},
+		dead:    map[uint64]int64{},
+	}
+	for k, t := range dead {
+		if now.Sub(time.Unix(0, t)) < deadMemory {
+			f.dead[k] = t
+		}
+	}
+	for k, v := range carried {
+		f.ids[k] = v.clone()
+	}
+	plan := &Plan{}
+	if len(ops) > 0 {
+		plan.First, plan.Last = ops[0].Seq, ops[len(ops)-1].Seq
+	}
+	for _, op := range ops {
+		n := len(f.steps)
+		f.now = op.Time
+		f.op(op)
+		for i := n; i < len(f.steps); i++ {
+			f.steps[i].Time = op.Time
+		}
+	}
+	plan.Steps = f.steps
+	plan.Carry = map[uint64]*ident{}
+	shipped := map[string]bool{}
+	for _, k := range slices.Sorted(maps.Keys(f.ids)) {
+		id := f.ids[k]
+		if !id.Dirty || len(id.Names) == 0 {
+			continue
+		}
+		hold := id.Open && now.Sub(time.Unix(0, id.FirstTime)) < pl.holdOpen
+		if hold {
+			plan.Carry[k] = id
+		} else {
+			plan.Ship = append(plan.Ship, id)
+		}
+		for _, n := range id.Names {
+			shipped[n] = true
+		}
+	}
+	// Attributes of files whose data ships (or is held) come with the data.
+	for p := range f.attrs {
+		if shipped[p] {
+			delete(f.attrs, p)
+		}
+	}
+	plan.Attrs, plan.Dirs, plan.Refresh, plan.Dead = f.attrs, f.dirs, f.refresh, f.dead
+	return plan
+}
+
+type folder struct {
+	pl      *planner
+	ids     map[uint64]*ident
+	steps   []step
+	attrs   map[string]bool
+	dirs    map[string]bool
+	refresh map[string]bool
+	dead    map[uint64]int64
+	now     int64 // Op.Time of the op being folded
+}
+
+func (f *folder) excluded(p string, isDir bool) bool {
+	return f.pl.excl.Excluded(p, isDir)
+}
+
+// excludedUnknown is excluded for a path whose type the op does not say.
+func (f *folder) excludedUnknown(p string) bool {
+	if f.pl.excl == nil || len(f.pl.excl.pats) == 0 {
+		return false
+	}
+	if f.excluded(p, false) {
+		return true
+	}
+	return f.pl.isDir != nil && f.pl.isDir(p) && f.excluded(p, true)
+}
+
+func (f *folder) valid(op journal.Op, paths ...string) bool {
+	for _, p := range paths {
+		if err := ValidPath(p); err != nil || p == "" {
+			f.pl.log.Warn("skipping journal op with an invalid path", "op", op.String(), "path", p)
+			return false
+		}
+	}
+	return true
+}
+
+func (f *folder) changedDir(p string) { f.dirs[parentDir(p)] = true }
+
+// dropName removes the name p (and names under it) from every identity;
+// an identity left without names is forgotten: its data is not shipped.
+func (f *folder) dropName(p string) {
+	for k, id := range f.ids {
+		id.Names = slices.DeleteFunc(id.Names, func(n string) bool { return under(n, p) })
+		for n := range id.Free {
+			if under(n, p) {
+				delete(id.Free, n)
+			}
+		}
+		if len(id.Names) == 0 {
+			delete(f.ids, k)
+			f.dead[k] = f.now
+		}
+	}
+	for _, set := range []map[string]bool{f.attrs, f.refresh} {
+		for k := range set {
+			if under(k, p) {
+				delete(set, k)
+			}
+		}
+	}
+}
+
+// dropDirs forgets directory mtimes to fix under p (p itself included).
+func (f *folder) dropDirs(p string) {
+	for k := range f.dirs {
+		if under(k, p) {
+			delete(f.dirs, k)
+		}
+	}
+}
+
+// move renames every tracked name under from to be under to.
+func (f *folder) move(from, to string) {
+	for _, id := range f.ids {
+		for i, n := range id.Names {
+			if under(n, from) {
+				id.Names[i] = reparent(n, from, to)
+			}
+		}
+		// A name renamed itself may land on something the worker has;
+		// names moved with their directory stay free.
+		free := map[string]bool{}
+		for n := range id.Free {
+			if n != from && under(n, from) {
+				free[reparent(n, from, to)] = true
+			} else if !under(n, from) {
+				free[n] = true
+			}
+		}
+		id.Free = free
+	}
+	for _, set := range []map[string]bool{f.attrs, f.dirs, f.refresh} {
+		moved := map[string]bool{}
+		for k := range set {
+			if under(k, from) {
+				delete(set, k)
+				moved[reparent(k, from, to)] = true
+			}
+		}
+		maps.Copy(set, moved)
+	}
+}
+
+// exchange swaps the names under a and b.
+func (f *folder) exchange(a, b string) {
+	swap := func(n string) string {
+		switch {
+		case under(n, a):
+			return reparent(n, a, b)
+		case under(n, b):
+			return reparent(n, b, a)
+		}
+		return n
+	}
+	for _, id := range f.ids {
+		for i, n := range id.Names {
+			id.Names[i] = swap(n)
+		}
+		for n := range id.Free {
+			if under(n, a) || under(n, b) {
+				delete(id.Free, n)
+			}
+		}
+	}
+	for _, set := range []map[string]bool{f.attrs, f.dirs, f.refresh} {
+		next := make(map[string]bool, len(set))
+		for k := range set {
+			next[swap(k)] = true
+		}
+		clear(set)
+		maps.Copy(set, next)
+	}
+}
+
+// pending reports whether p is a name of a file created in the plan whose
+// data has not shipped (the worker may not have p).
+func (f *folder) pending(p string) bool {
+	for _, id := range f.ids {
+		if id.Born && id.hasName(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// free reports whether the worker certainly has nothing at p.
+func (f *folder) free(p string) bool {
+	for _, id := range f.ids {
+		if id.Free[p] {
+			return true
+		}
+	}
+	return false
+}
+
+// byName finds the tracked identity with name p.
+func (f *folder) byName(p string) *ident {
+	for _, id := range f.ids {
+		if id.hasName(p) {
+			return id
+		}
+	}
+	return nil
+}
+
+// dirty marks the data of op.File changed.
+func (f *folder) dirty(op journal.Op, opens bool) {
+	if op.File == 0 {
+		f.pl.log.Warn("skipping data op without a file identity", "op", op.String())
+		return
+	}
+	id := f.ids[op.File]
+	if id == nil {
+		if _, dead := f.dead[op.File]; dead {
+			return // written after its last name went: nothing to ship
+		}
+		if !f.valid(op, op.Path) || f.excluded(op.Path, false) {
+			return
+		}
+		id = &ident{ID: op.File, Names: []string{op.Path}}
+		f.ids[op.File] = id
+	}
+	if !id.Dirty {
+		id.Dirty = true
+		id.FirstSeq, id.FirstTime = op.Seq, op.Time
+	} else if id.FirstSeq == 0 {
+		// Held since a copy skipped it (see syncer.holdSkipped): from now
+		// on the journal has data of it, which pins the cursor.
+		id.FirstSeq = op.Seq
+	}
+	if opens {
+		id.Open = true
+	}
+}
+
+func (f *folder) op(op journal.Op) {
+	switch op.Kind {
+	case journal.KindCreate:
+		if !f.valid(op, op.Path) || f.excluded(op.Path, false) {
+			return
+		}
+		f.dropName(op.Path)
+		delete(f.ids, op.File) // an inode number reused after its file died
+		delete(f.dead, op.File)
+		f.ids[op.File] = &ident{ID: op.File, Names: []string{op.Path}, Born: true, Free: map[string]bool{op.Path: true}}
+		f.dirty(op, true)
+		f.changedDir(op.Path)
+
+	case journal.KindWrite, journal.KindCopyRange, journal.KindFallocate:
+		f.dirty(op, true)
+
+	case journal.KindSetattr:
+		if op.Mask&journal.AttrSize != 0 {
+			// A truncate is data, held until a Close like a write: an
+			// open(O_TRUNC) arrives as a separate setattr before the
+			// writes, and shipping the empty file would show a content
+			// the file never had after a close.
+			f.dirty(op, true)
+		}
+		if op.Mask&^journal.AttrSize != 0 {
+			if id := f.ids[op.File]; id != nil && op.File != 0 {
+				for _, n := range id.Names {
+					f.attrs[n] = true
+				}
+			} else if f.valid(op, op.Path) && !f.excludedUnknown(op.Path) {
+				f.attrs[op.Path] = true
+			}
+		}
+
+	case journal.KindClose:
+		if op.File == 0 {
+			for _, id := range f.ids {
+				id.Open = false
+			}
+		} else if id := f.ids[op.File]; id != nil {
+			id.Open = false
+		} else if op.Path != "" {
+			// A Close without data ops in the plan: its writes were
+			// journaled before a full copy started (the copy skipped the
+			// file, open for writing then), or shipped once HoldOpen
+			// passed. fs journals a Close only when the file changed
+			// since its last Close, so shipping it costs nothing extra.
+			f.dirty(op, false)
+		}
+
+	case journal.KindMkdir:
+		if !f.valid(op, op.Path) || f.excluded(op.Path, true) {
+			return
+		}
+		f.dropName(op.Path)
+		f.steps = append(f.steps, step{Kind: stepMkdir, Seq: op.Seq, Path: op.Path})
+		f.attrs[op.Path] = true
+		f.changedDir(op.Path)
+
+	case journal.KindMknod:
+		if !f.valid(op, op.Path) || f.excluded(op.Path, false) {
+			return
+		}
+		f.dropName(op.Path)
+		f.steps = append(f.steps, step{Kind: stepSkip, Seq: op.Seq, Path: op.Path, Notice: true,
+			Reason: "FIFOs, sockets and device nodes are not replicated over SFTP"})
+
+	case journal.KindSymlink:
+		if !f.valid(op, op.Path) || f.excluded(op.Path, false) {
+			return
+		}
+		f.dropName(op.Path)
+		f.steps = append(f.steps, step{Kind: stepSymlink, Seq: op.Seq, Path: op.Path, Target: op.Target})
+		f.changedDir(op.Path)
+
+	case journal.KindUnlink:
+		if !f.valid(op, op.Path) || f.excluded(op.Path, false) {
+			return
+		}
+		f.steps = append(f.steps, step{Kind: stepUnlink, Seq: op.Seq, Path: op.Path,
+			SrcPending: f.pending(op.Path), SrcFree: f.free(op.Path)})
+		f.dropName(op.Path)
+		f.changedDir(op.Path)
+
+	case journal.KindRmdir:
+		if !f.valid(op, op.Path) || f.excluded(op.Path, true) {
+			return
+		}
+		f.steps = append(f.steps, step{Kind: stepRmdir, Seq: op.Seq, Path: op.Path})
+		f.dropName(op.Path)
+		f.dropDirs(op.Path)
+		f.changedDir(op.Path)
+
+	case journal.KindLink:
+		if !f.valid(op, op.Path, op.NewPath) || f.excluded(op.NewPath, false) {
+			return
+		}
+		f.dropName(op.NewPath)
+		f.changedDir(op.NewPath)
+		if f.excluded(op.Path, false) {
+			f.refresh[op.NewPath] = true
+			return
+		}
+		id := f.byName(op.Path)
+		if id == nil && op.File != 0 {
+			id = f.ids[op.File]
+		}
+		st := step{Kind: stepLink, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath}
+		if id != nil {
+			st.SrcPending = id.Born
+			id.Names = append(id.Names, op.NewPath)
+			if id.Born {
+				if id.Free == nil {
+					id.Free = map[string]bool{}
+				}
+				id.Free[op.NewPath] = true
+			}
+		}
+		f.steps = append(f.steps, st)
+
+	case journal.KindRename:
+		f.rename(op)
+
+	case journal.KindSetxattr, journal.KindRemovexattr:
+		if !f.valid(op, op.Path) || f.excludedUnknown(op.Path) {
+			return
+		}
+		// TODO(agent transport): replicate xattrs; SFTP v3 cannot.
+		f.steps = append(f.steps, step{Kind: stepSkip, Seq: op.Seq, Path: op.Path,
+			Reason: "extended attributes are not replicated by this transport"})
+
+	default:
+		f.pl.log.Warn("skipping journal op of unknown kind", "op", op.String())
+	}
+}
+
+func (f *folder) rename(op journal.Op) {
+	if !f.valid(op, op.Path, op.NewPath) || op.Path == op.NewPath {
+		return
+	}
+	exchange := op.Flags&renameExchange != 0
+	// The moved entry is at NewPath in the store now: its type decides
+	// directory-only patterns for both names.
+	isDir := f.pl.isDir != nil && f.pl.isDir(op.NewPath)
+	srcEx, dstEx := f.excluded(op.Path, isDir), f.excluded(op.NewPath, isDir)
+	f.changedDir(op.Path)
+	f.changedDir(op.NewPath)
+	switch {
+	case srcEx && dstEx:
+		return
+	case srcEx:
+		// NewPath gets content from an excluded path: new to the worker.
+		// (With exchange, NewPath's old content went to the excluded path.)
+		f.dropName(op.NewPath)
+		f.dropDirs(op.NewPath)
+		f.refresh[op.NewPath] = true
+		return
+	case dstEx && exchange:
+		// Path gets content from the excluded NewPath.
+		f.dropName(op.Path)
+		f.dropDirs(op.Path)
+		f.refresh[op.Path] = true
+		return
+	case dstEx:
+		// Content leaves the mirrored tree: delete it on the worker.
+		f.steps = append(f.steps, step{Kind: stepRemoveAll, Seq: op.Seq, Path: op.Path})
+		f.dropName(op.Path)
+		f.dropDirs(op.Path)
+		return
+	}
+	if exchange {
+		f.steps = append(f.steps, step{Kind: stepExchange, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
+			SrcPending: f.pending(op.Path), DstPending: f.pending(op.NewPath)})
+		f.exchange(op.Path, op.NewPath)
+		return
+	}
+	f.steps = append(f.steps, step{Kind: stepRename, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
+		SrcPending: f.pending(op.Path), SrcFree: f.free(op.Path)})
+	// What NewPath held (a file, or an empty directory) is replaced.
+	f.dropName(op.NewPath)
+	f.dropDirs(op.NewPath)
+	f.move(op.Path, op.NewPath)
+}
+
+// sortedKeys returns the keys of a set in order (parents before children).
+func sortedKeys(m map[string]bool) []string {
+	ks := slices.Collect(maps.Keys(m))
+	sort.Strings(ks)
+	return ks
+}

@@ -1,0 +1,693 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// SFTPOptions configure DialSFTP.
+type SFTPOptions struct {
+	Addr string // host:port (port 22 if omitted)
+	User string
+	Root string // absolute path of the worker root on the worker
+	// IdentityFiles are unencrypted private key files. If SSH_AUTH_SOCK
+	// is set, the agent's keys are offered too.
+	IdentityFiles []string
+	// KnownHosts is the known_hosts file the worker's host key must be
+	// in. Required: host keys are always verified.
+	KnownHosts     string
+	ConnectTimeout time.Duration // TCP connect and SSH handshake (default 15 s)
+	KeepAlive      time.Duration // keepalive period; the connection is closed after 3 missed (default 15 s)
+	Logger         *slog.Logger
+}
+
+// SFTP is a Transport over SSH to OpenSSH's sftp-server (or any SFTP v3
+// server). It uses posix-rename@openssh.com, hardlink@openssh.com and
+// fsync@openssh.com when the server offers them.
+//
+// SFTP v3 carries mtimes in whole seconds: nanoseconds are lost (the agent
+// transport will carry them). Setstat follows symlinks, so Chmod, Chown and
+// Chtimes check with an Lstat first and refuse symlinks.
+type SFTP struct {
+	root   string
+	ssh    *ssh.Client
+	c      *sftp.Client
+	conn   *countingConn
+	log    *slog.Logger
+	dirs   dirCheck
+	posix  bool // posix-rename@openssh.com
+	link   bool // hardlink@openssh.com
+	fsync  bool // fsync@openssh.com
+	done   chan struct{}
+	closed sync.Once
+	broken atomic.Bool
+}
+
+var (
+	_ Transport = (*SFTP)(nil)
+	_ Stats     = (*SFTP)(nil)
+)
+
+// DialSFTP connects to a worker over SSH and starts an SFTP session.
+func DialSFTP(ctx context.Context, o SFTPOptions) (Transport, error) {
+	t, err := dialSFTP(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func dialSFTP(ctx context.Context, o SFTPOptions) (*SFTP, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	addr := o.Addr
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		addr = net.JoinHostPort(addr, "22")
+	}
+	log = log.With("addr", addr)
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 15 * time.Second
+	}
+	if o.KeepAlive <= 0 {
+		o.KeepAlive = 15 * time.Second
+	}
+	if !path.IsAbs(o.Root) {
+		return nil, fmt.Errorf("sftp %s: root %q is not an absolute path", addr, o.Root)
+	}
+	hostKey, algos, err := hostKeyCheck(o.KnownHosts, addr)
+	if err != nil {
+		return nil, fmt.Errorf("sftp %s: %w", addr, err)
+	}
+	auth, closeAgent, err := authMethods(o.IdentityFiles)
+	if err != nil {
+		return nil, fmt.Errorf("sftp %s: %w", addr, err)
+	}
+	defer closeAgent()
+	cfg := &ssh.ClientConfig{
+		User:              o.User,
+		Auth:              auth,
+		HostKeyCallback:   hostKey,
+		HostKeyAlgorithms: algos,
+		Timeout:           o.ConnectTimeout,
+	}
+	dctx, cancel := context.WithTimeout(ctx, o.ConnectTimeout)
+	defer cancel()
+	raw, err := (&net.Dialer{KeepAlive: o.KeepAlive}).DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("sftp %s: %w", addr, err)
+	}
+	conn := &countingConn{Conn: raw}
+	_ = conn.SetDeadline(time.Now().Add(o.ConnectTimeout))
+	stop := context.AfterFunc(dctx, func() { raw.Close() })
+	sc, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
+	stopped := stop()
+	if err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("sftp %s: ssh: %w", addr, err)
+	}
+	client := ssh.NewClient(sc, chans, reqs)
+	if !stopped {
+		client.Close()
+		return nil, fmt.Errorf("sftp %s: %w", addr, dctx.Err())
+	}
+	c, err := sftp.NewClient(client)
+	_ = conn.SetDeadline(time.Time{})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("sftp %s: start sftp subsystem: %w", addr, err)
+	}
+	t := &SFTP{root: path.Clean(o.Root), ssh: client, c: c, conn: conn, log: log, done: make(chan struct{})}
+	t.posix = hasExt(c, "posix-rename@openssh.com")
+	t.link = hasExt(c, "hardlink@openssh.com")
+	t.fsync = hasExt(c, "fsync@openssh.com")
+	if !t.posix {
+		log.Warn("server lacks posix-rename@openssh.com: replacing a file is remove + rename, not atomic")
+	}
+	if !t.link {
+		log.Warn("server lacks hardlink@openssh.com: hard links are sent as copies")
+	}
+	if !t.fsync {
+		log.Info("server lacks fsync@openssh.com: relying on the server to sync files when they are closed (mirrorfs worker does)")
+	}
+	fi, err := c.Stat(t.root)
+	if err != nil || !fi.IsDir() {
+		t.Close()
+		if err == nil {
+			err = errors.New("not a directory")
+		}
+		return nil, fmt.Errorf("sftp %s: root %s: %w", addr, t.root, err)
+	}
+	go t.keepAlive(o.KeepAlive)
+	return t, nil
+}
+
+func hasExt(c *sftp.Client, name string) bool {
+	_, ok := c.HasExtension(name)
+	return ok
+}
+
+// hostKeyCheck returns a callback accepting only keys in the known_hosts
+// file for addr, and the host key algorithms to ask for (those of the
+// known keys, so that the server does not offer another type first).
+func hostKeyCheck(file, addr string) (ssh.HostKeyCallback, []string, error) {
+	if file == "" {
+		return nil, nil, errors.New("no known_hosts file configured (host keys are always verified)")
+	}
+	cb, err := knownhosts.New(file)
+	if err != nil {
+		return nil, nil, fmt.Errorf("known_hosts: %w", err)
+	}
+	check := func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+		err := cb(hostname, remote, key)
+		var ke *knownhosts.KeyError
+		var re *knownhosts.RevokedError
+		switch {
+		case errors.As(err, &ke) && len(ke.Want) == 0:
+			return fmt.Errorf("host key of %s is unknown: %s %s is not in %s (verify it, then add it there)",
+				hostname, key.Type(), ssh.FingerprintSHA256(key), file)
+		case errors.As(err, &ke):
+			var known []string
+			for _, w := range ke.Want {
+				known = append(known, fmt.Sprintf("%s %s (%s:%d)", w.Key.Type(), ssh.FingerprintSHA256(w.Key), w.Filename, w.Line))
+			}
+			return fmt.Errorf("HOST KEY MISMATCH for %s: it offers %s %s, %s lists %s",
+				hostname, key.Type(), ssh.FingerprintSHA256(key), file, strings.Join(known, ", "))
+		case errors.As(err, &re):
+			return fmt.Errorf("host key of %s is revoked: %s %s", hostname, key.Type(), ssh.FingerprintSHA256(key))
+		}
+		return err
+	}
+	// Ask the database which key types it knows for addr.
+	var algos []string
+	var ke *knownhosts.KeyError
+	tcp, _ := net.ResolveTCPAddr("tcp", addr)
+	if tcp == nil {
+		tcp = &net.TCPAddr{}
+	}
+	if err := cb(knownhosts.Normalize(addr), tcp, probeKey{}); errors.As(err, &ke) {
+		seen := map[string]bool{}
+		for _, w := range ke.Want {
+			for _, a := range algorithmsFor(w.Key.Type()) {
+				if !seen[a] {
+					seen[a] = true
+					algos = append(algos, a)
+				}
+			}
+		}
+	}
+	return check, algos, nil
+}
+
+func algorithmsFor(keyType string) []string {
+	if keyType == ssh.KeyAlgoRSA {
+		return []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA}
+	}
+	return []string{keyType}
+}
+
+// probeKey is a key no known_hosts line matches.
+type probeKey struct{}
+
+func (probeKey) Type() string                        { return "mirrorfs-probe" }
+func (probeKey) Marshal() []byte                     { return []byte("mirrorfs-probe") }
+func (probeKey) Verify([]byte, *ssh.Signature) error { return errors.New("probe key") }
+func (probeKey) String() string                      { return "probe" }
+
+// authMethods offers the identity files' keys and the agent's.
+func authMethods(files []string) ([]ssh.AuthMethod, func(), error) {
+	var signers []ssh.Signer
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, nil, fmt.Errorf("identity file: %w", err)
+		}
+		s, err := ssh.ParsePrivateKey(b)
+		var pp *ssh.PassphraseMissingError
+		if errors.As(err, &pp) {
+			return nil, nil, fmt.Errorf("identity file %s is encrypted: load it into ssh-agent instead", f)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("identity file %s: %w", f, err)
+		}
+		signers = append(signers, s)
+	}
+	closeAgent := func() {}
+	if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
+		if ac, err := net.Dial("unix", sock); err == nil {
+			closeAgent = func() { ac.Close() }
+			if as, err := agent.NewClient(ac).Signers(); err == nil {
+				signers = append(signers, as...)
+			}
+		}
+	}
+	if len(signers) == 0 {
+		closeAgent()
+		return nil, nil, errors.New("no identity file and no ssh-agent key to log in with")
+	}
+	return []ssh.AuthMethod{ssh.PublicKeys(signers...)}, closeAgent, nil
+}
+
+func (t *SFTP) keepAlive(every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	missed := 0
+	for {
+		select {
+		case <-t.done:
+			return
+		case <-tick.C:
+		}
+		res := make(chan error, 1)
+		go func() {
+			_, _, err := t.ssh.SendRequest("keepalive@openssh.com", true, nil)
+			res <- err
+		}()
+		select {
+		case <-t.done:
+			return
+		case err := <-res:
+			if err != nil {
+				t.log.Warn("keepalive failed: closing the connection", "err", err)
+				t.kill()
+				return
+			}
+			missed = 0
+		case <-time.After(every):
+			if missed++; missed >= 3 {
+				t.log.Warn("keepalive unanswered: closing the connection")
+				t.kill()
+				return
+			}
+		}
+	}
+}
+
+// kill closes the connection so that blocked calls return.
+func (t *SFTP) kill() {
+	t.broken.Store(true)
+	_ = t.conn.Close()
+}
+
+// BytesSent implements Stats.
+func (t *SFTP) BytesSent() uint64 { return t.conn.sent.Load() }
+
+// BytesReceived implements Stats.
+func (t *SFTP) BytesReceived() uint64 { return t.conn.recv.Load() }
+
+// Close implements Transport.
+func (t *SFTP) Close() error {
+	t.closed.Do(func() { close(t.done) })
+	t.c.Close()
+	return t.ssh.Close()
+}
+
+// call runs f with ctx honoured: cancelling ctx closes the connection
+// (pkg/sftp has no per-request cancellation).
+func (t *SFTP) call(ctx context.Context, f func() error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, t.kill)
+	err := f()
+	if !stop() && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// abs validates p and its parents and returns the worker's absolute path.
+func (t *SFTP) abs(ctx context.Context, p string) (string, error) {
+	if err := ValidPath(p); err != nil {
+		return "", err
+	}
+	if err := t.dirs.check(ctx, p, t.lstatRaw); err != nil {
+		return "", err
+	}
+	if p == "" {
+		return t.root, nil
+	}
+	return t.root + "/" + p, nil
+}
+
+func sftpInfo(fi fs.FileInfo) FileInfo {
+	out := FileInfo{Name: fi.Name(), Mode: fi.Mode(), Size: fi.Size(), Mtime: fi.ModTime()}
+	if st, ok := fi.Sys().(*sftp.FileStat); ok {
+		out.UID, out.GID = st.UID, st.GID
+	}
+	return out
+}
+
+func (t *SFTP) lstatRaw(ctx context.Context, p string) (FileInfo, error) {
+	full := t.root
+	if p != "" {
+		full += "/" + p
+	}
+	var fi fs.FileInfo
+	err := t.call(ctx, func() (err error) { fi, err = t.c.Lstat(full); return err })
+	if err != nil {
+		return FileInfo{}, &fs.PathError{Op: "lstat", Path: p, Err: err}
+	}
+	return sftpInfo(fi), nil
+}
+
+// Lstat implements Transport.
+func (t *SFTP) Lstat(ctx context.Context, p string) (FileInfo, error) {
+	if _, err := t.abs(ctx, p); err != nil {
+		return FileInfo{}, err
+	}
+	return t.lstatRaw(ctx, p)
+}
+
+// ReadDir implements Transport.
+func (t *SFTP) ReadDir(ctx context.Context, p string) ([]FileInfo, error) {
+	full, err := t.abs(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := t.lstatRaw(ctx, p); err != nil {
+		return nil, err
+	} else if fi.Mode&fs.ModeSymlink != 0 {
+		return nil, fmt.Errorf("readdir %s: %w", p, ErrSymlink)
+	}
+	var list []fs.FileInfo
+	err = t.call(ctx, func() (err error) { list, err = t.c.ReadDirContext(ctx, full); return err })
+	if err != nil {
+		return nil, &fs.PathError{Op: "readdir", Path: p, Err: err}
+	}
+	out := make([]FileInfo, 0, len(list))
+	for _, fi := range list {
+		if n := fi.Name(); n != "." && n != ".." {
+			out = append(out, sftpInfo(fi))
+		}
+	}
+	return out, nil
+}
+
+// Readlink implements Transport.
+func (t *SFTP) Readlink(ctx context.Context, p string) (string, error) {
+	full, err := t.abs(ctx, p)
+	if err != nil {
+		return "", err
+	}
+	var target string
+	err = t.call(ctx, func() (err error) { target, err = t.c.ReadLink(full); return err })
+	if err != nil {
+		return "", &fs.PathError{Op: "readlink", Path: p, Err: err}
+	}
+	return target, nil
+}
+
+// Mkdir implements Transport.
+func (t *SFTP) Mkdir(ctx context.Context, p string, perm fs.FileMode) error {
+	full, err := t.abs(ctx, p)
+	if err != nil {
+		return err
+	}
+	if err := t.call(ctx, func() error { return t.c.Mkdir(full) }); err != nil {
+		return &fs.PathError{Op: "mkdir", Path: p, Err: err}
+	}
+	if err := t.call(ctx, func() error { return t.c.Chmod(full, perm) }); err != nil {
+		return &fs.PathError{Op: "chmod", Path: p, Err: err}
+	}
+	return nil
+}
+
+// Remove implements Transport.
+func (t *SFTP) Remove(ctx context.Context, p string) error {
+	full, err := t.abs(ctx, p)
+	if err != nil {
+		return err
+	}
+	if p == "" {
+		return fmt.Errorf("remove: %w: the root", ErrInvalidPath)
+	}
+	t.dirs.invalidate(p)
+	// pkg/sftp's Remove falls back to removing an empty directory.
+	if fi, err := t.lstatRaw(ctx, p); err != nil {
+		return err
+	} else if fi.IsDir() {
+		return &fs.PathError{Op: "remove", Path: p, Err: errors.New("is a directory")}
+	}
+	if err := t.call(ctx, func() error { return t.c.Remove(full) }); err != nil {
+		return &fs.PathError{Op: "remove", Path: p, Err: err}
+	}
+	return nil
+}
+
+// Rmdir implements Transport.
+func (t *SFTP) Rmdir(ctx context.Context, p string) error {
+	full, err := t.abs(ctx, p)
+	if err != nil {
+		return err
+	}
+	if p == "" {
+		return fmt.Errorf("rmdir: %w: the root", ErrInvalidPath)
+	}
+	t.dirs.invalidate(p)
+	if err := t.call(ctx, func() error { return t.c.RemoveDirectory(full) }); err != nil {
+		return &fs.PathError{Op: "rmdir", Path: p, Err: err}
+	}
+	return nil
+}
+
+// Rename implements Transport.
+func (t *SFTP) Rename(ctx context.Context, from, to string) error {
+	src, err := t.abs(ctx, from)
+	if err != nil {
+		return err
+	}
+	dst, err := t.abs(ctx, to)
+	if err != nil {
+		return err
+	}
+	if from == "" || to == "" {
+		return fmt.Errorf("rename: %w: the root", ErrInvalidPath)
+	}
+	t.dirs.invalidate(from)
+	t.dirs.invalidate(to)
+	err = t.call(ctx, func() error {
+		if t.posix {
+			return t.c.PosixRename(src, dst)
+		}
+		// Plain SFTP rename refuses an existing target.
+		if err := t.c.Rename(src, dst); err == nil {
+			return nil
+		}
+		if _, err := t.c.Lstat(src); err != nil {
+			return err
+		}
+		if err := t.c.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return t.c.Rename(src, dst)
+	})
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+	}
+	return nil
+}
+
+// Symlink implements Transport.
+func (t *SFTP) Symlink(ctx context.Context, target, p string) error {
+	full, err := t.abs(ctx, p)
+	if err != nil {
+		return err
+	}
+	if p == "" || target == "" {
+		return fmt.Errorf("symlink: %w", ErrInvalidPath)
+	}
+	if err := t.call(ctx, func() error { return t.c.Symlink(target, full) }); err != nil {
+		return &os.LinkError{Op: "symlink", Old: target, New: p, Err: err}
+	}
+	return nil
+}
+
+// Link implements Transport.
+func (t *SFTP) Link(ctx context.Context, existing, p string) error {
+	src, err := t.abs(ctx, existing)
+	if err != nil {
+		return err
+	}
+	dst, err := t.abs(ctx, p)
+	if err != nil {
+		return err
+	}
+	if existing == "" || p == "" {
+		return fmt.Errorf("link: %w: the root", ErrInvalidPath)
+	}
+	if !t.link {
+		return &os.LinkError{Op: "link", Old: existing, New: p, Err: fmt.Errorf("%w: hardlink@openssh.com: %w", ErrUnsupported, fs.ErrPermission)}
+	}
+	if err := t.call(ctx, func() error { return t.c.Link(src, dst) }); err != nil {
+		return &os.LinkError{Op: "link", Old: existing, New: p, Err: err}
+	}
+	return nil
+}
+
+// attrPath validates p for a setstat, which would follow a symlink.
+func (t *SFTP) attrPath(ctx context.Context, p string) (string, error) {
+	full, err := t.abs(ctx, p)
+	if err != nil {
+		return "", err
+	}
+	fi, err := t.lstatRaw(ctx, p)
+	if err != nil {
+		return "", err
+	}
+	if fi.Mode&fs.ModeSymlink != 0 {
+		return "", fmt.Errorf("%s: %w", p, ErrSymlink)
+	}
+	return full, nil
+}
+
+// Chmod implements Transport.
+func (t *SFTP) Chmod(ctx context.Context, p string, perm fs.FileMode) error {
+	full, err := t.attrPath(ctx, p)
+	if err != nil {
+		return err
+	}
+	if err := t.call(ctx, func() error { return t.c.Chmod(full, permBits(perm)) }); err != nil {
+		return &fs.PathError{Op: "chmod", Path: p, Err: err}
+	}
+	return nil
+}
+
+// Chown implements Transport.
+func (t *SFTP) Chown(ctx context.Context, p string, uid, gid int) error {
+	full, err := t.attrPath(ctx, p)
+	if err != nil {
+		return err
+	}
+	if err := t.call(ctx, func() error { return t.c.Chown(full, uid, gid) }); err != nil {
+		return &fs.PathError{Op: "chown", Path: p, Err: err}
+	}
+	return nil
+}
+
+// Chtimes implements Transport. SFTP v3 carries whole seconds.
+func (t *SFTP) Chtimes(ctx context.Context, p string, atime, mtime time.Time) error {
+	full, err := t.attrPath(ctx, p)
+	if err != nil {
+		return err
+	}
+	if err := t.call(ctx, func() error { return t.c.Chtimes(full, atime, mtime) }); err != nil {
+		return &fs.PathError{Op: "chtimes", Path: p, Err: err}
+	}
+	return nil
+}
+
+// WriteFileAtomic implements Transport.
+func (t *SFTP) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Attrs) error {
+	full, err := t.abs(ctx, p)
+	if err != nil {
+		return err
+	}
+	if p == "" {
+		return fmt.Errorf("write: %w: the root", ErrInvalidPath)
+	}
+	tmpRel := joinPath(parentDir(p), TempName())
+	tmp := t.root + "/" + tmpRel
+	var ownerErr error
+	err = t.call(ctx, func() error {
+		f, err := t.c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+		if err != nil {
+			return err
+		}
+		ok := false
+		defer func() {
+			if !ok {
+				f.Close()
+				_ = t.c.Remove(tmp)
+			}
+		}()
+		if err := f.Chmod(0o600); err != nil {
+			return err
+		}
+		if _, err := f.ReadFrom(ctxReader{ctx, r}); err != nil {
+			return err
+		}
+		if t.fsync {
+			if err := f.Sync(); err != nil {
+				return fmt.Errorf("fsync: %w", err)
+			}
+		}
+		if a.UID >= 0 || a.GID >= 0 {
+			if err := f.Chown(a.UID, a.GID); err != nil {
+				if !errors.Is(err, fs.ErrPermission) {
+					return fmt.Errorf("chown: %w", err)
+				}
+				ownerErr = fmt.Errorf("%s: %w: %w", p, ErrOwner, err)
+			}
+		}
+		// After chown, which clears setuid/setgid.
+		if err := f.Chmod(permBits(a.Perm)); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		if !a.Mtime.IsZero() {
+			at := a.Atime
+			if at.IsZero() {
+				at = a.Mtime
+			}
+			if err := t.c.Chtimes(tmp, at, a.Mtime); err != nil {
+				return fmt.Errorf("chtimes: %w", err)
+			}
+		}
+		if t.posix {
+			err = t.c.PosixRename(tmp, full)
+		} else {
+			if err = t.c.Rename(tmp, full); err != nil {
+				_ = t.c.Remove(full)
+				err = t.c.Rename(tmp, full)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		ok = true
+		return nil
+	})
+	t.dirs.invalidate(p)
+	if err != nil {
+		return &fs.PathError{Op: "write", Path: p, Err: err}
+	}
+	return ownerErr
+}
+
+// countingConn counts the bytes a connection moves.
+type countingConn struct {
+	net.Conn
+	sent, recv atomic.Uint64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.recv.Add(uint64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.sent.Add(uint64(n))
+	return n, err
+}

@@ -1,0 +1,664 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mirrorfs/mirrorfs/journal"
+)
+
+// Journal is what a shipper needs from the journal; *journal.Journal
+// implements it.
+type Journal interface {
+	// Read returns up to limit ops with Seq >= from, ascending.
+	Read(from uint64, limit int) ([]journal.Op, error)
+	LastSeq() uint64
+	FirstSeq() uint64
+	// Wait returns when LastSeq() > after or ctx is done.
+	Wait(ctx context.Context, after uint64) error
+	Cursor(worker string) (journal.Cursor, bool, error)
+	SetCursor(worker string, c journal.Cursor) error
+}
+
+// Defaults of Options.
+const (
+	DefaultDelay    = 10 * time.Millisecond
+	DefaultMaxOps   = 10000
+	DefaultHoldOpen = 30 * time.Second
+	DefaultRetryMin = 500 * time.Millisecond
+	DefaultRetryMax = time.Minute
+)
+
+// Tunables of the store/journal race handling (rule: a store file that is
+// not the identity the journal names means an op is about to be journaled).
+const (
+	extendWait       = 50 * time.Millisecond // how long to wait for the op
+	extendAttempts   = 3                     // re-plans before giving up for this batch
+	unresolvedRetry  = time.Second           // retry period of unresolved identities
+	unresolvedMaxAge = 30 * time.Second      // then their data is dropped (a warning)
+)
+
+// Options configure a Shipper.
+type Options struct {
+	Name    string // worker name: cursor key, log and error prefix
+	Store   string // local path of the store directory
+	Journal Journal
+	// Dial connects to the worker. The shipper keeps one Transport open
+	// and dials again after a failure.
+	Dial    func(ctx context.Context) (Transport, error)
+	Exclude []string // gitignore-style patterns (see Excluder)
+	// Delay is how long to wait after a wake-up for a burst of ops to
+	// accumulate: 0 means DefaultDelay, a negative value no delay.
+	Delay    time.Duration
+	MaxOps   int           // ops per batch (DefaultMaxOps)
+	HoldOpen time.Duration // ship files still open for writing after this (DefaultHoldOpen)
+	RetryMin time.Duration // first backoff (DefaultRetryMin)
+	RetryMax time.Duration // backoff cap (DefaultRetryMax)
+	Logger   *slog.Logger  // nil discards
+	// OpenForWrite reports whether the store file with inode ino has a
+	// writer through the mount (nil: never). Paths that read whole files
+	// from the store outside the journal's close-to-open rule (the full
+	// copy, refreshes) skip such files: their content may be half
+	// written. They are held like a file with unshipped writes and ship
+	// when their Close arrives (or after HoldOpen).
+	OpenForWrite func(ino uint64) bool
+}
+
+// Status is a shipper's state for `mirrorfs status`.
+type Status struct {
+	Name          string        `json:"name"`
+	Connected     bool          `json:"connected"`
+	LastError     string        `json:"last_error,omitempty"`
+	LastErrorAt   time.Time     `json:"last_error_at,omitzero"`
+	Applied       uint64        `json:"applied"`
+	Pending       uint64        `json:"pending"`
+	Lag           time.Duration `json:"lag"`
+	BytesSent     uint64        `json:"bytes_sent"`
+	BytesReceived uint64        `json:"bytes_received"`
+	InitialCopy   bool          `json:"initial_copy"`
+}
+
+// ErrRetention: ops the worker still needs were trimmed from the journal;
+// the worker gets a full copy.
+var ErrRetention = errors.New("worker fell out of the journal's retention")
+
+// Shipper replicates the journal to one worker.
+type Shipper struct {
+	opts  Options
+	log   *slog.Logger
+	excl  *Excluder
+	store *os.Root
+	pl    planner
+	// findLinks returns the store names of inode ino (hard links made
+	// before the batch). A walk for now; an index may replace it.
+	findLinks func(ctx context.Context, ino uint64) ([]string, error)
+
+	// State owned by Run's goroutine.
+	t       Transport // the connection, wrapped in a dirTracker
+	loaded  bool      // cursor loaded
+	readPos uint64    // next Seq to read
+	durable uint64    // durable cursor (Applied)
+	carried map[uint64]*ident
+	dead    map[uint64]int64 // Plan.Dead of the last batch
+	// suspectUntil is the highest Seq whose apply may have reached the
+	// worker without being acknowledged: the last op of a batch whose
+	// apply failed, the journal's end when a full copy finished, and
+	// after a restart the journal's end at startup (the previous process
+	// may have applied anything after the durable cursor). Ops after it
+	// were never sent to this worker. See suspect.
+	suspectUntil uint64
+	// suspectTime: ops stamped up to then may describe store changes
+	// that a full copy, a refresh or a hard-link walk already copied to
+	// the worker (see storeAhead).
+	suspectTime time.Time
+	// touched are worker directories whose entries this shipper changed
+	// since their attributes were last copied from the store (filled by
+	// dirTracker, emptied at the end of each applied batch).
+	touched map[string]bool
+	// sweep: remove leftover temp files from the directories batches
+	// touch (see sweepTemps); set by every connect. swept are the
+	// directories already swept on this connection.
+	sweep    bool
+	swept    map[string]bool
+	chownOff bool // the worker refused a chown: stop trying
+	attempt  int  // consecutive failures
+
+	mu          sync.Mutex
+	connected   bool
+	lastErr     string
+	lastErrAt   time.Time
+	applied     uint64 // durable cursor; during a full copy, the one before it
+	initialCopy bool
+	copyStart   time.Time // when the running full copy started
+	sentBase    uint64
+	recvBase    uint64
+	stats       Stats
+}
+
+// NewShipper checks opts and opens the store.
+func NewShipper(opts Options) (*Shipper, error) {
+	if opts.Name == "" {
+		return nil, errors.New("replicate: worker name is empty")
+	}
+	if opts.Journal == nil || opts.Dial == nil {
+		return nil, fmt.Errorf("replicate %s: journal and dial are required", opts.Name)
+	}
+	if opts.Delay < 0 {
+		opts.Delay = 0
+	} else if opts.Delay == 0 {
+		opts.Delay = DefaultDelay
+	}
+	if opts.MaxOps <= 0 {
+		opts.MaxOps = DefaultMaxOps
+	}
+	if opts.HoldOpen <= 0 {
+		opts.HoldOpen = DefaultHoldOpen
+	}
+	if opts.RetryMin <= 0 {
+		opts.RetryMin = DefaultRetryMin
+	}
+	if opts.RetryMax < opts.RetryMin {
+		opts.RetryMax = max(DefaultRetryMax, opts.RetryMin)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("worker", opts.Name)
+	excl, err := NewExcluder(opts.Exclude)
+	if err != nil {
+		return nil, fmt.Errorf("replicate %s: %w", opts.Name, err)
+	}
+	store, err := os.OpenRoot(opts.Store)
+	if err != nil {
+		return nil, fmt.Errorf("replicate %s: store: %w", opts.Name, err)
+	}
+	s := &Shipper{opts: opts, log: log, excl: excl, store: store, touched: map[string]bool{}}
+	s.pl = planner{excl: excl, holdOpen: opts.HoldOpen, isDir: s.storeIsDir, log: log}
+	s.findLinks = s.walkLinks
+	return s, nil
+}
+
+// Status reports the shipper's state; safe to call at any time.
+func (s *Shipper) Status() Status {
+	s.mu.Lock()
+	st := Status{
+		Name:          s.opts.Name,
+		Connected:     s.connected,
+		LastError:     s.lastErr,
+		LastErrorAt:   s.lastErrAt,
+		Applied:       s.applied,
+		BytesSent:     s.sentBase,
+		BytesReceived: s.recvBase,
+		InitialCopy:   s.initialCopy,
+	}
+	if s.stats != nil {
+		st.BytesSent += s.stats.BytesSent()
+		st.BytesReceived += s.stats.BytesReceived()
+	}
+	copyStart := s.copyStart
+	s.mu.Unlock()
+	// During a full copy Applied is still the cursor from before it (0
+	// for a new worker): the worker lacks everything after it until the
+	// copy is done, not just the ops made since the copy started.
+	if last := s.opts.Journal.LastSeq(); last > st.Applied {
+		st.Pending = last - st.Applied
+		if ops, err := s.opts.Journal.Read(st.Applied+1, 1); err == nil && len(ops) > 0 {
+			st.Lag = max(0, time.Since(time.Unix(0, ops[0].Time)))
+		}
+	}
+	if st.InitialCopy {
+		st.Lag = max(st.Lag, time.Since(copyStart))
+	}
+	return st
+}
+
+// Run replicates until ctx is done, retrying failures forever with capped
+// exponential backoff. It returns nil when ctx is done. Run may be called
+// once per Shipper.
+func (s *Shipper) Run(ctx context.Context) error {
+	defer s.store.Close()
+	defer s.disconnect()
+	// After a restart, anything after the durable cursor up to the
+	// journal's end may already be on the worker (the previous process
+	// may have applied it without saving the cursor): re-applied renames
+	// are verified against the store. Ops journaled from now on reach
+	// this worker only through this process, which tracks them itself.
+	s.suspectUntil = s.opts.Journal.LastSeq()
+	if c, ok, err := s.opts.Journal.Cursor(s.opts.Name); err == nil && ok && !c.FullSync {
+		s.mu.Lock()
+		s.applied = c.Applied
+		s.mu.Unlock()
+	}
+	for {
+		err := s.runOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.fail(err)
+		d := s.backoff()
+		s.attempt++
+		s.log.Warn("replication failed; retrying", "err", err, "in", d)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+	}
+}
+
+func (s *Shipper) backoff() time.Duration {
+	d := s.opts.RetryMin
+	for i := 0; i < s.attempt && d < s.opts.RetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, s.opts.RetryMax)
+	// ±20% jitter so workers that failed together do not retry together.
+	return d - d/5 + time.Duration(rand.Int64N(int64(d/5)*2+1))
+}
+
+func (s *Shipper) fail(err error) {
+	s.disconnect()
+	s.mu.Lock()
+	s.lastErr, s.lastErrAt = err.Error(), time.Now()
+	s.mu.Unlock()
+}
+
+func (s *Shipper) disconnect() {
+	if s.t == nil {
+		return
+	}
+	_ = s.t.Close()
+	s.mu.Lock()
+	if s.stats != nil {
+		s.sentBase += s.stats.BytesSent()
+		s.recvBase += s.stats.BytesReceived()
+	}
+	s.stats, s.connected = nil, false
+	s.mu.Unlock()
+	s.t = nil
+}
+
+func (s *Shipper) connect(ctx context.Context) error {
+	if s.t != nil {
+		return nil
+	}
+	t, err := s.opts.Dial(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: connect: %w", s.opts.Name, err)
+	}
+	s.t = &dirTracker{Transport: t, dirs: s.touched}
+	// Whatever was interrupted before (a failure, or a crash of the
+	// previous process) may have left temp files: see sweepTemps.
+	s.sweep, s.swept = true, map[string]bool{}
+	s.mu.Lock()
+	s.connected = true
+	s.stats, _ = t.(Stats)
+	s.mu.Unlock()
+	s.log.Info("connected")
+	return nil
+}
+
+func (s *Shipper) setApplied(c journal.Cursor) error {
+	if err := s.opts.Journal.SetCursor(s.opts.Name, c); err != nil {
+		return fmt.Errorf("%s: set cursor: %w", s.opts.Name, err)
+	}
+	s.durable = c.Applied
+	if !c.FullSync {
+		// A cursor marked for a full copy is where the journal resumes
+		// after the copy, not what the worker has (see Status).
+		s.mu.Lock()
+		s.applied = c.Applied
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// runOnce connects, syncs fully if needed and follows the journal until
+// an error.
+func (s *Shipper) runOnce(ctx context.Context) error {
+	if err := s.connect(ctx); err != nil {
+		return err
+	}
+	// The cursor is read again after every failure: the journal may have
+	// marked the worker for a full copy meanwhile.
+	j := s.opts.Journal
+	c, ok, err := j.Cursor(s.opts.Name)
+	if err != nil {
+		return fmt.Errorf("%s: read cursor: %w", s.opts.Name, err)
+	}
+	first := j.FirstSeq()
+	switch {
+	case !ok:
+		s.log.Info("new worker: full copy")
+		c.FullSync = true
+	case c.FullSync:
+		s.log.Info("worker marked for a full copy")
+	case first > 0 && c.Applied+1 < first:
+		s.log.Warn("worker fell out of the journal's retention: full copy", "applied", c.Applied, "first", first)
+		c.FullSync = true
+	}
+	switch {
+	case c.FullSync:
+		s.mu.Lock()
+		s.applied = c.Applied // the worker has at most this until the copy is done
+		s.mu.Unlock()
+		if err := s.fullSync(ctx); err != nil {
+			return err
+		}
+	case !s.loaded || c.Applied != s.durable:
+		// Start from the durable cursor (after a restart); in-memory
+		// progress since then (after a failure) is kept otherwise.
+		s.readPos, s.durable, s.carried = c.Applied+1, c.Applied, map[uint64]*ident{}
+		s.mu.Lock()
+		s.applied = c.Applied
+		s.mu.Unlock()
+	}
+	s.loaded = true
+	for {
+		if err := s.batch(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// fullSync copies the store to the worker, then follows the journal from
+// the seq the copy started at.
+func (s *Shipper) fullSync(ctx context.Context) error {
+	j := s.opts.Journal
+	start := j.LastSeq()
+	// Persist first: a crash during the copy restarts the copy.
+	if err := s.setApplied(journal.Cursor{Applied: start, FullSync: true}); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	s.mu.Lock()
+	s.initialCopy, s.copyStart = true, t0
+	s.mu.Unlock()
+	sy := s.newSyncer(nil)
+	err := sy.syncPath(ctx, "")
+	// Ops made during the copy are re-applied over a tree that may
+	// already show them: those journaled by now, and those whose store
+	// change the copy saw but whose record was still on its way to the
+	// journal (storeAhead).
+	s.suspectUntil = max(s.suspectUntil, j.LastSeq())
+	s.storeAhead()
+	if err != nil {
+		return err
+	}
+	if err := s.setApplied(journal.Cursor{Applied: start}); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.initialCopy = false
+	s.mu.Unlock()
+	s.readPos, s.carried = start+1, map[uint64]*ident{}
+	// Files skipped because a writer had them open are held like files
+	// with unshipped writes: they ship when their Close arrives (or
+	// after HoldOpen). The copy removed leftover temp files everywhere
+	// and set the attributes of every directory it changed.
+	sy.holdSkipped(s.carried)
+	s.sweep = false
+	clear(s.touched)
+	s.log.Info("full copy done", "seq", start, "files", sy.files, "bytes", sy.bytes, "held", len(sy.held), "took", time.Since(t0).Round(time.Millisecond))
+	return nil
+}
+
+// nextDeadline is when carried identities need a look without new ops.
+func (s *Shipper) nextDeadline(now time.Time) (time.Duration, bool) {
+	var d time.Duration
+	found := false
+	for _, id := range s.carried {
+		var until time.Duration
+		if id.Unresolved {
+			until = unresolvedRetry
+		} else {
+			until = time.Unix(0, id.FirstTime).Add(s.opts.HoldOpen).Sub(now)
+		}
+		if !found || until < d {
+			d, found = until, true
+		}
+	}
+	return max(d, time.Millisecond), found
+}
+
+// batch waits for ops (or a carried deadline), plans and applies one batch.
+func (s *Shipper) batch(ctx context.Context) error {
+	j := s.opts.Journal
+	if j.LastSeq() < s.readPos {
+		wctx, cancel := ctx, context.CancelFunc(func() {})
+		if d, ok := s.nextDeadline(time.Now()); ok {
+			wctx, cancel = context.WithTimeout(ctx, d)
+		}
+		err := j.Wait(wctx, s.readPos-1)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%s: journal wait: %w", s.opts.Name, err)
+		}
+		if j.LastSeq() >= s.readPos && s.opts.Delay > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(s.opts.Delay):
+			}
+		}
+	}
+	if first := j.FirstSeq(); first > 0 && s.readPos < first {
+		return fmt.Errorf("%s: %w: next op %d, journal starts at %d", s.opts.Name, ErrRetention, s.readPos, first)
+	}
+	ops, err := j.Read(s.readPos, s.opts.MaxOps)
+	if err != nil {
+		return fmt.Errorf("%s: journal read: %w", s.opts.Name, err)
+	}
+	if len(ops) == 0 && j.LastSeq() >= s.readPos {
+		return fmt.Errorf("%s: journal read from %d returned nothing though its last op is %d", s.opts.Name, s.readPos, j.LastSeq())
+	}
+	if len(ops) == 0 && !s.carriedDue(time.Now()) {
+		return nil
+	}
+	plan, ops, err := s.planChecked(ctx, ops)
+	if err != nil {
+		return err
+	}
+	if err := s.apply(ctx, plan); err != nil {
+		// Some of these ops may have reached the worker: when they are
+		// applied again, they are suspect.
+		s.suspectUntil = max(s.suspectUntil, plan.Last)
+		return err
+	}
+	if len(ops) > 0 {
+		s.readPos = ops[len(ops)-1].Seq + 1
+	}
+	if s.readPos > s.suspectUntil {
+		// Everything that may have been interrupted was applied again
+		// (and its directories swept) on this connection.
+		s.sweep = false
+	}
+	s.carried, s.dead = plan.Carry, plan.Dead
+	s.attempt = 0
+	if c := plan.pinned(s.readPos - 1); c > s.durable {
+		if err := s.setApplied(journal.Cursor{Applied: c}); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	s.lastErr = ""
+	s.mu.Unlock()
+	return nil
+}
+
+// storeAheadSlack bounds the time between a change in the store and the
+// timestamp (Op.Time) of its journal record: the FUSE layer stamps the op
+// right after the change, in the same request, before the append (which
+// may then wait for a group commit).
+const storeAheadSlack = 250 * time.Millisecond
+
+// storeAhead is called right after the worker was given store state that
+// the journal may not show yet (a full copy, a refresh, a hard link found
+// by a walk): a change the copy saw may have its record still on the way
+// to the journal. Such records are stamped before now (plus the slack);
+// they are applied as possible replays, verified against the store. Ops
+// stamped later describe changes made after the copy read the store: they
+// are not suspect (unless their Seq is, see suspectUntil).
+func (s *Shipper) storeAhead() {
+	if t := time.Now().Add(storeAheadSlack); t.After(s.suspectTime) {
+		s.suspectTime = t
+	}
+}
+
+// suspect reports whether the step may already show on the worker.
+func (s *Shipper) suspect(st step) bool {
+	return st.Seq <= s.suspectUntil || st.Time <= s.suspectTime.UnixNano()
+}
+
+// openForWrite reports whether a writer has the store file ino open.
+func (s *Shipper) openForWrite(ino uint64) bool {
+	return s.opts.OpenForWrite != nil && ino != 0 && s.opts.OpenForWrite(ino)
+}
+
+func (s *Shipper) carriedDue(now time.Time) bool {
+	for _, id := range s.carried {
+		if id.Unresolved || now.Sub(time.Unix(0, id.FirstTime)) >= s.opts.HoldOpen {
+			return true
+		}
+	}
+	return false
+}
+
+// planChecked folds ops into a plan and checks that the data of every
+// identity to ship is where the plan says. If not, a later op (already
+// done in the store) is about to be journaled: it waits briefly, reads
+// more ops and plans again. Identities still unresolved are carried.
+func (s *Shipper) planChecked(ctx context.Context, ops []journal.Op) (*Plan, []journal.Op, error) {
+	j := s.opts.Journal
+	for attempt := 0; ; attempt++ {
+		plan := s.pl.fold(s.carried, s.dead, ops, time.Now())
+		var bad []*ident
+		for _, id := range plan.Ship {
+			if _, ok := s.locate(id); !ok {
+				bad = append(bad, id)
+			}
+		}
+		retry := false
+		for _, id := range bad {
+			if !id.Unresolved {
+				retry = true
+			}
+		}
+		if len(bad) == 0 || !retry || attempt >= extendAttempts {
+			for _, id := range bad {
+				s.unresolved(plan, id, "its store file is not at its journaled names")
+			}
+			return plan, ops, nil
+		}
+		after := s.readPos - 1
+		if len(ops) > 0 {
+			after = ops[len(ops)-1].Seq
+		}
+		wctx, cancel := context.WithTimeout(ctx, extendWait)
+		err := j.Wait(wctx, after)
+		cancel()
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		if err == nil {
+			more, err := j.Read(after+1, s.opts.MaxOps)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s: journal read: %w", s.opts.Name, err)
+			}
+			ops = append(ops, more...)
+		}
+	}
+}
+
+// unresolved moves id from the plan's Ship to its Carry (or drops it when
+// it stayed unresolved too long).
+func (s *Shipper) unresolved(plan *Plan, id *ident, why string) {
+	for i, x := range plan.Ship {
+		if x == id {
+			plan.Ship = append(plan.Ship[:i], plan.Ship[i+1:]...)
+			break
+		}
+	}
+	if id.UnresolvedSince == 0 {
+		id.UnresolvedSince = time.Now().UnixNano()
+	}
+	if time.Since(time.Unix(0, id.UnresolvedSince)) > unresolvedMaxAge {
+		s.log.Warn("dropping data of a file that stayed unresolved", "file", id.ID, "names", id.Names, "reason", why)
+		return
+	}
+	if !id.Unresolved {
+		s.log.Info("holding data of a file for a later batch", "file", id.ID, "names", id.Names, "reason", why)
+	}
+	id.Unresolved = true
+	plan.Carry[id.ID] = id
+}
+
+// locate finds a store name of id that holds the identity's inode.
+func (s *Shipper) locate(id *ident) (string, bool) {
+	for _, n := range id.Names {
+		fi, err := s.store.Lstat(n)
+		if err == nil && fi.Mode().IsRegular() && inode(fi) == id.ID {
+			return n, true
+		}
+	}
+	return "", false
+}
+
+func inode(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
+}
+
+func nlink(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Nlink)
+	}
+	return 1
+}
+
+func (s *Shipper) storeIsDir(p string) bool {
+	fi, err := s.store.Lstat(p)
+	return err == nil && fi.IsDir()
+}
+
+// walkLinks finds every store name of inode ino by walking the store.
+// Hard links are rare in web roots; an index may replace this.
+func (s *Shipper) walkLinks(ctx context.Context, ino uint64) ([]string, error) {
+	var out []string
+	err := fs.WalkDir(s.store.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // vanished meanwhile
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if d.IsDir() {
+			if p != "." && s.excl.Excluded(p, true) {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil && inode(fi) == ino && !s.excl.Excluded(p, false) {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out, err
+}

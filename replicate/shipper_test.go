@@ -1,0 +1,823 @@
+package replicate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mirrorfs/mirrorfs/journal"
+)
+
+func workerDir(t testing.TB) string {
+	d := filepath.Join(t.TempDir(), "worker")
+	if err := os.Mkdir(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func readWorker(t testing.TB, worker, p string) (string, bool) {
+	b, err := os.ReadFile(filepath.Join(worker, p))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b), true
+}
+
+func TestShipperFollowsJournal(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j) // the initial copy of an empty store
+
+	f.mkdir("d")
+	f.mkdir("d/sub")
+	f.writeFile("d/sub/x", "x1")
+	f.writeFile("a", "a1")
+	f.symlink("d/sub/x", "l")
+	f.link("a", "d/a2")
+	f.chmod("d/a2", 0o600)
+	f.mkdir("gone")
+	f.writeFile("gone/y", "y")
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+
+	f.rename("d", "e")
+	f.writeFile("e/sub/x", "x2 longer")
+	f.writeFile("a", "a2") // rewrites the hard-linked file in place
+	f.unlink("gone/y")
+	f.rmdir("gone")
+	f.exchange("l", "e/a2")
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+
+	st := s.Status()
+	if !st.Connected || st.Pending != 0 || st.Lag != 0 || st.Name != "w1" || st.Applied != f.j.LastSeq() {
+		t.Errorf("status = %+v", st)
+	}
+	b, _ := json.Marshal(st)
+	for _, key := range []string{`"name"`, `"connected"`, `"applied"`, `"pending"`, `"lag"`, `"bytes_sent"`, `"bytes_received"`, `"initial_copy"`} {
+		if !strings.Contains(string(b), key) {
+			t.Errorf("status JSON %s lacks %s", b, key)
+		}
+	}
+}
+
+// The worked example of the design: a write, the file renamed away, a new
+// file at the old name.
+func TestShipperWorkedExample(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("a", "old a")
+	s := newShipper(t, f, worker, nil, nil)
+	stop := start(t, s)
+	waitSynced(t, s, f.j)
+	stop()
+
+	id1 := f.writeOpen("a", "new content of id1")
+	f.rename("a", "b")
+	id2 := f.writeOpen("a", "id2")
+	f.closeFile(id1)
+	f.closeFile(id2)
+	s = newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	if got, _ := readWorker(t, worker, "b"); got != "new content of id1" {
+		t.Errorf("b = %q", got)
+	}
+	if got, _ := readWorker(t, worker, "a"); got != "id2" {
+		t.Errorf("a = %q", got)
+	}
+	compareTrees(t, f.store, worker, nil)
+}
+
+func TestShipperHoldsOpenFiles(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+
+	f.writeFile("old", "old content")
+	waitSynced(t, s, f.j)
+	before := f.j.LastSeq()
+	id := f.writeOpen("new", "half written")
+	idOld := f.writeOpen("old", "half")
+	f.mkdir("other")
+	f.writeFile("other/f", "ships")
+	waitFor(t, "other/f", 5*time.Second, func() bool { _, ok := readWorker(t, worker, "other/f"); return ok })
+	time.Sleep(20 * time.Millisecond)
+	if _, ok := readWorker(t, worker, "new"); ok {
+		t.Error("an open new file was shipped")
+	}
+	if got, _ := readWorker(t, worker, "old"); got != "old content" {
+		t.Errorf("open old file shipped: %q", got)
+	}
+	if c := f.j.cursor("w1"); c.Applied != before {
+		t.Errorf("durable cursor = %d, want %d (before the first held op)", c.Applied, before)
+	}
+	f.closeFile(id)
+	waitFor(t, "new", 5*time.Second, func() bool { _, ok := readWorker(t, worker, "new"); return ok })
+	// Now pinned just before the first op of old's write.
+	waitFor(t, "the cursor to move to the held write of old", 5*time.Second, func() bool {
+		return f.j.cursor("w1").Applied == before+2
+	})
+	time.Sleep(20 * time.Millisecond)
+	if c := f.j.cursor("w1"); c.Applied != before+2 {
+		t.Errorf("durable cursor = %d, want %d", c.Applied, before+2)
+	}
+	f.closeFile(idOld)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
+
+func TestShipperHoldOpenAge(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	s := newShipper(t, f, worker, func(o *Options) { o.HoldOpen = 100 * time.Millisecond }, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	f.writeOpen("log", "line 1\n")
+	waitFor(t, "the log to ship after HoldOpen", 5*time.Second, func() bool {
+		got, _ := readWorker(t, worker, "log")
+		return got == "line 1\n"
+	})
+	waitSynced(t, s, f.j)
+}
+
+func TestShipperRetriesTransportFailures(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	var failures atomic.Int32
+	var dials atomic.Int32
+	wrap := func(tr Transport) Transport {
+		dials.Add(1)
+		return &mockTransport{Transport: tr, before: func(method, p string) error {
+			if method == "WriteFileAtomic" && strings.HasPrefix(p, "f") && failures.Add(1) <= 3 {
+				return errors.New("injected: connection lost")
+			}
+			return nil
+		}}
+	}
+	s := newShipper(t, f, worker, nil, wrap)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	f.mkdir("d")
+	f.writeFile("f1", "one")
+	f.rename("d", "e")
+	f.writeFile("f2", "two")
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	st := s.Status()
+	if !strings.Contains(st.LastError, "injected") && st.LastErrorAt.IsZero() {
+		t.Errorf("status has no error: %+v", st)
+	}
+	if dials.Load() < 2 {
+		t.Errorf("dialled %d times; a failure should reconnect", dials.Load())
+	}
+}
+
+// A dead worker does not stop a healthy one.
+func TestShipperIsolation(t *testing.T) {
+	f := newFsim(t)
+	good := workerDir(t)
+	bad := newShipper(t, f, good, func(o *Options) {
+		o.Name = "dead"
+		o.Dial = func(ctx context.Context) (Transport, error) { return nil, errors.New("connection refused") }
+	}, nil)
+	start(t, bad)
+	s := newShipper(t, f, good, nil, nil)
+	start(t, s)
+	f.writeFile("x", "x")
+	waitSynced(t, s, f.j)
+	if st := bad.Status(); st.Connected || !strings.Contains(st.LastError, "refused") || st.Pending == 0 {
+		t.Errorf("dead worker status = %+v", st)
+	}
+}
+
+// Replaying ops the worker already has converges, including a rename whose
+// source name was taken by a newer file (worker state is ahead of the op).
+func TestShipperIdempotentReplay(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("a", "first a")
+	f.mkdir("d")
+	f.writeFile("d/x", "x")
+	s := newShipper(t, f, worker, nil, nil)
+	stop := start(t, s)
+	waitSynced(t, s, f.j)
+	base := f.j.LastSeq()
+
+	f.rename("a", "b")
+	f.writeFile("a", "second a")
+	f.rename("d", "e")
+	f.mkdir("d")
+	f.writeFile("d/y", "y")
+	f.link("b", "c")
+	f.exchange("a", "c")
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	stop()
+
+	// Crash before the cursor was saved: replay everything since base,
+	// one op per batch so that no batch sees the later ops.
+	for _, maxOps := range []int{1, 3, 1000} {
+		f.j.cursors["w1"] = journal.Cursor{Applied: base}
+		s := newShipper(t, f, worker, func(o *Options) { o.MaxOps = maxOps }, nil)
+		stop := start(t, s)
+		waitSynced(t, s, f.j)
+		stop()
+		compareTrees(t, f.store, worker, nil)
+	}
+}
+
+// The worker drifted: files missing, extra files, wrong types. Ops touching
+// those paths converge them.
+func TestShipperDrift(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	s := newShipper(t, f, worker, nil, nil)
+	stop := start(t, s)
+	f.mkdir("d")
+	f.writeFile("d/x", "x")
+	f.writeFile("r", "r")
+	f.mkdir("e")
+	waitSynced(t, s, f.j)
+	stop()
+	os.WriteFile(filepath.Join(worker, "d", "extra"), []byte("drift"), 0o644)
+	os.Remove(filepath.Join(worker, "r"))
+	os.Remove(filepath.Join(worker, "e"))
+	os.WriteFile(filepath.Join(worker, "e"), []byte("not a dir"), 0o644)
+
+	f.unlink("d/x")
+	f.rmdir("d")        // worker has an extra file in it
+	f.rename("r", "r2") // missing on the worker
+	f.writeFile("e/new", "n")
+	s = newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
+
+func TestShipperExcludes(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	excl := []string{"*.tmp", "/cache/"}
+	s := newShipper(t, f, worker, func(o *Options) { o.Exclude = excl }, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	f.mkdir("cache")
+	f.writeFile("cache/c", "c")
+	f.writeFile("a.tmp", "temp")
+	f.writeFile("keep", "k")
+	waitSynced(t, s, f.j)
+	if _, ok := readWorker(t, worker, "cache/c"); ok {
+		t.Error("excluded directory shipped")
+	}
+	if _, ok := readWorker(t, worker, "a.tmp"); ok {
+		t.Error("excluded file shipped")
+	}
+	f.rename("a.tmp", "a")       // excluded -> included: new content
+	f.rename("keep", "keep.tmp") // included -> excluded: deleted
+	f.rename("cache", "public")  // excluded dir -> included
+	waitSynced(t, s, f.j)
+	e, _ := NewExcluder(excl)
+	compareTrees(t, f.store, worker, e)
+	if _, ok := readWorker(t, worker, "keep"); ok {
+		t.Error("a file renamed into an excluded path stayed on the worker")
+	}
+	if got, _ := readWorker(t, worker, "public/c"); got != "c" {
+		t.Errorf("public/c = %q", got)
+	}
+}
+
+func TestShipperInitialCopy(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	// Store content made before the worker existed (not journaled).
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(f.store, "d/sub"), 0o750))
+	must(os.WriteFile(filepath.Join(f.store, "d/sub/f"), []byte("f"), 0o640))
+	must(os.WriteFile(filepath.Join(f.store, "same"), []byte("same"), 0o644))
+	must(os.WriteFile(filepath.Join(f.store, "changed"), []byte("new"), 0o644))
+	must(os.WriteFile(filepath.Join(f.store, "moved-later"), []byte("m"), 0o644))
+	must(os.Link(filepath.Join(f.store, "same"), filepath.Join(f.store, "d/same-link")))
+	must(os.Symlink("d/sub", filepath.Join(f.store, "sl")))
+	must(os.MkdirAll(filepath.Join(f.store, "node_modules/x"), 0o755))
+	// The worker has leftovers.
+	must(os.MkdirAll(filepath.Join(worker, "stale/deep"), 0o755))
+	must(os.WriteFile(filepath.Join(worker, "stale/deep/z"), []byte("z"), 0o644))
+	must(os.WriteFile(filepath.Join(worker, "changed"), []byte("old"), 0o644))
+	must(os.Chtimes(filepath.Join(worker, "changed"), time.Unix(1e9, 0), time.Unix(1e9, 0)))
+	must(os.WriteFile(filepath.Join(worker, TempPrefix+"123"), []byte("t"), 0o600))
+	must(os.WriteFile(filepath.Join(worker, "sl"), []byte("should be a symlink"), 0o644))
+	must(os.MkdirAll(filepath.Join(worker, "node_modules/worker-only"), 0o755))
+	f.writeFile("journaled-before", "jb")
+
+	// A change made during the copy: once the copy wrote "changed", move
+	// a file it already copied and write another one.
+	var once atomic.Bool
+	wrap := func(tr Transport) Transport {
+		return &mockTransport{Transport: tr, before: func(method, p string) error {
+			if method == "WriteFileAtomic" && p == "changed" && once.CompareAndSwap(false, true) {
+				f.rename("moved-later", "d/moved")
+				f.writeFile("same", "rewritten during the copy")
+			}
+			return nil
+		}}
+	}
+	var sawInitial atomic.Bool
+	s := newShipper(t, f, worker, func(o *Options) { o.Exclude = []string{"node_modules/"} }, wrap)
+	go func() {
+		for range 200 {
+			if s.Status().InitialCopy {
+				sawInitial.Store(true)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	start(t, s)
+	waitSynced(t, s, f.j)
+	e, _ := NewExcluder([]string{"node_modules/"})
+	compareTrees(t, f.store, worker, e)
+	if _, err := os.Stat(filepath.Join(worker, "node_modules/worker-only")); err != nil {
+		t.Errorf("an excluded worker path was touched: %v", err)
+	}
+	if sets := f.j.sets; len(sets) < 2 || !sets[0].FullSync || sets[0].Applied != 3 {
+		t.Errorf("cursor sets = %+v: the copy must be marked before it starts", sets)
+	}
+	if !once.Load() {
+		t.Error("the concurrent change was not made")
+	}
+}
+
+func TestShipperFullSyncAfterRetention(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("a", "a")
+	f.writeFile("b", "b")
+	f.j.cursors["w1"] = journal.Cursor{Applied: 1}
+	// Trim the journal past the cursor.
+	f.j.ops = f.j.ops[3:]
+	f.j.first = 4
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
+
+// Rule 3: the store file moved before its op reached the journal.
+func TestShipperStoreAheadOfJournal(t *testing.T) {
+	for _, delay := range []time.Duration{20 * time.Millisecond, 400 * time.Millisecond} {
+		t.Run(delay.String(), func(t *testing.T) {
+			f := newFsim(t)
+			worker := workerDir(t)
+			f.writeFile("a", "old")
+			s := newShipper(t, f, worker, nil, nil)
+			start(t, s)
+			waitSynced(t, s, f.j)
+
+			// Write a, then rename it in the store; the rename's op comes late.
+			id := f.writeOpen("a", "new content")
+			op := f.renameStore("a", "b")
+			f.closeFile(id)
+			time.Sleep(delay)
+			f.j.Append(op)
+			waitSynced(t, s, f.j)
+			compareTrees(t, f.store, worker, nil)
+			if got, _ := readWorker(t, worker, "b"); got != "new content" {
+				t.Errorf("b = %q", got)
+			}
+		})
+	}
+}
+
+// Rule 3 with a file replaced (same path, another inode) and then removed.
+func TestShipperStoreReplacedAndRemoved(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	id := f.writeFile("a", "v1")
+	// A new file renamed over a, and a deleted, before the ops land.
+	f.must(os.WriteFile(f.abs("t"), []byte("v2"), 0o644))
+	idT := f.ino("t")
+	f.must(os.Rename(f.abs("t"), f.abs("a")))
+	time.Sleep(100 * time.Millisecond)
+	f.j.Append(journal.Op{Kind: journal.KindCreate, File: idT, Path: "t"})
+	f.j.Append(journal.Op{Kind: journal.KindWrite, File: idT, Path: "t", Length: 2})
+	f.j.Append(journal.Op{Kind: journal.KindClose, File: idT})
+	f.j.Append(journal.Op{Kind: journal.KindRename, File: idT, Path: "t", NewPath: "a"})
+	_ = id
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
+
+func TestShipperOwnerRefused(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	var chowns atomic.Int32
+	wrap := func(tr Transport) Transport {
+		return &ownerRefusing{tr, &chowns}
+	}
+	s := newShipper(t, f, worker, nil, wrap)
+	start(t, s)
+	f.writeFile("a", "a")
+	f.writeFile("b", "b")
+	waitSynced(t, s, f.j)
+	if _, ok := readWorker(t, worker, "b"); !ok {
+		t.Error("b not shipped")
+	}
+	if n := chowns.Load(); n != 1 {
+		t.Errorf("%d writes asked for an owner after the first refusal", n)
+	}
+}
+
+// ownerRefusing acts like a worker where the login user may not chown.
+type ownerRefusing struct {
+	Transport
+	n *atomic.Int32
+}
+
+func (o *ownerRefusing) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Attrs) error {
+	owner := a.UID >= 0 || a.GID >= 0
+	a.UID, a.GID = -1, -1
+	if err := o.Transport.WriteFileAtomic(ctx, p, r, a); err != nil {
+		return err
+	}
+	if owner {
+		o.n.Add(1)
+		return ErrOwner
+	}
+	return nil
+}
+
+func TestBackoff(t *testing.T) {
+	f := newFsim(t)
+	s := newShipper(t, f, t.TempDir(), func(o *Options) { o.RetryMin, o.RetryMax = time.Second, 8*time.Second }, nil)
+	for attempt, want := range []time.Duration{1, 2, 4, 8, 8, 8} {
+		s.attempt = attempt
+		want *= time.Second
+		for range 20 {
+			if d := s.backoff(); d < want*8/10 || d > want*12/10 {
+				t.Fatalf("attempt %d: backoff %v, want %v ±20%%", attempt, d, want)
+			}
+		}
+	}
+}
+
+// Rewriting a hard-linked file makes its other names links again on the
+// worker (link to a temp name, rename over): the directories of those
+// names change on the worker, and get their store mtime back.
+func TestShipperRelinkRestoresDirTimes(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	f.mkdir("r1")
+	f.mkdir("r2")
+	f.writeFile("shared", "v1")
+	f.link("shared", "r1/shared")
+	f.link("shared", "r2/shared")
+	old := time.Unix(1_500_000_000, 0)
+	f.chtimes("r1", old)
+	f.chtimes("r2", old)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+
+	f.writeFile("r2/shared", "v2, written through one name")
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	if fi, err := os.Stat(filepath.Join(worker, "r1")); err != nil || !fi.ModTime().Equal(old) {
+		t.Errorf("worker r1 mtime = %v (%v), want %v", fi.ModTime(), err, old)
+	}
+}
+
+// A worker that was unreachable gets the ops journaled meanwhile as they
+// are: a rename is a rename (the worker keeps its file), unchanged files
+// are not sent again. Only the batch whose apply failed is suspect.
+func TestShipperOutageKeepsRenames(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	for i := range 5 {
+		f.writeFile(fmt.Sprintf("stable%d", i), fmt.Sprintf("stable %d", i))
+	}
+	var down atomic.Bool
+	var writes atomic.Int32
+	s := newShipper(t, f, worker, func(o *Options) {
+		o.Dial = func(ctx context.Context) (Transport, error) {
+			if down.Load() {
+				return nil, errors.New("injected: connection refused")
+			}
+			l, err := NewLocal(worker)
+			if err != nil {
+				return nil, err
+			}
+			return &mockTransport{Transport: l, before: func(method, p string) error {
+				if down.Load() {
+					return errors.New("injected: connection lost")
+				}
+				if method == "WriteFileAtomic" {
+					writes.Add(1)
+				}
+				return nil
+			}}, nil
+		}
+	}, nil)
+	start(t, s) // a full copy: the files were journaled before the worker existed
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	// Ops stamped right after a copy may describe changes the copy saw
+	// (see storeAhead): this test is about the ones made later.
+	time.Sleep(storeAheadSlack + 50*time.Millisecond)
+	before := map[string]uint64{}
+	for i := range 5 {
+		p := fmt.Sprintf("stable%d", i)
+		before[p] = workerIno(t, worker, p)
+	}
+
+	down.Store(true)
+	f.writeFile("during0", "written while the worker was down") // its batch fails
+	waitFor(t, "the batch to fail", 5*time.Second, func() bool {
+		return strings.Contains(s.Status().LastError, "connection lost")
+	})
+	f.rename("stable0", "renamed")
+	f.unlink("stable1")
+	f.writeFile("during1", "also written while down")
+	waitFor(t, "a failed connect", 5*time.Second, func() bool {
+		return strings.Contains(s.Status().LastError, "connection refused")
+	})
+	writes.Store(0)
+	down.Store(false)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	if got := workerIno(t, worker, "renamed"); got != before["stable0"] {
+		t.Errorf("renamed was sent again instead of renamed (inode %d, was %d)", got, before["stable0"])
+	}
+	for _, p := range []string{"stable2", "stable3", "stable4"} {
+		if got := workerIno(t, worker, p); got != before[p] {
+			t.Errorf("%s was sent again", p)
+		}
+	}
+	if n := writes.Load(); n != 2 {
+		t.Errorf("%d files sent after the outage, want 2 (during0, during1)", n)
+	}
+}
+
+// A rename replayed after a restart, already applied: the destination
+// looks like the store's (size and mtime), so it is not sent again.
+func TestShipperReplayedRenameNotResent(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("a", "content of a")
+	s := newShipper(t, f, worker, nil, nil)
+	stop := start(t, s)
+	waitSynced(t, s, f.j)
+	base := f.j.LastSeq()
+	f.rename("a", "b")
+	f.writeFile("other", "other")
+	waitSynced(t, s, f.j)
+	stop()
+	ino := workerIno(t, worker, "b")
+
+	// Crash before the cursor was saved: the batch is applied again.
+	f.j.cursors["w1"] = journal.Cursor{Applied: base}
+	s = newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	if got := workerIno(t, worker, "b"); got != ino {
+		t.Errorf("b was sent again on replay (inode %d, was %d)", got, ino)
+	}
+}
+
+// A batch that failed after part of it reached the worker is applied
+// again with its renames suspect: here the rename's source name already
+// holds the newer file on the worker.
+func TestShipperFailedBatchIsSuspect(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("a", "old a")
+	var shipped, failed atomic.Bool
+	wrap := func(tr Transport) Transport {
+		return &mockTransport{Transport: tr, before: func(method, p string) error {
+			if method == "WriteFileAtomic" && p == "a" {
+				shipped.Store(true)
+			}
+			if method == "Lstat" && p == "" && shipped.Load() && failed.CompareAndSwap(false, true) {
+				return errors.New("injected: connection lost")
+			}
+			return nil
+		}}
+	}
+	s := newShipper(t, f, worker, nil, wrap)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	ren := f.renameStore("a", "b")
+	f.must(os.WriteFile(f.abs("a"), []byte("new a, longer"), 0o644))
+	id := f.ino("a")
+	f.j.appendAll(ren,
+		journal.Op{Kind: journal.KindCreate, File: id, Path: "a", Mode: 0o100644},
+		journal.Op{Kind: journal.KindWrite, File: id, Path: "a", Length: 13},
+		journal.Op{Kind: journal.KindClose, File: id, Path: "a"})
+	waitSynced(t, s, f.j)
+	if !failed.Load() {
+		t.Fatal("no failure injected")
+	}
+	compareTrees(t, f.store, worker, nil)
+}
+
+// After a crash in the middle of a transfer, the temp file it left is
+// removed by the first batch after the restart, which re-applies the ops
+// from the durable cursor (here pinned by a file still open).
+func TestShipperSweepsTempLeftovers(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("d")
+	f.mkdir("quiet")
+	var ct atomic.Pointer[countingTransport]
+	wrap := func(tr Transport) Transport {
+		c := &countingTransport{Transport: tr}
+		ct.Store(c)
+		return c
+	}
+	s := newShipper(t, f, worker, nil, wrap)
+	stop := start(t, s)
+	waitSynced(t, s, f.j)
+	held := f.writeOpen("held", "still open")
+	f.writeFile("x", "x")
+	f.writeFile("d/y", "y")
+	waitFor(t, "d/y", 5*time.Second, func() bool { _, ok := readWorker(t, worker, "d/y"); return ok })
+	stop() // "kill -9" while a transfer was under way:
+	for _, p := range []string{TempPrefix + "0123456789abcdef", "d/" + TempPrefix + "fedcba9876543210"} {
+		if err := os.WriteFile(filepath.Join(worker, p), []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	s = newShipper(t, f, worker, nil, wrap)
+	start(t, s)
+	waitFor(t, "the replay", 5*time.Second, func() bool {
+		c := ct.Load()
+		return c != nil && c.get("WriteFileAtomic") >= 2
+	})
+	f.closeFile(held)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	c := ct.Load()
+	if n := c.get("ReadDir"); n != 2 {
+		t.Errorf("%d ReadDir calls after the restart, want 2 (the root and d)", n)
+	}
+	f.writeFile("d/z", "z")
+	waitSynced(t, s, f.j)
+	if n := c.get("ReadDir"); n != 2 {
+		t.Errorf("later batches list directories too (%d ReadDir calls)", n)
+	}
+}
+
+// A connection lost in the middle of a transfer leaves its temp file on
+// the worker; the batch applied again after the reconnect removes it.
+func TestShipperSweepsTempAfterFailure(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("d")
+	var failed atomic.Bool
+	wrap := func(tr Transport) Transport {
+		l := &leavingTemp{worker: worker, failed: &failed}
+		l.mockTransport = &mockTransport{Transport: tr, before: func(string, string) error {
+			if l.dead.Load() {
+				return errors.New("injected: connection lost")
+			}
+			return nil
+		}}
+		return l
+	}
+	s := newShipper(t, f, worker, nil, wrap)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	f.writeFile("d/x", "x")
+	waitSynced(t, s, f.j)
+	if !failed.Load() {
+		t.Fatal("no failure injected")
+	}
+	compareTrees(t, f.store, worker, nil)
+}
+
+// leavingTemp loses the connection in the middle of the first write of
+// d/x: the temp file stays, and every later request fails.
+type leavingTemp struct {
+	*mockTransport
+	worker string
+	failed *atomic.Bool
+	dead   atomic.Bool
+}
+
+func (l *leavingTemp) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Attrs) error {
+	if p == "d/x" && l.failed.CompareAndSwap(false, true) {
+		tmp := filepath.Join(l.worker, "d", TempName())
+		if err := os.WriteFile(tmp, []byte("half"), 0o600); err != nil {
+			return err
+		}
+		l.dead.Store(true)
+		return errors.New("injected: connection lost")
+	}
+	return l.mockTransport.WriteFileAtomic(ctx, p, r, a)
+}
+
+// A full copy does not ship a file a writer has open: it ships when its
+// Close arrives, though its writes were journaled before the copy.
+func TestShipperInitialCopySkipsOpenFiles(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	id := f.writeOpen("upload", "half written")
+	f.writeFile("done", "done")
+	var open atomic.Bool
+	open.Store(true)
+	s := newShipper(t, f, worker, func(o *Options) {
+		o.OpenForWrite = func(ino uint64) bool { return ino == id && open.Load() }
+	}, nil)
+	start(t, s)
+	waitFor(t, "the full copy", 5*time.Second, func() bool {
+		_, ok := readWorker(t, worker, "done")
+		return ok && !s.Status().InitialCopy
+	})
+	time.Sleep(20 * time.Millisecond)
+	if _, ok := readWorker(t, worker, "upload"); ok {
+		t.Fatal("the full copy shipped a file open for writing")
+	}
+	f.must(os.WriteFile(f.abs("upload"), []byte("completely written"), 0o644))
+	open.Store(false)
+	f.closePath(id, "upload")
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
+
+// A file a full copy skipped while it was open, whose writer goes on
+// without a Close (a log), ships after HoldOpen like any open file.
+func TestShipperInitialCopyHeldFileShipsAfterHoldOpen(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.must(os.WriteFile(f.abs("log"), []byte("line 1\n"), 0o644))
+	id := f.ino("log")
+	s := newShipper(t, f, worker, func(o *Options) {
+		o.HoldOpen = 200 * time.Millisecond
+		o.OpenForWrite = func(ino uint64) bool { return ino == id }
+	}, nil)
+	start(t, s)
+	waitFor(t, "the log to ship after HoldOpen", 5*time.Second, func() bool {
+		got, _ := readWorker(t, worker, "log")
+		return got == "line 1\n"
+	})
+}
+
+// While a new worker gets its full copy, the status does not show it as
+// caught up.
+func TestShipperStatusDuringInitialCopy(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("a", "a")
+	f.writeFile("b", "b")
+	release := make(chan struct{})
+	var once atomic.Bool
+	wrap := func(tr Transport) Transport {
+		return &mockTransport{Transport: tr, before: func(method, p string) error {
+			if method == "WriteFileAtomic" && once.CompareAndSwap(false, true) {
+				<-release
+			}
+			return nil
+		}}
+	}
+	s := newShipper(t, f, worker, nil, wrap)
+	start(t, s)
+	waitFor(t, "the copy to start", 5*time.Second, func() bool { return once.Load() })
+	time.Sleep(10 * time.Millisecond)
+	st := s.Status()
+	close(release)
+	if !st.InitialCopy || st.Applied != 0 || st.Pending != f.j.LastSeq() || st.Lag <= 0 {
+		t.Errorf("status during the initial copy = %+v, want Applied 0, Pending %d, a lag", st, f.j.LastSeq())
+	}
+	waitSynced(t, s, f.j)
+	if st := s.Status(); st.Pending != 0 || st.Applied != f.j.LastSeq() {
+		t.Errorf("status after the copy = %+v", st)
+	}
+}

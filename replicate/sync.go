@@ -1,0 +1,556 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// errSourceChanged: a store file changed while it was being sent.
+var errSourceChanged = errors.New("store file changed while it was being sent")
+
+// syncer converges worker paths with the store: the full copy ("" is the
+// whole tree) and the fallback for paths whose state on the worker is
+// unknown ("refresh"). Regular files identical by type, size and mtime (in
+// seconds: SFTP v3 carries no more) are not sent again.
+type syncer struct {
+	s     *Shipper
+	skip  map[string]bool   // names left alone: their data ships separately or is held
+	links map[uint64]string // inode -> worker path already written (hard-link groups)
+	// held are regular files skipped because a writer has them open
+	// (inode -> a store name): see holdSkipped.
+	held  map[uint64]string
+	files int64
+	bytes int64
+}
+
+func (s *Shipper) newSyncer(skip map[string]bool) *syncer {
+	return &syncer{s: s, skip: skip, links: map[uint64]string{}, held: map[uint64]string{}}
+}
+
+// openForWrite reports whether the store file sfi is open for writing, and
+// then notes it as held: its content may be half written, and the journal
+// will tell when it is not (a Close) — unlike the journal's data ops, a
+// copy reads files outside the close-to-open rule.
+func (sy *syncer) openForWrite(p string, sfi fs.FileInfo) bool {
+	ino := inode(sfi)
+	if !sy.s.openForWrite(ino) {
+		return false
+	}
+	if _, ok := sy.held[ino]; !ok {
+		sy.held[ino] = p
+	}
+	sy.s.log.Debug("not copying a file open for writing; it ships after its writer closes it", "path", p)
+	return true
+}
+
+// holdSkipped adds the files skipped because they were open for writing
+// to carry, as identities with unshipped data and an open writer: they
+// ship when a Close of the file is folded in (or once HoldOpen passed).
+// They do not pin the durable cursor (their writes, if any, were
+// journaled before the copy's start); data ops journaled for them later
+// do. Identities carry already has are left as they are.
+func (sy *syncer) holdSkipped(carry map[uint64]*ident) {
+	now := time.Now().UnixNano()
+	for ino, p := range sy.held {
+		if _, ok := carry[ino]; ok {
+			continue
+		}
+		carry[ino] = &ident{ID: ino, Names: []string{p}, Dirty: true, Open: true, FirstTime: now}
+	}
+}
+
+func (s *Shipper) errf(p string, err error) error {
+	return fmt.Errorf("%s: %s: %w", s.opts.Name, p, err)
+}
+
+// storeLstat is Lstat in the store, "" being its root.
+func (s *Shipper) storeLstat(p string) (fs.FileInfo, error) {
+	return s.store.Lstat(rootName(p))
+}
+
+// wlstat is the worker's Lstat; missing is (nil, nil).
+func (s *Shipper) wlstat(ctx context.Context, p string) (*FileInfo, error) {
+	fi, err := s.t.Lstat(ctx, p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, s.errf(p, err)
+	}
+	return &fi, nil
+}
+
+// syncPath makes the worker's p (and everything under it) equal to the
+// store's, leaving excluded and skipped paths alone.
+func (sy *syncer) syncPath(ctx context.Context, p string) error {
+	s := sy.s
+	if sy.skip[p] {
+		return nil
+	}
+	sfi, err := s.storeLstat(p)
+	if errors.Is(err, fs.ErrNotExist) && p != "" {
+		wfi, err := s.wlstat(ctx, p)
+		if err != nil || wfi == nil || s.excl.Excluded(p, wfi.IsDir()) {
+			return err
+		}
+		return s.removeAll(ctx, p)
+	}
+	if err != nil {
+		return s.errf(p, fmt.Errorf("store: %w", err))
+	}
+	if s.excl.Excluded(p, sfi.IsDir()) {
+		return nil
+	}
+	if err := s.ensureParents(ctx, p); err != nil {
+		return err
+	}
+	wfi, err := s.wlstat(ctx, p)
+	if err != nil {
+		return err
+	}
+	if sfi.Mode().IsRegular() {
+		if sy.openForWrite(p, sfi) {
+			return nil
+		}
+		// A file refreshed by itself is always sent: the worker's copy
+		// may be another file of the same size and mtime.
+		if wfi != nil && wfi.IsDir() {
+			if err := s.removeAll(ctx, p); err != nil {
+				return err
+			}
+		}
+		err := s.shipFile(ctx, p, inode(sfi), []string{p}, false)
+		if errors.Is(err, errNotIdentity) || errors.Is(err, errSourceChanged) {
+			s.log.Debug("not refreshing a file that changes", "path", p, "err", err)
+			return nil
+		}
+		return err
+	}
+	return sy.syncEntry(ctx, p, sfi, wfi)
+}
+
+// syncEntry makes the worker's p equal to the store entry sfi; wfi is the
+// worker's entry (nil when missing).
+func (sy *syncer) syncEntry(ctx context.Context, p string, sfi fs.FileInfo, wfi *FileInfo) error {
+	s := sy.s
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	switch mode := sfi.Mode(); {
+	case mode.IsDir():
+		if wfi != nil && !wfi.IsDir() {
+			if err := s.removeAll(ctx, p); err != nil {
+				return err
+			}
+			wfi = nil
+		}
+		if wfi == nil {
+			if err := s.t.Mkdir(ctx, p, 0o700); err != nil {
+				return s.errf(p, err)
+			}
+		}
+		if err := sy.syncDir(ctx, p); err != nil {
+			return err
+		}
+		// Look again: changing the children changed the directory's mtime.
+		return s.setAttrs(ctx, p, sfi, nil)
+
+	case mode.IsRegular():
+		ino := inode(sfi)
+		if sy.openForWrite(p, sfi) {
+			return nil // what the worker has at p stays until the file ships
+		}
+		if first, ok := sy.links[ino]; ok && nlink(sfi) > 1 {
+			return s.relink(ctx, first, p)
+		}
+		if wfi != nil && wfi.Mode.IsRegular() && wfi.Size == sfi.Size() && wfi.Mtime.Unix() == sfi.ModTime().Unix() {
+			sy.links[ino] = p
+			return s.setAttrs(ctx, p, sfi, wfi)
+		}
+		if wfi != nil && wfi.IsDir() {
+			if err := s.removeAll(ctx, p); err != nil {
+				return err
+			}
+		}
+		n, err := s.sendFile(ctx, p, ino)
+		if errors.Is(err, errSourceChanged) || errors.Is(err, errNotIdentity) {
+			// A writer is at work: its ops follow in the journal.
+			s.log.Debug("skipping a file that changes during the copy", "path", p)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		sy.links[ino] = p
+		sy.files++
+		sy.bytes += n
+		return nil
+
+	case mode&fs.ModeSymlink != 0:
+		target, err := s.store.Readlink(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return s.errf(p, fmt.Errorf("store: %w", err))
+		}
+		if wfi != nil && wfi.Mode&fs.ModeSymlink != 0 {
+			if cur, err := s.t.Readlink(ctx, p); err == nil && cur == target {
+				return nil
+			}
+		}
+		return s.putSymlink(ctx, p, target)
+
+	default:
+		s.log.Debug("not replicating a special file", "path", p, "mode", mode.String())
+		return nil
+	}
+}
+
+// syncDir converges the children of the directory p.
+func (sy *syncer) syncDir(ctx context.Context, p string) error {
+	s := sy.s
+	sents, err := s.storeReadDir(p)
+	if err != nil {
+		return s.errf(p, fmt.Errorf("store: %w", err))
+	}
+	wlist, err := s.t.ReadDir(ctx, p)
+	if err != nil {
+		return s.errf(p, err)
+	}
+	wents := make(map[string]*FileInfo, len(wlist))
+	for i := range wlist {
+		wents[wlist[i].Name] = &wlist[i]
+	}
+	seen := make(map[string]bool, len(sents))
+	for _, sfi := range sents {
+		name := sfi.Name()
+		seen[name] = true
+		child := joinPath(p, name)
+		if sy.skip[child] || s.excl.Excluded(child, sfi.IsDir()) {
+			continue
+		}
+		if err := sy.syncEntry(ctx, child, sfi, wents[name]); err != nil {
+			return err
+		}
+	}
+	for _, name := range slices.Sorted(mapKeys(wents)) {
+		if seen[name] {
+			continue
+		}
+		child := joinPath(p, name)
+		w := wents[name]
+		if !strings.HasPrefix(name, TempPrefix) && (sy.skip[child] || s.excl.Excluded(child, w.IsDir())) {
+			continue
+		}
+		if err := s.removeAll(ctx, child); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func mapKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// storeReadDir lists a store directory with lstat information, sorted.
+func (s *Shipper) storeReadDir(p string) ([]fs.FileInfo, error) {
+	d, err := s.store.Open(rootName(p))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	ents, err := d.ReadDir(-1)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]fs.FileInfo, 0, len(ents))
+	for _, e := range ents {
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, fi)
+	}
+	slices.SortFunc(out, func(a, b fs.FileInfo) int { return strings.Compare(a.Name(), b.Name()) })
+	return out, nil
+}
+
+// removeAll removes p on the worker, recursively; missing is fine.
+func (s *Shipper) removeAll(ctx context.Context, p string) error {
+	if p == "" {
+		return fmt.Errorf("%s: refusing to remove the worker root", s.opts.Name)
+	}
+	wfi, err := s.wlstat(ctx, p)
+	if err != nil || wfi == nil {
+		return err
+	}
+	if !wfi.IsDir() {
+		if err := s.t.Remove(ctx, p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return s.errf(p, err)
+		}
+		return nil
+	}
+	ents, err := s.t.ReadDir(ctx, p)
+	if err != nil {
+		return s.errf(p, err)
+	}
+	for _, e := range ents {
+		if err := s.removeAll(ctx, joinPath(p, e.Name)); err != nil {
+			return err
+		}
+	}
+	if err := s.t.Rmdir(ctx, p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return s.errf(p, err)
+	}
+	return nil
+}
+
+// ensureParents creates missing ancestors of p on the worker (drift), with
+// the store's attributes, and replaces non-directories in the way.
+func (s *Shipper) ensureParents(ctx context.Context, p string) error {
+	for i := 0; i < len(p); i++ {
+		if p[i] != '/' {
+			continue
+		}
+		d := p[:i]
+		wfi, err := s.wlstat(ctx, d)
+		if err != nil {
+			return err
+		}
+		if wfi != nil && wfi.IsDir() {
+			continue
+		}
+		if wfi != nil {
+			if err := s.removeAll(ctx, d); err != nil {
+				return err
+			}
+		}
+		s.log.Info("creating a directory missing on the worker", "path", d)
+		if err := s.t.Mkdir(ctx, d, 0o700); err != nil {
+			return s.errf(d, err)
+		}
+		if sfi, err := s.storeLstat(d); err == nil && sfi.IsDir() {
+			if err := s.setAttrs(ctx, d, sfi, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// setAttrs copies mode, owner and mtime of the store entry sfi to the
+// worker's p where they differ; wfi is the worker's entry if known.
+// Symlinks are left alone: SFTP's setstat follows them.
+func (s *Shipper) setAttrs(ctx context.Context, p string, sfi fs.FileInfo, wfi *FileInfo) error {
+	if sfi.Mode()&fs.ModeSymlink != 0 {
+		return nil
+	}
+	if wfi == nil {
+		var err error
+		if wfi, err = s.wlstat(ctx, p); err != nil || wfi == nil {
+			return err
+		}
+	}
+	if wfi.Mode&fs.ModeSymlink != 0 || wfi.IsDir() != sfi.IsDir() {
+		return nil
+	}
+	if perm := permBits(sfi.Mode()); permBits(wfi.Mode) != perm {
+		if err := s.t.Chmod(ctx, p, perm); err != nil {
+			return s.errf(p, fmt.Errorf("chmod: %w", err))
+		}
+	}
+	if st, ok := sfi.Sys().(*syscall.Stat_t); ok && !s.chownOff && (st.Uid != wfi.UID || st.Gid != wfi.GID) {
+		if err := s.t.Chown(ctx, p, int(st.Uid), int(st.Gid)); err != nil {
+			if !errors.Is(err, fs.ErrPermission) {
+				return s.errf(p, fmt.Errorf("chown: %w", err))
+			}
+			s.ownerRefused(p, err)
+		}
+	}
+	// SFTP v3 carries whole seconds only: compare and set at that grain.
+	if mt := sfi.ModTime(); mt.Unix() != wfi.Mtime.Unix() {
+		if err := s.t.Chtimes(ctx, p, atime(sfi), mt); err != nil {
+			return s.errf(p, fmt.Errorf("chtimes: %w", err))
+		}
+	}
+	return nil
+}
+
+func (s *Shipper) ownerRefused(p string, err error) {
+	if !s.chownOff {
+		s.log.Warn("the worker refused to set a file owner; owners will not be replicated", "path", p, "err", err)
+	}
+	s.chownOff = true
+}
+
+func permBits(m fs.FileMode) fs.FileMode {
+	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+}
+
+func atime(fi fs.FileInfo) time.Time {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return time.Unix(st.Atim.Sec, st.Atim.Nsec)
+	}
+	return fi.ModTime()
+}
+
+// errNotIdentity: the store file at a path is not the expected inode.
+var errNotIdentity = errors.New("store file is not the expected file")
+
+// sendFile sends the store file p to the worker's p atomically with its
+// attributes. If ino is not 0 the store file must be that inode.
+func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64) (int64, error) {
+	f, err := s.store.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ELOOP) {
+			return 0, errNotIdentity
+		}
+		return 0, s.errf(p, fmt.Errorf("store: %w", err))
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, s.errf(p, fmt.Errorf("store: %w", err))
+	}
+	if !fi.Mode().IsRegular() || (ino != 0 && inode(fi) != ino) {
+		return 0, errNotIdentity
+	}
+	a := Attrs{Perm: permBits(fi.Mode()), UID: -1, GID: -1, Mtime: fi.ModTime(), Atime: atime(fi)}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !s.chownOff {
+		a.UID, a.GID = int(st.Uid), int(st.Gid)
+	}
+	vr := &verifyReader{f: f, before: fi}
+	err = s.t.WriteFileAtomic(ctx, p, vr, a)
+	if errors.Is(err, ErrOwner) {
+		s.ownerRefused(p, err)
+		err = nil
+	}
+	if err != nil && !errors.Is(err, errSourceChanged) && ctx.Err() == nil {
+		// Drift: a missing parent, or a directory where the file goes.
+		if wfi, lerr := s.wlstat(ctx, p); lerr == nil && (wfi == nil || wfi.IsDir()) {
+			if wfi != nil {
+				if rerr := s.removeAll(ctx, p); rerr != nil {
+					return 0, rerr
+				}
+			} else if perr := s.ensureParents(ctx, p); perr != nil {
+				return 0, perr
+			}
+			if _, serr := f.Seek(0, io.SeekStart); serr == nil {
+				vr = &verifyReader{f: f, before: fi}
+				err = s.t.WriteFileAtomic(ctx, p, vr, a)
+				if errors.Is(err, ErrOwner) {
+					s.ownerRefused(p, err)
+					err = nil
+				}
+			}
+		}
+	}
+	if err != nil {
+		if errors.Is(err, errSourceChanged) {
+			return 0, err
+		}
+		return 0, s.errf(p, fmt.Errorf("write: %w", err))
+	}
+	return vr.n, nil
+}
+
+// verifyReader reads a store file and, at its end, fails with
+// errSourceChanged if the file changed meanwhile, so that the worker never
+// gets a mix of two versions (WriteFileAtomic then discards its temp file).
+type verifyReader struct {
+	f      *os.File
+	before fs.FileInfo
+	n      int64
+}
+
+func (v *verifyReader) Read(b []byte) (int, error) {
+	n, err := v.f.Read(b)
+	v.n += int64(n)
+	if err == io.EOF {
+		after, serr := v.f.Stat()
+		if serr != nil {
+			return n, serr
+		}
+		if v.n != v.before.Size() || !sameVersion(v.before, after) {
+			return n, errSourceChanged
+		}
+	}
+	return n, err
+}
+
+// sameVersion compares size, mtime and ctime of two stats of one file.
+func sameVersion(a, b fs.FileInfo) bool {
+	if a.Size() != b.Size() || !a.ModTime().Equal(b.ModTime()) {
+		return false
+	}
+	sa, ok1 := a.Sys().(*syscall.Stat_t)
+	sb, ok2 := b.Sys().(*syscall.Stat_t)
+	return !ok1 || !ok2 || sa.Ctim == sb.Ctim
+}
+
+// putSymlink creates or replaces the symlink p atomically.
+func (s *Shipper) putSymlink(ctx context.Context, p, target string) error {
+	tmp := joinPath(parentDir(p), TempName())
+	if err := s.t.Symlink(ctx, target, tmp); err != nil {
+		if perr := s.ensureParents(ctx, p); perr != nil {
+			return perr
+		}
+		if err := s.t.Symlink(ctx, target, tmp); err != nil {
+			return s.errf(p, fmt.Errorf("symlink: %w", err))
+		}
+	}
+	return s.replaceWith(ctx, tmp, p)
+}
+
+// relink makes p a hard link to the worker's existing file, atomically.
+func (s *Shipper) relink(ctx context.Context, existing, p string) error {
+	tmp := joinPath(parentDir(p), TempName())
+	if err := s.t.Link(ctx, existing, tmp); err != nil {
+		return s.errf(p, fmt.Errorf("link to %s: %w", existing, err))
+	}
+	return s.replaceWith(ctx, tmp, p)
+}
+
+// replaceWith renames tmp over p, removing a directory in the way (drift).
+func (s *Shipper) replaceWith(ctx context.Context, tmp, p string) error {
+	err := s.t.Rename(ctx, tmp, p)
+	if err == nil {
+		// Renaming a hard link over another link of the same file does
+		// nothing and succeeds: remove the temp name if it is still there.
+		if rerr := s.t.Remove(ctx, tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			return s.errf(tmp, rerr)
+		}
+		return nil
+	}
+	if err != nil {
+		if wfi, lerr := s.wlstat(ctx, p); lerr == nil && wfi != nil && wfi.IsDir() {
+			if err = s.removeAll(ctx, p); err == nil {
+				err = s.t.Rename(ctx, tmp, p)
+			}
+		}
+	}
+	if err != nil {
+		_ = s.t.Remove(ctx, tmp)
+		return s.errf(p, fmt.Errorf("rename into place: %w", err))
+	}
+	return nil
+}

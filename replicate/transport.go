@@ -1,0 +1,166 @@
+package replicate
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"strings"
+	"time"
+)
+
+// Transport applies changes to one worker's root. Paths are relative to the
+// worker root, slash-separated, without a leading slash; "" is the root
+// itself. Implementations reject invalid paths (see [ValidPath]) with
+// [ErrInvalidPath] and never follow a symlink in a parent directory.
+//
+// Errors for a missing path wrap [fs.ErrNotExist] and for a refused
+// permission [fs.ErrPermission]; other failures may be opaque (SFTP v3
+// reports most failures as a bare "failure"), so callers check the state
+// with Lstat rather than classifying errors.
+//
+// A Transport is used by one goroutine at a time.
+type Transport interface {
+	// Lstat describes p without following a final symlink.
+	Lstat(ctx context.Context, p string) (FileInfo, error)
+	// ReadDir lists the directory p (without "." and ".."), in no
+	// particular order.
+	ReadDir(ctx context.Context, p string) ([]FileInfo, error)
+	// Readlink returns the target of the symlink p.
+	Readlink(ctx context.Context, p string) (string, error)
+	// Mkdir creates the directory p. It fails if p exists.
+	Mkdir(ctx context.Context, p string, perm fs.FileMode) error
+	// Remove removes the non-directory p.
+	Remove(ctx context.Context, p string) error
+	// Rmdir removes the empty directory p.
+	Rmdir(ctx context.Context, p string) error
+	// Rename renames from to to with POSIX semantics: an existing to (a
+	// non-directory, or an empty directory) is replaced atomically.
+	Rename(ctx context.Context, from, to string) error
+	// Symlink creates the symlink p pointing to target. It fails if p exists.
+	Symlink(ctx context.Context, target, p string) error
+	// Link creates p as a hard link to the existing file existing. It
+	// fails if p exists.
+	Link(ctx context.Context, existing, p string) error
+	// Chmod, Chown and Chtimes set attributes of p. They refuse a symlink
+	// with [ErrSymlink] rather than follow it.
+	Chmod(ctx context.Context, p string, perm fs.FileMode) error
+	Chown(ctx context.Context, p string, uid, gid int) error
+	Chtimes(ctx context.Context, p string, atime, mtime time.Time) error
+	// WriteFileAtomic replaces p with the content of r: it writes a temp
+	// file (TempPrefix + random) in p's directory, fsyncs it, sets the
+	// attributes a, then renames it over p. On failure the temp file is
+	// removed and p is unchanged. If only the owner could not be set
+	// because the worker refused it, the file is in place and the error
+	// wraps [ErrOwner].
+	WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Attrs) error
+	// Close releases the connection.
+	Close() error
+}
+
+// Stats is an optional Transport capability: bytes moved on the wire.
+type Stats interface {
+	BytesSent() uint64
+	BytesReceived() uint64
+}
+
+// FileInfo describes one worker entry.
+type FileInfo struct {
+	Name  string      // base name
+	Mode  fs.FileMode // type and permission bits (Go encoding)
+	Size  int64
+	Mtime time.Time
+	UID   uint32
+	GID   uint32
+}
+
+// IsDir reports whether fi is a directory.
+func (fi FileInfo) IsDir() bool { return fi.Mode.IsDir() }
+
+// Attrs are the attributes WriteFileAtomic gives the new file.
+type Attrs struct {
+	Perm     fs.FileMode // permission bits incl. setuid, setgid, sticky (Go encoding)
+	UID, GID int         // -1 leaves the transport's default
+	Mtime    time.Time   // zero leaves it
+	Atime    time.Time   // zero uses Mtime
+}
+
+// Sentinel errors of the package.
+var (
+	ErrInvalidPath = errors.New("invalid path")
+	ErrSymlink     = errors.New("refusing to follow a symlink")
+	ErrOwner       = errors.New("owner not set")
+	ErrUnsupported = errors.New("not supported by transport")
+)
+
+// TempPrefix starts the name of every temp file a transport writes. Full
+// syncs remove leftovers with this prefix.
+const TempPrefix = ".mirrorfs-tmp-"
+
+// TempName returns a fresh temp file name (no directory).
+func TempName() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return TempPrefix + hex.EncodeToString(b[:])
+}
+
+// ValidPath reports whether p is a clean relative slash path: not absolute,
+// no "." or ".." or empty elements, no NUL. "" (the root) is valid.
+func ValidPath(p string) error {
+	if p == "" {
+		return nil
+	}
+	if strings.IndexByte(p, 0) >= 0 || strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
+		return fmt.Errorf("%w: %q", ErrInvalidPath, p)
+	}
+	for el := range strings.SplitSeq(p, "/") {
+		if el == "" || el == "." || el == ".." {
+			return fmt.Errorf("%w: %q", ErrInvalidPath, p)
+		}
+	}
+	return nil
+}
+
+// parentDir is path.Dir for relative paths with "" as the root.
+func parentDir(p string) string {
+	i := strings.LastIndexByte(p, '/')
+	if i < 0 {
+		return ""
+	}
+	return p[:i]
+}
+
+// joinPath joins a relative directory and a name.
+func joinPath(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// baseName is path.Base for relative paths.
+func baseName(p string) string {
+	return p[strings.LastIndexByte(p, '/')+1:]
+}
+
+// under reports whether p is dir or inside it.
+func under(p, dir string) bool {
+	if dir == "" {
+		return true
+	}
+	return p == dir || (len(p) > len(dir) && p[len(dir)] == '/' && p[:len(dir)] == dir)
+}
+
+// reparent moves p from under old to under new; p must be under old.
+func reparent(p, old, new string) string {
+	if p == old {
+		return new
+	}
+	if old == "" {
+		return joinPath(new, p)
+	}
+	return joinPath(new, p[len(old)+1:])
+}

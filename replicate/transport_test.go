@@ -1,0 +1,203 @@
+package replicate_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mirrorfs/mirrorfs/replicate"
+	"github.com/mirrorfs/mirrorfs/replicate/transporttest"
+	"golang.org/x/crypto/ssh"
+)
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+func TestLocalConformance(t *testing.T) {
+	transporttest.Run(t, func(t *testing.T) (replicate.Transport, string) {
+		dir := filepath.Join(t.TempDir(), "root")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		tr, err := replicate.NewLocal(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		return tr, dir
+	})
+}
+
+func sftpOptions(t testing.TB, d *transporttest.SSHD, root string) replicate.SFTPOptions {
+	return replicate.SFTPOptions{
+		Addr: d.Addr, User: d.User, Root: root,
+		IdentityFiles: []string{d.IdentityFile}, KnownHosts: d.KnownHosts,
+		ConnectTimeout: 5 * time.Second, Logger: testLogger(t),
+	}
+}
+
+func TestSFTPConformance(t *testing.T) {
+	d := transporttest.StartSSHD(t)
+	transporttest.Run(t, func(t *testing.T) (replicate.Transport, string) {
+		dir := filepath.Join(t.TempDir(), "root")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		tr, err := replicate.DialSFTP(t.Context(), sftpOptions(t, d, dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		return tr, dir
+	})
+}
+
+func TestSFTPHostKeyVerification(t *testing.T) {
+	d := transporttest.StartSSHD(t)
+	ctx := t.Context()
+	dir := t.TempDir()
+	fp := ssh.FingerprintSHA256(d.HostKey)
+
+	// Unknown host: the error names the host and the key.
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, nil, 0o600)
+	o := sftpOptions(t, d, dir)
+	o.KnownHosts = empty
+	_, err := replicate.DialSFTP(ctx, o)
+	if err == nil || !strings.Contains(err.Error(), "unknown") || !strings.Contains(err.Error(), fp) || !strings.Contains(err.Error(), "127.0.0.1") {
+		t.Errorf("unknown host: %v", err)
+	}
+
+	// Another key listed for the host: a mismatch, naming both keys.
+	other, _ := os.ReadFile(d.KnownHosts)
+	_, wrongPub := newKey(t)
+	wrong := filepath.Join(dir, "wrong")
+	line := strings.SplitN(string(other), " ", 2)[0] + " " + string(ssh.MarshalAuthorizedKey(wrongPub))
+	os.WriteFile(wrong, []byte(line), 0o600)
+	o.KnownHosts = wrong
+	_, err = replicate.DialSFTP(ctx, o)
+	if err == nil || !strings.Contains(err.Error(), "MISMATCH") || !strings.Contains(err.Error(), fp) || !strings.Contains(err.Error(), ssh.FingerprintSHA256(wrongPub)) {
+		t.Errorf("mismatch: %v", err)
+	}
+
+	// No known_hosts at all is refused before connecting.
+	o.KnownHosts = ""
+	if _, err := replicate.DialSFTP(ctx, o); err == nil {
+		t.Error("dial without known_hosts succeeded")
+	}
+
+	// A key that is not authorized.
+	o = sftpOptions(t, d, dir)
+	badKey := filepath.Join(dir, "bad_key")
+	priv, _ := newKey(t)
+	os.WriteFile(badKey, priv, 0o600)
+	o.IdentityFiles = []string{badKey}
+	t.Setenv("SSH_AUTH_SOCK", "")
+	if _, err := replicate.DialSFTP(ctx, o); err == nil {
+		t.Error("login with an unauthorized key succeeded")
+	}
+
+	// And the good case counts bytes.
+	tr, err := replicate.DialSFTP(ctx, sftpOptions(t, d, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	st := tr.(replicate.Stats)
+	if st.BytesSent() == 0 || st.BytesReceived() == 0 {
+		t.Errorf("counters: sent %d received %d", st.BytesSent(), st.BytesReceived())
+	}
+}
+
+func TestSFTPConnectTimeout(t *testing.T) {
+	// A listener that never speaks SSH.
+	d := transporttest.StartSSHD(t)
+	o := sftpOptions(t, d, t.TempDir())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // silent until the test ends
+		}
+	}()
+	o.Addr = l.Addr().String()
+	o.ConnectTimeout = 300 * time.Millisecond
+	start := time.Now()
+	_, err = replicate.DialSFTP(context.Background(), o)
+	if err == nil {
+		t.Fatal("dial succeeded")
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Errorf("dial took %v", el)
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) && !strings.Contains(err.Error(), "timeout") && !strings.Contains(err.Error(), "deadline") {
+		t.Logf("timeout error: %v", err)
+	}
+}
+
+func newKey(t testing.TB) ([]byte, ssh.PublicKey) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(blk), sp
+}
+
+func TestShipperOverSFTP(t *testing.T) {
+	d := transporttest.StartSSHD(t)
+	worker := filepath.Join(t.TempDir(), "www")
+	if err := os.Mkdir(worker, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dials := 0
+	replicate.ShipperScenario(t, worker, func(ctx context.Context) (replicate.Transport, error) {
+		dials++
+		return replicate.DialSFTP(ctx, sftpOptions(t, d, worker))
+	})
+	if dials != 1 {
+		t.Errorf("dialled %d times, want one kept connection", dials)
+	}
+}
+
+func TestShipperScenarioLocal(t *testing.T) {
+	worker := filepath.Join(t.TempDir(), "www")
+	if err := os.Mkdir(worker, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	replicate.ShipperScenario(t, worker, func(ctx context.Context) (replicate.Transport, error) {
+		return replicate.NewLocal(worker)
+	})
+}
