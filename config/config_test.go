@@ -293,7 +293,6 @@ func TestErrors(t *testing.T) {
 		{"worker host in brackets", "mount: /w\nworkers: [{name: a, host: '[::1]'}]\n", "workers[0].host", "brackets"},
 		{"worker host with user", "mount: /w\nworkers: [{name: a, host: u@h}]\n", "workers[0].host", "bare host"},
 		{"worker root relative", "mount: /w\nworkers: [{name: a, host: h, root: www}]\n", "workers[0].root", "absolute"},
-		{"worker root slash", "mount: /w\nworkers: [{name: a, host: h, root: /}]\n", "workers[0].root", "must not be /"},
 		{"worker user empty", "mount: /w\nworkers: [{name: a, host: h, user: ''}]\n", "workers[0].user", "ssh.user"},
 		{"same target twice", "mount: /w\nworkers:\n  - {name: a, host: h}\n  - {name: b, host: h, root: /w/}\n", "workers[1]", "same host, port and root"},
 		{"error after valid worker", "mount: /w\n" + worker + "log: {level: x}\n", "log.level", "got \"x\""},

@@ -42,8 +42,9 @@
 // has no directory, an environment override would be ambiguous, and a daemon
 // started by systemd runs in /. Paths are cleaned. Validate never touches the
 // file system (nothing has to exist yet), so it also works for a file meant
-// for another host. It does refuse layouts that cannot work: mount or a
-// worker root of "/", store equal to, inside or around mount, a journal
+// for another host. A worker root of "/" is allowed: it is what a chrooted
+// SFTP account or a `mirrorfs worker` (confined to its --root) shows. It does
+// refuse layouts that cannot work: a mount of "/", store equal to, inside or around mount, a journal
 // inside or around mount or store (it would journal itself), a control socket
 // inside mount, store or journal, or a socket path longer than a Unix socket
 // address allows.

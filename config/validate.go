@@ -131,8 +131,6 @@ func (c *Config) validate(p *problems) {
 				p.add(key+".root", "required: the absolute path on the worker")
 			case !path.IsAbs(w.Root):
 				p.add(key+".root", "must be an absolute path on the worker, got %q", w.Root)
-			case path.Clean(w.Root) == "/":
-				p.add(key+".root", "must not be /")
 			}
 		}
 		if err := checkUser(w.User); err != nil {

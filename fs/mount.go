@@ -14,6 +14,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/mirrorfs/mirrorfs/journal"
 )
@@ -122,18 +123,35 @@ func New(ctx context.Context, opts Options) (*Mount, error) {
 // unmount.
 func (mt *Mount) StopWrites() { mt.mirror.readOnly.Store(true) }
 
-// Unmount unmounts, retrying while the mount is busy, and waits until the
-// server stopped.
+// Unmount unmounts, retrying for a second while the mount is busy. If
+// programs still hold files open it detaches the mount lazily instead of
+// failing: writes were already stopped, so nothing can change any more,
+// and the open descriptors fail once the daemon exits.
 func (mt *Mount) Unmount() error {
 	var err error
-	for range 50 {
+	for range 10 {
 		if err = mt.server.Unmount(); err == nil {
 			mt.server.Wait()
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("unmount %s: %w", mt.point, err)
+	mt.mirror.log.Warn("mount point busy: detaching it lazily; programs holding files open on it get errors from now on",
+		"mount", mt.point, "err", err)
+	if derr := unix.Unmount(mt.point, unix.MNT_DETACH); derr != nil {
+		return fmt.Errorf("unmount %s: %w (lazy unmount: %v)", mt.point, err, derr)
+	}
+	return nil
+}
+
+// OpenForWrite reports whether the store file with inode ino has a
+// writable handle open through the mount: its content may be half-written.
+func (mt *Mount) OpenForWrite(ino uint64) bool {
+	m := mt.mirror
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w := m.writers[ino]
+	return w != nil && w.open > 0
 }
 
 // Wait blocks until the mount is gone (unmounted from outside, too).

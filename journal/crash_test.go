@@ -140,6 +140,9 @@ func crashedJournal(t *testing.T) (string, map[uint64]Op) {
 func TestKillDurability(t *testing.T) {
 	dir, acked := crashedJournal(t)
 	j := openTest(t, dir, Options{})
+	if !j.Recovered() {
+		t.Error("Recovered() = false after the writer was killed")
+	}
 	var maxAcked uint64
 	for seq := range acked {
 		maxAcked = max(maxAcked, seq)

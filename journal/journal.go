@@ -117,11 +117,19 @@ type Journal struct {
 
 	trimMu sync.Mutex
 
+	recovered bool // the previous writer died without Close
+
 	// Counters for tests and benchmarks.
 	commits atomic.Uint64
 	appends atomic.Uint64
 	splits  atomic.Uint64 // groups that needed more than one transaction
 }
+
+// Recovered reports whether the process that used the journal before this
+// Open died without closing it (kill -9, power loss). Everything it
+// acknowledged is still here, but a change it made to the store just
+// before dying may have no record.
+func (j *Journal) Recovered() bool { return j.recovered }
 
 // Open opens the journal in dir, creating dir and an empty journal if dir is
 // missing or empty. It refuses (ErrForeign) a directory holding anything else
@@ -144,6 +152,11 @@ func Open(dir string, opts Options) (*Journal, error) {
 	if err != nil {
 		return nil, err
 	}
+	unclean, err := uncleanShutdown(dir)
+	if err != nil {
+		_ = lock.release()
+		return nil, fmt.Errorf("open journal %s: %w", dir, err)
+	}
 	db, err := badger.Open(badgerOptions(dir, false, log))
 	if err != nil {
 		_ = lock.release()
@@ -151,6 +164,7 @@ func Open(dir string, opts Options) (*Journal, error) {
 	}
 	j := newJournal(dir, dir, db, log)
 	j.lock = lock
+	j.recovered = unclean
 	if err := j.load(true); err != nil {
 		_ = j.closeDB()
 		return nil, err

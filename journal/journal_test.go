@@ -178,6 +178,9 @@ func TestReopenKeepsSeqMonotonic(t *testing.T) {
 		t.Fatal(err)
 	}
 	j = openTest(t, dir, Options{})
+	if j.Recovered() {
+		t.Error("Recovered() = true after a clean Close")
+	}
 	if j.LastSeq() != 10 {
 		t.Fatalf("reopened LastSeq %d, want 10", j.LastSeq())
 	}
