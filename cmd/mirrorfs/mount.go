@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/mirrorfs/mirrorfs/config"
+	"github.com/mirrorfs/mirrorfs/control"
+	"github.com/mirrorfs/mirrorfs/fs"
+	"github.com/mirrorfs/mirrorfs/journal"
+	"github.com/mirrorfs/mirrorfs/replicate"
+)
+
+func newMountCmd() *cobra.Command {
+	var cfgPath string
+	cmd := &cobra.Command{
+		Use:   "mount",
+		Short: "Mount the web root and replicate every change to the workers",
+		Long: `Mount the web root through FUSE, journal every change made through it and
+replicate the changes to every configured worker over SSH.
+
+mount runs in the foreground until SIGINT or SIGTERM; then it stops
+accepting writes, finishes the journal, unmounts cleanly and exits 0.
+Workers that are unreachable simply fall behind and catch up from their own
+position when they return; 'mirrorfs status' shows where each one stands.
+
+With 'store' omitted from the configuration the existing directory at
+'mount' is mounted over in place: its content stays where it is.`,
+		Example: `  mirrorfs mount --config /etc/mirrorfs/mirrorfs.yaml
+  MIRRORFS_LOG_LEVEL=debug mirrorfs mount -c ./mirrorfs.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := config.Load(cfgPath)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(os.Stderr, cfg.Log.Level)
+			if err != nil {
+				return err
+			}
+			return runMount(cmd.Context(), cfg, log)
+		},
+	}
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "/etc/mirrorfs/mirrorfs.yaml", "configuration file")
+	return cmd
+}
+
+// runMount is the daemon: journal, mount, control socket and one shipper
+// per worker, until ctx is cancelled.
+func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if mounted, err := fs.IsMountPoint(cfg.Mount); err != nil {
+		return err
+	} else if mounted {
+		return fmt.Errorf("mount point %s is already a mount (another mirrorfs, or a stale one: fusermount3 -u %s)", cfg.Mount, cfg.Mount)
+	}
+	store := cfg.Store
+	if cfg.InPlace {
+		// Open the directory before the mount covers it; /proc/self/fd/N
+		// then reaches the real directory for the FUSE layer and the
+		// shippers alike.
+		fd, err := unix.Open(cfg.Mount, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("mount point %s (in place, no store configured): %w", cfg.Mount, err)
+		}
+		defer unix.Close(fd)
+		store = fmt.Sprintf("/proc/self/fd/%d", fd)
+	} else if st, err := os.Stat(store); err != nil {
+		return fmt.Errorf("store %s: %w", store, err)
+	} else if !st.IsDir() {
+		return fmt.Errorf("store %s: not a directory", store)
+	}
+	if st, err := os.Stat(cfg.Mount); err != nil {
+		return fmt.Errorf("mount point %s: %w", cfg.Mount, err)
+	} else if !st.IsDir() {
+		return fmt.Errorf("mount point %s: not a directory", cfg.Mount)
+	}
+
+	j, err := journal.Open(cfg.Journal, journal.Options{Logger: log})
+	if errors.Is(err, journal.ErrLocked) {
+		return fmt.Errorf("journal %s is held by another process (is another mirrorfs mount running?): %w", cfg.Journal, err)
+	}
+	if err != nil {
+		return err
+	}
+	defer j.Close()
+	if j.Recovered() {
+		if err := reconcileAfterCrash(cfg, j, log); err != nil {
+			return err
+		}
+	}
+
+	mnt, err := fs.New(ctx, fs.Options{Store: store, Mountpoint: cfg.Mount, Recorder: j, Logger: log})
+	if err != nil {
+		return err
+	}
+	log.Info("mounted", "mount", cfg.Mount, "store", cfg.Store, "in_place", cfg.InPlace, "journal", cfg.Journal, "workers", len(cfg.Workers))
+
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	shippers, err := startShippers(runCtx, &wg, cfg, store, j, mnt, log)
+	if err != nil {
+		stopRun()
+		mnt.StopWrites()
+		mnt.Unmount()
+		return err
+	}
+	wg.Go(func() {
+		if err := control.Serve(runCtx, cfg.Control, func() control.Status { return daemonStatus(cfg, j, shippers) }); err != nil {
+			log.Error("control socket failed; status will read the journal instead", "err", err)
+		}
+	})
+	wg.Go(func() { trimLoop(runCtx, cfg, j, log) })
+
+	gone := make(chan struct{})
+	go func() { mnt.Wait(); close(gone) }()
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: no more writes accepted, unmounting")
+	case <-gone:
+		log.Warn("mount point was unmounted from outside; stopping", "mount", cfg.Mount)
+	}
+	mnt.StopWrites()
+	unmountErr := mnt.Unmount()
+	stopRun()
+	wg.Wait()
+	if unmountErr != nil {
+		return unmountErr
+	}
+	log.Info("stopped cleanly")
+	return nil
+}
+
+// reconcileAfterCrash marks every worker for a full comparison with the
+// store. The daemon died between changing the store and journaling the
+// change at most for the calls in flight at that instant, and nothing
+// names those paths; the comparison sends only what differs (size, mtime,
+// type), so the cost is a walk of both trees, once, after a crash.
+func reconcileAfterCrash(cfg *config.Config, j *journal.Journal, log *slog.Logger) error {
+	log.Warn("the previous mirrorfs did not stop cleanly: every worker is compared with the store once (only differences are sent)")
+	for _, w := range cfg.Workers {
+		c, ok, err := j.Cursor(w.Name)
+		if err != nil {
+			return err
+		}
+		if !ok || c.FullSync {
+			continue // a full copy is due anyway
+		}
+		c.FullSync = true
+		if err := j.SetCursor(w.Name, c); err != nil {
+			return fmt.Errorf("mark worker %s for reconciliation: %w", w.Name, err)
+		}
+	}
+	return nil
+}
+
+func startShippers(ctx context.Context, wg *sync.WaitGroup, cfg *config.Config, store string, j *journal.Journal, mnt *fs.Mount, log *slog.Logger) ([]*replicate.Shipper, error) {
+	var out []*replicate.Shipper
+	for _, w := range cfg.Workers {
+		user := w.User
+		if user == "" {
+			user = cfg.SSH.User
+		}
+		sftpOpts := replicate.SFTPOptions{
+			Addr:           w.Addr(),
+			User:           user,
+			Root:           w.Root,
+			IdentityFiles:  cfg.SSH.Identity,
+			KnownHosts:     cfg.SSH.KnownHosts,
+			ConnectTimeout: cfg.SSH.ConnectTimeout,
+			Logger:         log.With("worker", w.Name),
+		}
+		s, err := replicate.NewShipper(replicate.Options{
+			Name:    w.Name,
+			Store:   store,
+			Journal: j,
+			Dial: func(ctx context.Context) (replicate.Transport, error) {
+				return replicate.DialSFTP(ctx, sftpOpts)
+			},
+			// The full copy skips files a writer still has open; their
+			// Close record ships them.
+			OpenForWrite: mnt.OpenForWrite,
+			Exclude:      cfg.Exclude,
+			Delay:        cfg.Batch.Delay,
+			MaxOps:       cfg.Batch.MaxOps,
+			HoldOpen:     cfg.Batch.HoldOpen,
+			RetryMin:     cfg.Retry.Min,
+			RetryMax:     cfg.Retry.Max,
+			Logger:       log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("worker %s: %w", w.Name, err)
+		}
+		out = append(out, s)
+		wg.Go(func() { s.Run(ctx) })
+	}
+	return out, nil
+}
+
+func daemonStatus(cfg *config.Config, j *journal.Journal, shippers []*replicate.Shipper) control.Status {
+	st := control.Status{Mount: cfg.Mount, LastSeq: j.LastSeq()}
+	for i, s := range shippers {
+		ss := s.Status()
+		ws := control.WorkerStatus{
+			Name:        ss.Name,
+			Addr:        cfg.Workers[i].Addr(),
+			Connected:   ss.Connected,
+			LastError:   ss.LastError,
+			Pending:     ss.Pending,
+			LagSeconds:  ss.Lag.Seconds(),
+			Applied:     ss.Applied,
+			InitialCopy: ss.InitialCopy,
+			BytesSent:   ss.BytesSent,
+		}
+		if !ss.LastErrorAt.IsZero() {
+			ws.LastErrorAt = ss.LastErrorAt.Format(time.RFC3339)
+		}
+		st.Workers = append(st.Workers, ws)
+	}
+	return st
+}
+
+// trimLoop drops journal records every worker already has. A worker with
+// no position yet starts with a full copy, so it pins nothing.
+func trimLoop(ctx context.Context, cfg *config.Config, j *journal.Journal, log *slog.Logger) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		below := j.LastSeq() + 1
+		for _, w := range cfg.Workers {
+			if c, ok, err := j.Cursor(w.Name); err != nil {
+				log.Warn("trim: read cursor", "worker", w.Name, "err", err)
+				below = 0
+			} else if ok {
+				below = min(below, c.Applied+1)
+			}
+		}
+		if below > 1 {
+			if n, err := j.Trim(below); err != nil {
+				log.Warn("trim journal", "below", below, "err", err)
+			} else if n > 0 {
+				log.Debug("trimmed journal", "ops", n, "below", below)
+			}
+		}
+	}
+}
