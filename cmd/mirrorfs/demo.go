@@ -143,7 +143,9 @@ func runDemo(ctx context.Context, out io.Writer, dir string, oneshot bool) error
 		rel  string
 		want string // content expected on the workers; "" = path absent
 	}{
-		{"create index.html", func() error { return os.WriteFile(cfg.Mount+"/index.html", []byte("<h1>Hello from mirrorfs</h1>\n"), 0o644) }, "index.html", "<h1>Hello from mirrorfs</h1>\n"},
+		{"create index.html", func() error {
+			return os.WriteFile(cfg.Mount+"/index.html", []byte("<h1>Hello from mirrorfs</h1>\n"), 0o644)
+		}, "index.html", "<h1>Hello from mirrorfs</h1>\n"},
 		{"mkdir css + write css/site.css", func() error {
 			if err := os.Mkdir(cfg.Mount+"/css", 0o755); err != nil {
 				return err
@@ -253,4 +255,3 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
-
