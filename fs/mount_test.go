@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mirrorfs/mirrorfs/journal"
 )
@@ -300,5 +303,56 @@ func TestUnmountBusy(t *testing.T) {
 	}
 	if mounted, _ := IsMountPoint(mnt); mounted {
 		t.Fatal("still mounted after Unmount")
+	}
+}
+
+// fallocate, copy_file_range and mknod change the store without passing
+// through Write: each is journaled with the file's identity.
+func TestOtherDataPathsAreJournaled(t *testing.T) {
+	mnt, store, rec := newMount(t)
+	src, err := os.Create(filepath.Join(mnt, "src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.Write(bytes.Repeat([]byte("s"), 8192))
+	dst, err := os.Create(filepath.Join(mnt, "dst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.take()
+
+	if err := unix.Fallocate(int(dst.Fd()), 0, 0, 65536); err != nil {
+		t.Fatal(err)
+	}
+	if got := kinds(rec.take()); !slices.Equal(got, []string{"fallocate dst"}) {
+		t.Fatalf("fallocate journaled %q", got)
+	}
+	offIn, offOut := int64(0), int64(100)
+	n, err := unix.CopyFileRange(int(src.Fd()), &offIn, int(dst.Fd()), &offOut, 4096, 0)
+	if err != nil || n != 4096 {
+		t.Fatalf("copy_file_range = %d, %v", n, err)
+	}
+	ops := rec.take()
+	if got := kinds(ops); !slices.Equal(got, []string{"copy_range dst"}) {
+		t.Fatalf("copy_file_range journaled %q", got)
+	}
+	if ops[0].Offset != 100 || ops[0].Length != 4096 || ops[0].File != ino(t, filepath.Join(store, "dst")) {
+		t.Fatalf("copy_range op = %+v", ops[0])
+	}
+	src.Close()
+	dst.Close()
+	rec.take()
+
+	if err := unix.Mkfifo(filepath.Join(mnt, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := kinds(rec.take()); !slices.Equal(got, []string{"mknod fifo"}) {
+		t.Fatalf("mkfifo journaled %q", got)
+	}
+	if err := unix.Mknod(filepath.Join(mnt, "plain"), unix.S_IFREG|0o644, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := kinds(rec.take()); !slices.Equal(got, []string{"create plain", "close plain"}) {
+		t.Fatalf("mknod S_IFREG journaled %q", got)
 	}
 }

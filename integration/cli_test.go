@@ -22,6 +22,8 @@ func runMirrorfs(t *testing.T, bin string, args ...string) (stdout, stderr strin
 	cmd.Env = daemonEnv()
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
+	// Children that outlive mirrorfs must not keep Run waiting for output.
+	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	var ee *exec.ExitError
 	switch {

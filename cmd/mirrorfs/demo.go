@@ -84,6 +84,15 @@ func runDemo(ctx context.Context, out io.Writer, dir string, oneshot bool) error
 	if err != nil {
 		return err
 	}
+	// The workers stop (SIGTERM) when the demo returns, however it returns.
+	workerCtx, stopWorkers := context.WithCancel(ctx)
+	var procs []*exec.Cmd
+	defer func() {
+		stopWorkers()
+		for _, p := range procs {
+			p.Wait()
+		}
+	}()
 	var workers []demoWorker
 	var knownHosts bytes.Buffer
 	for i := 1; i <= 2; i++ {
@@ -99,14 +108,14 @@ func runDemo(ctx context.Context, out io.Writer, dir string, oneshot bool) error
 		if w.Port, err = freePort(); err != nil {
 			return err
 		}
-		p := exec.CommandContext(ctx, self, "worker", "--listen", fmt.Sprintf("127.0.0.1:%d", w.Port),
+		p := exec.CommandContext(workerCtx, self, "worker", "--listen", fmt.Sprintf("127.0.0.1:%d", w.Port),
 			"--root", w.Root, "--authorized-keys", authorized, "--host-key", hostKeyFile, "--log-level", "warn")
 		p.Stderr = os.Stderr
 		p.Cancel = func() error { return p.Process.Signal(syscall.SIGTERM) }
 		if err := p.Start(); err != nil {
 			return fmt.Errorf("start worker %s: %w", w.Name, err)
 		}
-		defer p.Wait()
+		procs = append(procs, p)
 		fmt.Fprintf(&knownHosts, "[127.0.0.1]:%d %s", w.Port, ssh.MarshalAuthorizedKey(hostKey))
 		workers = append(workers, w)
 	}
