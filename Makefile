@@ -7,8 +7,10 @@ BIN       := bin/mirrorfs
 VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 # Debian packages the tests and the demo use: FUSE, real OpenSSH workers,
+# the real tools the integration suite runs through the mount, nginx + wrk,
 # network namespaces for fault tests.
-DEB_PKGS  := fuse3 openssh-server openssh-client iproute2
+DEB_PKGS  := fuse3 openssh-server openssh-client iproute2 \
+             vim git tar rsync attr nginx-light wrk
 TEST_TIMEOUT ?= 14m
 
 .PHONY: all build deps test race lint fuzz bench demo install clean
