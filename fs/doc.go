@@ -21,6 +21,22 @@
 //     through this mount, so the kernel's caches cannot go stale.
 //   - No writeback cache and no kernel passthrough: either would let the
 //     kernel write to the store without the journal seeing it.
+//   - The mount is nosuid and nodev (go-fuse's default, as fusermount's):
+//     set-ID bits and device nodes are stored and journaled, but set-ID
+//     bits are not honoured and device nodes cannot be opened through the
+//     web root. This is the one deliberate difference from the store.
+//   - A file with no name (unlinked while open, or made with O_TMPFILE)
+//     stays usable through its descriptors: fstat, fchmod, fchown and
+//     futimens work on it, and so does fstat of a directory renamed over
+//     while open. Nothing it does is journaled, since no worker has it.
+//     An O_TMPFILE file given a name with linkat is journaled as a Create
+//     at that name with a Write of all its bytes, then its Close.
+//   - New entries get the caller's uid, and the caller's gid or, in a
+//     set-group-ID directory, the directory's gid, as on a local
+//     filesystem.
+//   - fallocate modes other than KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE
+//     (COLLAPSE_RANGE, INSERT_RANGE) fail with EOPNOTSUPP: the kernel's
+//     FUSE client refuses them before asking the daemon.
 //   - Interrupted calls: a mutation that already reached the store is
 //     journaled even if the caller was interrupted, so the journal never
 //     misses a change the store has.

@@ -101,6 +101,7 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
+	h.node.m.dropHandle(h.node.id(), h)
 	errno := h.LoopbackFile.Release(ctx)
 	if h.writer && h.node.m.closeWriter(h.node.id()) {
 		h.recordClose(ctx)

@@ -21,6 +21,12 @@ type mirror struct {
 
 	mu      sync.Mutex
 	writers map[uint64]*writerState // by file identity
+	// handles holds the open handles of each file. A file with no name
+	// (unlinked while open, or made with O_TMPFILE) can only be reached
+	// through one: for fchmod, fstat without a handle, or linkat.
+	handles map[uint64]map[*handle]struct{}
+	// dirs holds the open handles of each directory, for the same reason.
+	dirs map[uint64]map[*dirHandle]struct{}
 }
 
 // writerState counts the writable handles of one file and whether it has
@@ -31,7 +37,7 @@ type writerState struct {
 }
 
 func newMirror(rec Recorder, log *slog.Logger) *mirror {
-	return &mirror{rec: rec, log: log, writers: make(map[uint64]*writerState)}
+	return &mirror{rec: rec, log: log, writers: make(map[uint64]*writerState), handles: make(map[uint64]map[*handle]struct{}), dirs: make(map[uint64]map[*dirHandle]struct{})}
 }
 
 // record journals op. The store already changed, so an interrupted caller
@@ -109,4 +115,68 @@ func (m *mirror) closeWriter(id uint64) (dirty bool) {
 	}
 	delete(m.writers, id)
 	return w.dirty
+}
+
+// addHandle remembers an open handle of file id.
+func (m *mirror) addHandle(id uint64, h *handle) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	hs := m.handles[id]
+	if hs == nil {
+		hs = make(map[*handle]struct{})
+		m.handles[id] = hs
+	}
+	hs[h] = struct{}{}
+}
+
+// anyHandle returns an open handle of file id, or nil.
+func (m *mirror) anyHandle(id uint64) *handle {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for h := range m.handles[id] {
+		return h
+	}
+	return nil
+}
+
+// dropHandle forgets h when it is released.
+func (m *mirror) dropHandle(id uint64, h *handle) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.handles[id], h)
+	if len(m.handles[id]) == 0 {
+		delete(m.handles, id)
+	}
+}
+
+// addDir remembers an open handle of directory id.
+func (m *mirror) addDir(id uint64, d *dirHandle) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ds := m.dirs[id]
+	if ds == nil {
+		ds = make(map[*dirHandle]struct{})
+		m.dirs[id] = ds
+	}
+	ds[d] = struct{}{}
+}
+
+// anyDir returns an open handle of directory id, or nil.
+func (m *mirror) anyDir(id uint64) *dirHandle {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for d := range m.dirs[id] {
+		return d
+	}
+	return nil
+}
+
+// dropDir forgets d when it is released.
+func (m *mirror) dropDir(id uint64, d *dirHandle) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.dirs[id], d)
+	if len(m.dirs[id]) == 0 {
+		delete(m.dirs, id)
+	}
 }

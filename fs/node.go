@@ -2,6 +2,8 @@ package fs
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path"
 	"syscall"
 
@@ -35,6 +37,9 @@ var (
 	_ gofs.NodeRemovexattrer  = (*node)(nil)
 	_ gofs.NodeCopyFileRanger = (*node)(nil)
 	_ gofs.NodeAllocater      = (*node)(nil)
+	_ gofs.NodeTmpfiler       = (*node)(nil)
+	_ gofs.NodeGetattrer      = (*node)(nil)
+	_ gofs.NodeOpendirHandler = (*node)(nil)
 )
 
 // WrapChild makes every node go-fuse creates below the root one of ours.
@@ -84,6 +89,60 @@ func (n *node) identityOf(rel string) uint64 {
 	return st.Ino
 }
 
+// nameless reports whether the node is in no directory: unlinked while
+// open, or made with O_TMPFILE. The store has no path for it.
+func (n *node) nameless() bool {
+	in := n.EmbeddedInode()
+	if in == n.m.root.EmbeddedInode() {
+		return false
+	}
+	_, parent := in.Parent()
+	return parent == nil
+}
+
+// Getattr answers from an open handle when the file has no name: the
+// kernel sends fstat of a regular file with its handle, but stat of
+// /proc/self/fd/N or of an open directory without one.
+func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if f == nil && n.nameless() {
+		if h := n.m.anyHandle(n.id()); h != nil {
+			return h.LoopbackFile.Getattr(ctx, out)
+		}
+		if d := n.m.anyDir(n.id()); d != nil {
+			return d.Getattr(ctx, out)
+		}
+	}
+	if d, ok := f.(*dirHandle); ok {
+		return d.Getattr(ctx, out)
+	}
+	return n.LoopbackNode.Getattr(ctx, f, out)
+}
+
+// inheritGroup gives a new entry the group of its directory when that
+// directory is set-group-ID, as a local filesystem does. go-fuse's loopback
+// creates entries as root and then chowns them to the caller's uid and gid,
+// which would lose the inherited group.
+func (n *node) inheritGroup(name string, attr *fuse.Attr) {
+	rel, ok := n.relPath()
+	if !ok {
+		return
+	}
+	dir := n.storePath(rel)
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil || st.Mode&syscall.S_ISGID == 0 || st.Gid == attr.Gid {
+		return
+	}
+	p := path.Join(dir, name)
+	if err := syscall.Lchown(p, -1, int(st.Gid)); err != nil {
+		n.m.log.Warn("give a new entry its set-group-ID directory's group", "path", path.Join(rel, name), "err", err)
+		return
+	}
+	var cst syscall.Stat_t
+	if err := syscall.Lstat(p, &cst); err == nil {
+		attr.FromStat(&cst)
+	}
+}
+
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	if errno := n.m.writable(); errno != 0 {
 		return nil, nil, 0, errno
@@ -92,9 +151,11 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
+	n.inheritGroup(name, &out.Attr)
 	id := ch.StableAttr().Ino
 	n.m.openWriter(id, true)
 	h := &handle{LoopbackFile: fh.(*gofs.LoopbackFile), node: ch.Operations().(*node), writer: true}
+	n.m.addHandle(id, h)
 	errno = n.m.record(ctx, journal.Op{Kind: journal.KindCreate, File: id, Path: n.child(name), Mode: out.Attr.Mode, UID: out.Attr.Uid, GID: out.Attr.Gid})
 	if errno != 0 {
 		h.Release(ctx)
@@ -115,6 +176,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		return nil, 0, errno
 	}
 	h := &handle{LoopbackFile: fh.(*gofs.LoopbackFile), node: n, writer: writer}
+	n.m.addHandle(n.id(), h)
 	if writer {
 		n.m.openWriter(n.id(), false)
 	}
@@ -143,6 +205,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 	if errno != 0 {
 		return nil, errno
 	}
+	n.inheritGroup(name, &out.Attr)
 	id, p := ch.StableAttr().Ino, n.child(name)
 	if mode&syscall.S_IFMT == syscall.S_IFREG || mode&syscall.S_IFMT == 0 {
 		// A regular file made by mknod has no writer to close it.
@@ -162,6 +225,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if errno != 0 {
 		return nil, errno
 	}
+	n.inheritGroup(name, &out.Attr)
 	return ch, n.m.record(ctx, journal.Op{Kind: journal.KindMkdir, File: ch.StableAttr().Ino, Path: n.child(name), Mode: out.Attr.Mode, UID: out.Attr.Uid, GID: out.Attr.Gid})
 }
 
@@ -213,6 +277,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	if errno != 0 {
 		return nil, errno
 	}
+	n.inheritGroup(name, &out.Attr)
 	return ch, n.m.record(ctx, journal.Op{Kind: journal.KindSymlink, File: ch.StableAttr().Ino, Path: n.child(name), Target: target, UID: out.Attr.Uid, GID: out.Attr.Gid})
 }
 
@@ -225,19 +290,113 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 		return nil, syscall.EXDEV
 	}
 	from, fromOK := tn.relPath()
+	if !fromOK {
+		return n.linkTmpfile(ctx, tn, name, out)
+	}
 	ch, errno := n.LoopbackNode.Link(ctx, tn.LoopbackNode, name, out)
 	if errno != 0 {
 		return nil, errno
 	}
-	if !fromOK {
-		return nil, syscall.EXDEV
-	}
 	return ch, n.m.record(ctx, journal.Op{Kind: journal.KindLink, File: tn.id(), Path: from, NewPath: n.child(name)})
+}
+
+// Tmpfile is open(2) with O_TMPFILE. The handle is ours, so writes made
+// after the file got a name are journaled, and it is remembered so that
+// linkat can name the file through its descriptor.
+func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if errno := n.m.writable(); errno != 0 {
+		return nil, nil, 0, errno
+	}
+	ch, fh, fuseFlags, errno := n.LoopbackNode.Tmpfile(ctx, flags, mode, out)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	cn, ok := ch.Operations().(*node)
+	lf, ok2 := fh.(*gofs.LoopbackFile)
+	if !ok || !ok2 {
+		fh.(gofs.FileReleaser).Release(ctx)
+		return nil, nil, 0, syscall.EIO
+	}
+	// go-fuse's loopback leaves the file to root; give it to the caller,
+	// as Create does, with the group a local filesystem would choose.
+	if caller, ok := fuse.FromContext(ctx); ok && os.Geteuid() == 0 {
+		if fd, ok := lf.PassthroughFd(); ok {
+			gid := int(caller.Gid)
+			if rel, ok := n.relPath(); ok {
+				var dst syscall.Stat_t
+				if syscall.Stat(n.storePath(rel), &dst) == nil && dst.Mode&syscall.S_ISGID != 0 {
+					gid = int(dst.Gid)
+				}
+			}
+			var st syscall.Stat_t
+			if err := syscall.Fchown(fd, int(caller.Uid), gid); err != nil {
+				lf.Release(ctx)
+				return nil, nil, 0, gofs.ToErrno(err)
+			}
+			if syscall.Fstat(fd, &st) == nil {
+				out.Attr.FromStat(&st)
+			}
+		}
+	}
+	// O_TMPFILE needs O_WRONLY or O_RDWR: the handle is always a writer.
+	h := &handle{LoopbackFile: lf, node: cn, writer: true}
+	n.m.openWriter(cn.id(), false)
+	n.m.addHandle(cn.id(), h)
+	return ch, h, fuseFlags, 0
+}
+
+// linkTmpfile gives a name to a file that has none: one created with
+// O_TMPFILE, linked by linkat(2) through its descriptor. The store has no
+// path for it either, so it is linked from the descriptor the mount holds.
+// The replicas never saw the file, so it is journaled as a new file at
+// its new name with all its current bytes.
+func (n *node) linkTmpfile(ctx context.Context, tn *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	h := n.m.anyHandle(tn.id())
+	if h == nil {
+		// The kernel only lets an O_TMPFILE inode with no links through;
+		// without its descriptor there is nothing to link from.
+		return nil, syscall.ENOENT
+	}
+	fd, ok := h.LoopbackFile.PassthroughFd()
+	if !ok {
+		return nil, syscall.EBADF
+	}
+	p := n.child(name)
+	dst := n.storePath(p)
+	if err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), unix.AT_FDCWD, dst, unix.AT_SYMLINK_FOLLOW); err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(dst, &st); err != nil {
+		syscall.Unlink(dst)
+		return nil, gofs.ToErrno(err)
+	}
+	out.Attr.FromStat(&st)
+	id := tn.id()
+	if errno := n.m.record(ctx, journal.Op{Kind: journal.KindCreate, File: id, Path: p, Mode: out.Attr.Mode, UID: out.Attr.Uid, GID: out.Attr.Gid}); errno != 0 {
+		return nil, errno
+	}
+	if st.Size > 0 {
+		if errno := n.m.record(ctx, journal.Op{Kind: journal.KindWrite, File: id, Path: p, Offset: 0, Length: st.Size}); errno != 0 {
+			return nil, errno
+		}
+	}
+	if n.m.markDirty(id) {
+		return tn.EmbeddedInode(), n.m.record(ctx, journal.Op{Kind: journal.KindClose, File: id, Path: p})
+	}
+	return tn.EmbeddedInode(), 0
 }
 
 func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if errno := n.m.writable(); errno != 0 {
 		return errno
+	}
+	if f == nil && n.nameless() {
+		// fchmod, fchown and futimens come without a handle; a file with
+		// no name can only be changed through one.
+		if h := n.m.anyHandle(n.id()); h != nil {
+			f = h
+		}
 	}
 	if h, ok := f.(*handle); ok {
 		// The loopback node only knows its own file type.
