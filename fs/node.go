@@ -194,6 +194,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		// file are still right: keep them (a web server reopens often).
 		fuseFlags |= fuse.FOPEN_KEEP_CACHE
 	}
+	if !writer {
+		// A reader's close has nothing to flush or journal (no writeback
+		// cache, locks are the kernel's): spare the round trip, which a
+		// web server pays on every request.
+		fuseFlags |= fuse.FOPEN_NOFLUSH
+	}
 	return h, fuseFlags, 0
 }
 
