@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 )
 
 // apply applies a plan to the worker: namespace steps in journal order,
@@ -83,8 +84,10 @@ func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
 		}
 		maps.Copy(dirs, s.touched)
 	}
+	lost := map[string]int64{}
+	now := time.Now().UnixNano()
 	for _, p := range sortedKeys(plan.Attrs) {
-		if err := s.copyAttrs(ctx, p, false); err != nil {
+		if err := s.copyAttrs(ctx, p, false, lost, now); err != nil {
 			return err
 		}
 	}
@@ -95,10 +98,17 @@ func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
 		if plan.Attrs[p] {
 			continue
 		}
-		if err := s.copyAttrs(ctx, p, true); err != nil {
+		if err := s.copyAttrs(ctx, p, true, lost, now); err != nil {
 			return err
 		}
 	}
+	// Keep the first-lost time of paths lost again.
+	for p := range lost {
+		if t, ok := plan.Lost[p]; ok {
+			lost[p] = t
+		}
+	}
+	plan.Lost = lost
 	clear(s.touched)
 	return nil
 }
@@ -213,11 +223,19 @@ func (d *dirTracker) WriteFileAtomic(ctx context.Context, p string, r io.Reader,
 	return d.Transport.WriteFileAtomic(ctx, p, r, a)
 }
 
-// copyAttrs copies the store's attributes of p to the worker; a path the
-// store no longer has, or an excluded one, is skipped.
-func (s *Shipper) copyAttrs(ctx context.Context, p string, dirOnly bool) error {
+// copyAttrs copies the store's attributes of p to the worker; an excluded
+// path is skipped, and so is a path the store no longer has: it is added
+// to lost (with the time now), to be copied again by the next plan at the
+// name the op that moved it gives (see Plan.Lost).
+func (s *Shipper) copyAttrs(ctx context.Context, p string, dirOnly bool, lost map[string]int64, now int64) error {
 	sfi, err := s.storeLstat(p)
-	if err != nil || (dirOnly && !sfi.IsDir()) || s.excl.Excluded(p, sfi.IsDir()) {
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && lost != nil {
+			lost[p] = now
+		}
+		return nil
+	}
+	if (dirOnly && !sfi.IsDir()) || s.excl.Excluded(p, sfi.IsDir()) {
 		return nil
 	}
 	return s.setAttrs(ctx, p, sfi, nil)

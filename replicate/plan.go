@@ -111,7 +111,18 @@ type Plan struct {
 	// unlink): later data ops on them (a file written while open after
 	// its unlink) are ignored until a create reuses the inode number.
 	Dead map[uint64]int64
+	// Lost are the paths of Attrs and Dirs whose attributes could not be
+	// copied because the store no longer had them (filled by apply), with
+	// the Unix nanoseconds they were first lost. The store moved ahead of
+	// the journal: the rename or removal that explains it is folded into
+	// the next plan, which takes them over (see planner.fold), so that
+	// they follow the rename to the entry's new name.
+	Lost map[string]int64
 }
+
+// lostMemory is how long a lost attribute path is carried from plan to
+// plan waiting for the op that moved it.
+const lostMemory = time.Minute
 
 // deadMemory is how long Plan.Dead remembers an identity.
 const deadMemory = 10 * time.Minute
@@ -142,6 +153,14 @@ type planner struct {
 // plan and the ops read since; now decides which open files are too old to
 // hold. carried is not modified.
 func (pl *planner) fold(carried map[uint64]*ident, dead map[uint64]int64, ops []journal.Op, now time.Time) *Plan {
+	return pl.foldLost(carried, dead, nil, ops, now)
+}
+
+// foldLost is fold that also takes over the attribute paths a previous
+// plan lost (Plan.Lost): they are copied again, at the names the ops move
+// them to (or dropped with a removal). plan.Lost keeps their first-lost
+// time for the next apply.
+func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lost map[string]int64, ops []journal.Op, now time.Time) *Plan {
 	f := folder{
 		pl:      pl,
 		ids:     make(map[uint64]*ident, len(carried)),
@@ -153,6 +172,15 @@ func (pl *planner) fold(carried map[uint64]*ident, dead map[uint64]int64, ops []
 	for k, t := range dead {
 		if now.Sub(time.Unix(0, t)) < deadMemory {
 			f.dead[k] = t
+		}
+	}
+	// Lost paths are tracked in attrs under their own name: move and
+	// dropName update them like any attribute; lostSince follows.
+	f.lostSince = map[string]int64{}
+	for p, t := range lost {
+		if now.Sub(time.Unix(0, t)) < lostMemory {
+			f.attrs[p] = true
+			f.lostSince[p] = t
 		}
 	}
 	for k, v := range carried {
@@ -195,6 +223,12 @@ func (pl *planner) fold(carried map[uint64]*ident, dead map[uint64]int64, ops []
 		}
 	}
 	plan.Attrs, plan.Dirs, plan.Refresh, plan.Dead = f.attrs, f.dirs, f.refresh, f.dead
+	plan.Lost = map[string]int64{}
+	for p, t := range f.lostSince {
+		if f.attrs[p] {
+			plan.Lost[p] = t
+		}
+	}
 	return plan
 }
 
@@ -207,6 +241,9 @@ type folder struct {
 	refresh map[string]bool
 	dead    map[uint64]int64
 	now     int64 // Op.Time of the op being folded
+	// lostSince: attrs paths taken over from a previous plan's Lost, by
+	// their current name, with the time they were first lost.
+	lostSince map[string]int64
 }
 
 func (f *folder) excluded(p string, isDir bool) bool {
@@ -299,6 +336,14 @@ func (f *folder) move(from, to string) {
 		}
 		maps.Copy(set, moved)
 	}
+	moved := map[string]int64{}
+	for k, t := range f.lostSince {
+		if under(k, from) {
+			delete(f.lostSince, k)
+			moved[reparent(k, from, to)] = t
+		}
+	}
+	maps.Copy(f.lostSince, moved)
 }
 
 // exchange swaps the names under a and b.
@@ -567,6 +612,7 @@ func (f *folder) rename(op journal.Op) {
 		f.steps = append(f.steps, step{Kind: stepExchange, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
 			SrcPending: f.pending(op.Path), DstPending: f.pending(op.NewPath)})
 		f.exchange(op.Path, op.NewPath)
+		f.attrs[op.Path], f.attrs[op.NewPath] = true, true
 		return
 	}
 	f.steps = append(f.steps, step{Kind: stepRename, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
@@ -575,6 +621,13 @@ func (f *folder) rename(op journal.Op) {
 	f.dropName(op.NewPath)
 	f.dropDirs(op.NewPath)
 	f.move(op.Path, op.NewPath)
+	// The attributes of the moved entry are copied from the store at its
+	// new name. A setattr of the old name folded into an earlier plan
+	// found nothing to copy when the store had already renamed the entry
+	// (copyAttrs skips a path the store lacks), as with rsync's
+	// write-temp, chmod, utimes, rename: nothing else would fix the
+	// worker's mode and mtime. (Dropped in fold when the data ships.)
+	f.attrs[op.NewPath] = true
 }
 
 // sortedKeys returns the keys of a set in order (parents before children).

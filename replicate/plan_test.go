@@ -168,6 +168,7 @@ func TestPlan(t *testing.T) {
 			steps: []string{"rename d e"},
 			ship:  []string{"1=e/x"},
 			dirs:  []string{""},
+			attrs: []string{"e"},
 		},
 		{
 			name:  "dirty file deep in a renamed directory; a sibling name is not a child",
@@ -175,6 +176,7 @@ func TestPlan(t *testing.T) {
 			steps: []string{"rename d e/f"},
 			ship:  []string{"1=e/f/s/x", "2=dd/x"},
 			dirs:  []string{"", "e"},
+			attrs: []string{"e/f"},
 		},
 		{
 			name:  "exchange swaps identities",
@@ -182,6 +184,7 @@ func TestPlan(t *testing.T) {
 			steps: []string{"exchange a b"},
 			ship:  []string{"1=b", "2=a/x"},
 			dirs:  []string{""},
+			attrs: []string{"a"},
 		},
 		{
 			name:  "written file replaced by a rename over it",

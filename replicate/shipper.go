@@ -108,6 +108,7 @@ type Shipper struct {
 	durable uint64    // durable cursor (Applied)
 	carried map[uint64]*ident
 	dead    map[uint64]int64 // Plan.Dead of the last batch
+	lost    map[string]int64 // Plan.Lost of the last batch
 	// suspectUntil is the highest Seq whose apply may have reached the
 	// worker without being acknowledged: the last op of a batch whose
 	// apply failed, the journal's end when a full copy finished, and
@@ -485,7 +486,7 @@ func (s *Shipper) batch(ctx context.Context) error {
 		// (and its directories swept) on this connection.
 		s.sweep = false
 	}
-	s.carried, s.dead = plan.Carry, plan.Dead
+	s.carried, s.dead, s.lost = plan.Carry, plan.Dead, plan.Lost
 	s.attempt = 0
 	if c := plan.pinned(s.readPos - 1); c > s.durable {
 		if err := s.setApplied(journal.Cursor{Applied: c}); err != nil {
@@ -543,7 +544,7 @@ func (s *Shipper) carriedDue(now time.Time) bool {
 func (s *Shipper) planChecked(ctx context.Context, ops []journal.Op) (*Plan, []journal.Op, error) {
 	j := s.opts.Journal
 	for attempt := 0; ; attempt++ {
-		plan := s.pl.fold(s.carried, s.dead, ops, time.Now())
+		plan := s.pl.foldLost(s.carried, s.dead, s.lost, ops, time.Now())
 		var bad []*ident
 		for _, id := range plan.Ship {
 			if _, ok := s.locate(id); !ok {

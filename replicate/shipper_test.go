@@ -821,3 +821,72 @@ func TestShipperStatusDuringInitialCopy(t *testing.T) {
 		t.Errorf("status after the copy = %+v", st)
 	}
 }
+
+// rsync's pattern: a temp file written and closed, then chmod, utimes and
+// rename. When the batch with the setattrs is applied after the store
+// already renamed the file, copying the temp name's attributes finds
+// nothing; the rename that follows in a later batch must still bring the
+// mode and mtime.
+func TestShipperSetattrBeforeRenameInLaterBatch(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("d")
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	// Ops stamped after the initial copy plus its slack are not suspect
+	// (not converged from the store as possible replays).
+	time.Sleep(storeAheadSlack + 50*time.Millisecond)
+
+	id := f.writeFile("d/.x.tmp", "content")
+	f.must(os.Chmod(f.abs("d/.x.tmp"), 0o600))
+	f.j.Append(journal.Op{Kind: journal.KindSetattr, File: id, Path: "d/.x.tmp", Mask: journal.AttrMode, Mode: 0o600})
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+
+	// The store moves ahead: chmod, utimes and rename all happened, but
+	// the shipper reads only the setattrs in its next batch.
+	tm := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	f.must(os.Chmod(f.abs("d/.x.tmp"), 0o644))
+	f.must(os.Chtimes(f.abs("d/.x.tmp"), tm, tm))
+	f.must(os.Rename(f.abs("d/.x.tmp"), f.abs("d/x")))
+	f.j.Append(journal.Op{Kind: journal.KindSetattr, File: id, Path: "d/.x.tmp", Mask: journal.AttrMode, Mode: 0o644})
+	f.j.Append(journal.Op{Kind: journal.KindSetattr, File: id, Path: "d/.x.tmp",
+		Mask: journal.AttrAtime | journal.AttrMtime, Atime: tm.UnixNano(), Mtime: tm.UnixNano()})
+	waitSynced(t, s, f.j)
+	f.j.Append(journal.Op{Kind: journal.KindRename, File: id, Path: "d/.x.tmp", NewPath: "d/x"})
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
+
+// The build-tool pattern: a tree written under a temp name, then renamed
+// over the live one. When a batch copies the attributes of a directory of
+// the tree after the store already renamed it, they are lost unless the
+// next batch, with the rename, copies them at the new name.
+func TestShipperLostAttrsFollowRename(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("tmp")
+	f.mkdir("tmp/sub")
+	f.mkdir("tmp/sub/deep")
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	time.Sleep(storeAheadSlack + 50*time.Millisecond) // not suspect: see above
+
+	tm := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	tm2 := tm.Add(time.Hour)
+	f.must(os.Chtimes(f.abs("tmp/sub/deep"), tm, tm))
+	f.must(os.Chmod(f.abs("tmp/sub"), 0o750))
+	f.must(os.Chtimes(f.abs("tmp/sub"), tm2, tm2))
+	f.must(os.Rename(f.abs("tmp"), f.abs("dist")))
+	f.j.Append(journal.Op{Kind: journal.KindSetattr, Path: "tmp/sub/deep",
+		Mask: journal.AttrAtime | journal.AttrMtime, Atime: tm.UnixNano(), Mtime: tm.UnixNano()})
+	f.j.Append(journal.Op{Kind: journal.KindSetattr, Path: "tmp/sub", Mask: journal.AttrMode, Mode: 0o40750})
+	f.j.Append(journal.Op{Kind: journal.KindSetattr, Path: "tmp/sub",
+		Mask: journal.AttrAtime | journal.AttrMtime, Atime: tm2.UnixNano(), Mtime: tm2.UnixNano()})
+	waitSynced(t, s, f.j)
+	f.j.Append(journal.Op{Kind: journal.KindRename, Path: "tmp", NewPath: "dist"})
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
