@@ -34,6 +34,10 @@
 // Regular files open for writing (Options.OpenForWrite) are not copied by
 // a full copy or a refresh: they ship when their Close is journaled.
 //
+// Sparse files keep their holes: the store file's data segments (SEEK_DATA /
+// SEEK_HOLE) are sent at their offsets and the temp file is truncated to
+// the full size, so holes are neither sent nor filled ([SparseReader]).
+//
 // Limits of SFTP v3: mtimes are whole seconds (full copies compare size and
 // mtime in seconds); symlinks get no mode, owner or times (setstat follows
 // them); FIFOs, sockets and device nodes and extended attributes are not

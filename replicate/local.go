@@ -263,7 +263,11 @@ func (l *Local) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a At
 			_ = l.root.Remove(tmp)
 		}
 	}()
-	if _, err := io.Copy(f, ctxReader{ctx, r}); err != nil {
+	if sr, ok := r.(SparseReader); ok {
+		if err := writeSparse(ctx, f, sr); err != nil {
+			return err
+		}
+	} else if _, err := io.Copy(f, ctxReader{ctx, r}); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {

@@ -621,7 +621,13 @@ func (t *SFTP) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Att
 		if err := f.Chmod(0o600); err != nil {
 			return err
 		}
-		if _, err := f.ReadFrom(ctxReader{ctx, r}); err != nil {
+		if sr, ok := r.(SparseReader); ok {
+			// sftp-server leaves holes where writes skip ranges and
+			// extends the file with a hole on the size setstat.
+			if err := writeSparse(ctx, f, sr); err != nil {
+				return err
+			}
+		} else if _, err := f.ReadFrom(ctxReader{ctx, r}); err != nil {
 			return err
 		}
 		if t.fsync {

@@ -417,7 +417,9 @@ func atime(fi fs.FileInfo) time.Time {
 var errNotIdentity = errors.New("store file is not the expected file")
 
 // sendFile sends the store file p to the worker's p atomically with its
-// attributes. If ino is not 0 the store file must be that inode.
+// attributes. If ino is not 0 the store file must be that inode. The
+// transport gets a SparseReader: holes of the store file are not sent, and
+// the bytes returned count data only.
 func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64) (int64, error) {
 	f, err := s.store.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
@@ -438,7 +440,7 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64) (int64, er
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !s.chownOff {
 		a.UID, a.GID = int(st.Uid), int(st.Gid)
 	}
-	vr := &verifyReader{f: f, before: fi}
+	vr := &storeReader{f: f, before: fi}
 	err = s.t.WriteFileAtomic(ctx, p, vr, a)
 	if errors.Is(err, ErrOwner) {
 		s.ownerRefused(p, err)
@@ -455,7 +457,7 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64) (int64, er
 				return 0, perr
 			}
 			if _, serr := f.Seek(0, io.SeekStart); serr == nil {
-				vr = &verifyReader{f: f, before: fi}
+				vr = &storeReader{f: f, before: fi}
 				err = s.t.WriteFileAtomic(ctx, p, vr, a)
 				if errors.Is(err, ErrOwner) {
 					s.ownerRefused(p, err)
@@ -471,30 +473,6 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64) (int64, er
 		return 0, s.errf(p, fmt.Errorf("write: %w", err))
 	}
 	return vr.n, nil
-}
-
-// verifyReader reads a store file and, at its end, fails with
-// errSourceChanged if the file changed meanwhile, so that the worker never
-// gets a mix of two versions (WriteFileAtomic then discards its temp file).
-type verifyReader struct {
-	f      *os.File
-	before fs.FileInfo
-	n      int64
-}
-
-func (v *verifyReader) Read(b []byte) (int, error) {
-	n, err := v.f.Read(b)
-	v.n += int64(n)
-	if err == io.EOF {
-		after, serr := v.f.Stat()
-		if serr != nil {
-			return n, serr
-		}
-		if v.n != v.before.Size() || !sameVersion(v.before, after) {
-			return n, errSourceChanged
-		}
-	}
-	return n, err
 }
 
 // sameVersion compares size, mtime and ctime of two stats of one file.

@@ -55,7 +55,8 @@ type Transport interface {
 	// attributes a, then renames it over p. On failure the temp file is
 	// removed and p is unchanged. If only the owner could not be set
 	// because the worker refused it, the file is in place and the error
-	// wraps [ErrOwner].
+	// wraps [ErrOwner]. If r is a [SparseReader], only its data segments
+	// are written (at their offsets) and the file keeps its holes.
 	WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Attrs) error
 	// Close releases the connection.
 	Close() error

@@ -32,6 +32,7 @@ func Run(t *testing.T, newT Factory) {
 		{"MkdirLstatReadDir", testMkdir},
 		{"WriteFileAtomic", testWrite},
 		{"WriteFileAtomicFailure", testWriteFailure},
+		{"WriteFileAtomicSparse", testSparse},
 		{"Rename", testRename},
 		{"RemoveRmdir", testRemove},
 		{"Symlink", testSymlink},
