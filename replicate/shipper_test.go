@@ -890,3 +890,21 @@ func TestShipperLostAttrsFollowRename(t *testing.T) {
 	waitSynced(t, s, f.j)
 	compareTrees(t, f.store, worker, nil)
 }
+
+// A refresh lists a symlink, then the store replaces it with a file (an
+// exchange, a rename over it) before the refresh reads its target: the
+// store moved ahead, which is no error (the op follows in the journal).
+// It used to fail the whole batch with "readlinkat: invalid argument" and
+// drop the connection.
+func TestSyncSymlinkReplacedInStore(t *testing.T) {
+	f := newFsim(t)
+	s := newShipper(t, f, workerDir(t), nil, nil)
+	other := t.TempDir()
+	f.must(os.Symlink("x", filepath.Join(other, "l")))
+	sfi, err := os.Lstat(filepath.Join(other, "l")) // what the listing saw
+	f.must(err)
+	f.must(os.WriteFile(f.abs("l"), []byte("now a file"), 0o644))
+	if err := s.newSyncer(nil).syncEntry(t.Context(), "l", sfi, nil); err != nil {
+		t.Fatalf("syncEntry of a symlink the store replaced by a file: %v", err)
+	}
+}

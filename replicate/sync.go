@@ -196,7 +196,10 @@ func (sy *syncer) syncEntry(ctx context.Context, p string, sfi fs.FileInfo, wfi 
 
 	case mode&fs.ModeSymlink != 0:
 		target, err := s.store.Readlink(p)
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.EINVAL) {
+			// The store moved ahead since the entry was listed: the
+			// symlink was removed, or replaced by another kind of
+			// file. The op that did it follows in the journal.
 			return nil
 		}
 		if err != nil {
