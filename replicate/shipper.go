@@ -386,6 +386,11 @@ func (s *Shipper) fullSync(ctx context.Context) error {
 	s.mu.Unlock()
 	sy := s.newSyncer(nil)
 	err := sy.syncPath(ctx, "")
+	if err == nil {
+		// The copy is complete only if every file was sent (or held
+		// for its Close): otherwise it is done again, still marked.
+		err = sy.changedErr()
+	}
 	// Ops made during the copy are re-applied over a tree that may
 	// already show them: those journaled by now, and those whose store
 	// change the copy saw but whose record was still on its way to the

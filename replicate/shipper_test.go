@@ -908,3 +908,40 @@ func TestSyncSymlinkReplacedInStore(t *testing.T) {
 		t.Fatalf("syncEntry of a symlink the store replaced by a file: %v", err)
 	}
 }
+
+// A file the full copy is sending changes by an op that ships no data (a
+// chmod through another hard link, journaled after the copy started): the
+// copy sends it again instead of leaving it to the journal, and when it
+// keeps changing, the copy is done again.
+func TestShipperFullCopyResendsFileChangedDuringSend(t *testing.T) {
+	for _, changes := range []int32{1, sendAttempts} {
+		t.Run(fmt.Sprint(changes), func(t *testing.T) {
+			f := newFsim(t)
+			worker := workerDir(t)
+			f.mkdir("d")
+			f.writeFile("a", "a1")
+			f.link("a", "d/a2")
+			var sends atomic.Int32
+			wrap := func(tr Transport) Transport {
+				return &mockTransport{Transport: tr, before: func(method, p string) error {
+					if method == "WriteFileAtomic" && p == "a" {
+						if n := sends.Add(1); n <= changes {
+							// Past the ctime's granularity, so that the
+							// change shows while "a" is being read.
+							time.Sleep(20 * time.Millisecond)
+							f.chmod("d/a2", os.FileMode(0o600|n%2*0o040))
+						}
+					}
+					return nil
+				}}
+			}
+			s := newShipper(t, f, worker, nil, wrap)
+			start(t, s)
+			waitSynced(t, s, f.j)
+			compareTrees(t, f.store, worker, nil)
+			if n := sends.Load(); n != changes+1 {
+				t.Errorf("a was sent %d times, want %d", n, changes+1)
+			}
+		})
+	}
+}

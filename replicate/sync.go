@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -26,13 +27,48 @@ type syncer struct {
 	links map[uint64]string // inode -> worker path already written (hard-link groups)
 	// held are regular files skipped because a writer has them open
 	// (inode -> a store name): see holdSkipped.
-	held  map[uint64]string
-	files int64
-	bytes int64
+	held map[uint64]string
+	// changed are regular files that kept changing while they were sent
+	// (inode -> a store name): the worker may lack them (see sendSettled).
+	changed map[uint64]string
+	files   int64
+	bytes   int64
 }
 
+// sendAttempts is how many times a copy or a refresh sends a store file
+// that changes while it is being sent.
+const sendAttempts = 3
+
 func (s *Shipper) newSyncer(skip map[string]bool) *syncer {
-	return &syncer{s: s, skip: skip, links: map[uint64]string{}, held: map[uint64]string{}}
+	return &syncer{s: s, skip: skip, links: map[uint64]string{}, held: map[uint64]string{}, changed: map[uint64]string{}}
+}
+
+// sendSettled sends the store file p (inode ino) like sendFile, again
+// while it changes during the send (up to sendAttempts times).
+//
+// A file that changed during its send cannot be left to the journal: the
+// change may be one that ships no data — a chmod, chown or utimes, a hard
+// link made or removed (they all change the ctime) — so the worker would
+// keep lacking the file, or keep an older version of it. Its content is
+// usually settled by the next attempt.
+func (s *Shipper) sendSettled(ctx context.Context, p string, ino uint64) (int64, error) {
+	for i := 1; ; i++ {
+		n, err := s.sendFile(ctx, p, ino)
+		if !errors.Is(err, errSourceChanged) || i >= sendAttempts || ctx.Err() != nil {
+			return n, err
+		}
+		s.log.Debug("sending again a file that changed while it was sent", "path", p)
+	}
+}
+
+// changedErr reports the files that kept changing while the copy sent
+// them (nil if none): the copy is not complete.
+func (sy *syncer) changedErr() error {
+	if len(sy.changed) == 0 {
+		return nil
+	}
+	names := slices.Sorted(maps.Values(sy.changed))
+	return fmt.Errorf("%s: %d file(s) kept changing while they were sent, e.g. %s: %w", sy.s.opts.Name, len(names), names[0], errSourceChanged)
 }
 
 // openForWrite reports whether the store file sfi is open for writing, and
@@ -127,7 +163,13 @@ func (sy *syncer) syncPath(ctx context.Context, p string) error {
 				return err
 			}
 		}
-		err := s.shipFile(ctx, p, inode(sfi), []string{p}, false)
+		var err error
+		for i := 1; ; i++ {
+			err = s.shipFile(ctx, p, inode(sfi), []string{p}, false)
+			if !errors.Is(err, errSourceChanged) || i >= sendAttempts || ctx.Err() != nil {
+				break
+			}
+		}
 		if errors.Is(err, errNotIdentity) || errors.Is(err, errSourceChanged) {
 			s.log.Debug("not refreshing a file that changes", "path", p, "err", err)
 			return nil
@@ -180,10 +222,19 @@ func (sy *syncer) syncEntry(ctx context.Context, p string, sfi fs.FileInfo, wfi 
 				return err
 			}
 		}
-		n, err := s.sendFile(ctx, p, ino)
-		if errors.Is(err, errSourceChanged) || errors.Is(err, errNotIdentity) {
-			// A writer is at work: its ops follow in the journal.
-			s.log.Debug("skipping a file that changes during the copy", "path", p)
+		n, err := s.sendSettled(ctx, p, ino)
+		if errors.Is(err, errNotIdentity) {
+			// Renamed or removed since it was listed: the op that did
+			// it follows in the journal.
+			s.log.Debug("skipping a file replaced during the copy", "path", p)
+			return nil
+		}
+		if errors.Is(err, errSourceChanged) {
+			// Still changing: the worker may lack it, and the journal
+			// need not ship it (see sendSettled). The copy goes on,
+			// then fails and is done again.
+			s.log.Debug("a file keeps changing during the copy", "path", p)
+			sy.changed[ino] = p
 			return nil
 		}
 		if err != nil {
