@@ -456,6 +456,13 @@ func (s *Shipper) shipIdent(ctx context.Context, plan *Plan, id *ident) error {
 		s.unresolved(plan, id, "its store file moved before it could be sent")
 		return nil
 	}
+	if s.openForWrite(id.ID) && time.Since(time.Unix(0, id.FirstTime)) < s.opts.HoldOpen {
+		// A writer opened the file again since the Close this plan saw
+		// (a rewrite with O_TRUNC, say): the store holds a version in the
+		// making. Its next Close ships it.
+		s.holdOpen(plan, id)
+		return nil
+	}
 	err := s.shipFile(ctx, primary, id.ID, id.Names, id.Born)
 	if errors.Is(err, errNotIdentity) || errors.Is(err, errSourceChanged) {
 		s.unresolved(plan, id, err.Error())
@@ -473,12 +480,18 @@ func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, name
 		return err
 	}
 	s.log.Debug("shipped", "path", primary, "bytes", n)
+	// Every name the journal told that still holds the file in the store
+	// becomes a link to the new copy, whatever the primary's link count
+	// is by now: git links tmp_obj_X to its object name and unlinks
+	// tmp_obj_X right away, and if that unlink lands between the send
+	// and this lstat, the object name must still be linked before the
+	// unlink reaches the worker.
 	sfi, err := s.storeLstat(primary)
-	if err != nil || nlink(sfi) < 2 {
+	if err != nil && len(names) < 2 {
 		return nil
 	}
 	names = slices.Clone(names)
-	if !complete && uint64(len(names)) < nlink(sfi) {
+	if err == nil && nlink(sfi) >= 2 && !complete && uint64(len(names)) < nlink(sfi) {
 		more, err := s.findLinks(ctx, ino)
 		if err != nil {
 			return s.errf(primary, fmt.Errorf("finding hard links: %w", err))

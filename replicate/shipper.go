@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -609,6 +610,16 @@ func (s *Shipper) unresolved(plan *Plan, id *ident, why string) {
 	}
 	id.Unresolved = true
 	plan.Carry[id.ID] = id
+}
+
+// holdOpen moves id from the plan's ships to its carried identities as a
+// file with an open writer: it ships when its Close is folded in (or once
+// HoldOpen passed), and it keeps pinning the durable cursor meanwhile.
+func (s *Shipper) holdOpen(plan *Plan, id *ident) {
+	plan.Ship = slices.DeleteFunc(plan.Ship, func(x *ident) bool { return x == id })
+	id.Open = true
+	plan.Carry[id.ID] = id
+	s.log.Debug("holding a file a writer opened again; it ships after its next close", "file", id.ID, "names", id.Names)
 }
 
 // locate finds a store name of id that holds the identity's inode.

@@ -945,3 +945,79 @@ func TestShipperFullCopyResendsFileChangedDuringSend(t *testing.T) {
 		})
 	}
 }
+
+// A file whose Close the plan saw but that a writer opened again before
+// it shipped (a rewrite with O_TRUNC) is not shipped in the making: it
+// ships after its next Close. Found by TestNoTornFiles: a worker showed
+// the truncated, empty file between two versions.
+func TestShipperHoldsFileReopenedForWriting(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("warm", "up")
+	var reopened atomic.Bool
+	var id uint64
+	s := newShipper(t, f, worker, func(o *Options) {
+		o.OpenForWrite = func(ino uint64) bool { return ino == id && reopened.Load() }
+	}, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+
+	id = f.writeFile("big", "version 1") // create, write, close
+	reopened.Store(true)
+	f.must(os.Truncate(f.abs("big"), 0)) // the next writer's O_TRUNC, not journaled yet
+	time.Sleep(100 * time.Millisecond)
+	if got, ok := readWorker(t, worker, "big"); ok {
+		t.Fatalf("shipped %q while a writer had the file open again", got)
+	}
+	f.must(os.WriteFile(f.abs("big"), []byte("version 2"), 0o644))
+	reopened.Store(false)
+	f.closePath(id, "big")
+	waitSynced(t, s, f.j)
+	if got, _ := readWorker(t, worker, "big"); got != "version 2" {
+		t.Fatalf("worker has %q, want version 2", got)
+	}
+	compareTrees(t, f.store, worker, nil)
+}
+
+// afterWrite runs after each successful WriteFileAtomic.
+type afterWrite struct {
+	Transport
+	after func(p string)
+}
+
+func (a *afterWrite) WriteFileAtomic(ctx context.Context, p string, r io.Reader, at Attrs) error {
+	err := a.Transport.WriteFileAtomic(ctx, p, r, at)
+	if err == nil {
+		a.after(p)
+	}
+	return err
+}
+
+// git writes tmp_obj_X, links it to its object name and unlinks
+// tmp_obj_X. When the unlink reaches the store just after tmp_obj_X was
+// sent, the object name must still become a link to it on the worker
+// before the unlink is applied there. Found by TestToolsGit: an object
+// was missing on one worker.
+func TestShipperLinkSurvivesUnlinkRightAfterSend(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	var once atomic.Bool
+	wrap := func(tr Transport) Transport {
+		return &afterWrite{Transport: tr, after: func(p string) {
+			if p == "tmp_obj" && once.CompareAndSwap(false, true) {
+				f.unlink("tmp_obj")
+			}
+		}}
+	}
+	f.writeFile("warm", "up")
+	s := newShipper(t, f, worker, nil, wrap)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	f.writeFile("tmp_obj", "blob")
+	f.link("tmp_obj", "76")
+	waitSynced(t, s, f.j)
+	if !once.Load() {
+		t.Fatal("tmp_obj was never sent: the test did not exercise the race")
+	}
+	compareTrees(t, f.store, worker, nil)
+}
