@@ -59,6 +59,21 @@ func requireFUSE(t *testing.T) {
 // newMount mounts a fresh store and unmounts it in cleanup.
 func newMount(t *testing.T) (mnt, store string, rec *memRecorder) {
 	t.Helper()
+	m, mnt, store, rec := mountFresh(t)
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Error(err)
+		}
+	})
+	if ops := rec.take(); len(ops) != 1 || ops[0].Kind != journal.KindClose || ops[0].File != 0 {
+		t.Fatalf("mount start journaled %v, want one Close of file 0", ops)
+	}
+	return mnt, store, rec
+}
+
+// mountFresh mounts a fresh store; the caller unmounts.
+func mountFresh(t *testing.T) (m *Mount, mnt, store string, rec *memRecorder) {
+	t.Helper()
 	requireFUSE(t)
 	dir := t.TempDir()
 	store, mnt = filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
@@ -72,15 +87,7 @@ func newMount(t *testing.T) (mnt, store string, rec *memRecorder) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
-			t.Error(err)
-		}
-	})
-	if ops := rec.take(); len(ops) != 1 || ops[0].Kind != journal.KindClose || ops[0].File != 0 {
-		t.Fatalf("mount start journaled %v, want one Close of file 0", ops)
-	}
-	return mnt, store, rec
+	return m, mnt, store, rec
 }
 
 type testWriter struct{ t *testing.T }
@@ -227,15 +234,7 @@ func errorsIs(err error, errno syscall.Errno) bool {
 }
 
 func TestStopWrites(t *testing.T) {
-	requireFUSE(t)
-	dir := t.TempDir()
-	store, mnt := filepath.Join(dir, "s"), filepath.Join(dir, "m")
-	os.Mkdir(store, 0o755)
-	os.Mkdir(mnt, 0o755)
-	m, err := New(t.Context(), Options{Store: store, Mountpoint: mnt, Recorder: &memRecorder{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, mnt, store, _ := mountFresh(t)
 	defer m.Unmount()
 	m.StopWrites()
 	if err := os.WriteFile(filepath.Join(mnt, "f"), nil, 0o644); !errorsIs(err, syscall.EROFS) {
@@ -247,15 +246,7 @@ func TestStopWrites(t *testing.T) {
 }
 
 func TestOpenForWrite(t *testing.T) {
-	requireFUSE(t)
-	dir := t.TempDir()
-	store, mnt := filepath.Join(dir, "s"), filepath.Join(dir, "m")
-	os.Mkdir(store, 0o755)
-	os.Mkdir(mnt, 0o755)
-	m, err := New(t.Context(), Options{Store: store, Mountpoint: mnt, Recorder: &memRecorder{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, mnt, store, _ := mountFresh(t)
 	defer m.Unmount()
 	f, err := os.Create(filepath.Join(mnt, "f"))
 	if err != nil {
@@ -283,15 +274,7 @@ func TestOpenForWrite(t *testing.T) {
 // Unmount does not fail when a program still holds a file open: writes
 // are stopped and the mount is detached.
 func TestUnmountBusy(t *testing.T) {
-	requireFUSE(t)
-	dir := t.TempDir()
-	store, mnt := filepath.Join(dir, "s"), filepath.Join(dir, "m")
-	os.Mkdir(store, 0o755)
-	os.Mkdir(mnt, 0o755)
-	m, err := New(t.Context(), Options{Store: store, Mountpoint: mnt, Recorder: &memRecorder{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, mnt, _, _ := mountFresh(t)
 	f, err := os.Create(filepath.Join(mnt, "busy"))
 	if err != nil {
 		t.Fatal(err)
