@@ -8,6 +8,10 @@ import (
 	"syscall"
 	"time"
 
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
 	"github.com/mirrorfs/mirrorfs/journal"
 )
 
@@ -17,6 +21,7 @@ type mirror struct {
 	rec      Recorder
 	log      *slog.Logger
 	root     *node
+	rootFd   int // the store directory, O_PATH: base of reader opens
 	readOnly atomic.Bool
 
 	mu      sync.Mutex
@@ -50,6 +55,26 @@ func (m *mirror) record(ctx context.Context, op journal.Op) syscall.Errno {
 		return syscall.EIO
 	}
 	return 0
+}
+
+// openReader opens the store file at rel for reading: one openat2 below
+// the store's root descriptor that refuses symlinks on the way, as go-fuse's
+// loopback does with three calls. A web server pays an open per request.
+// O_NONBLOCK means nothing for a regular file and would only make the Go
+// runtime try to register the descriptor with its poller.
+func (m *mirror) openReader(rel string, flags uint32) (int, syscall.Errno) {
+	how := unix.OpenHow{
+		Flags:   uint64(flags&^(syscall.O_APPEND|syscall.O_NONBLOCK|fuse.FMODE_EXEC)) | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH,
+	}
+	if rel == "" {
+		rel = "."
+	}
+	fd, err := unix.Openat2(m.rootFd, rel, &how)
+	if err != nil {
+		return -1, gofs.ToErrno(err)
+	}
+	return fd, 0
 }
 
 // writable refuses mutations after StopWrites.

@@ -78,7 +78,11 @@ func New(ctx context.Context, opts Options) (*Mount, error) {
 	}
 
 	m := newMirror(opts.Recorder, logger)
+	if m.rootFd, err = unix.Open(opts.Store, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+		return nil, fmt.Errorf("store %s: %w", opts.Store, err)
+	}
 	if _, err := opts.Recorder.Append(ctx, journal.Op{Kind: journal.KindClose}); err != nil {
+		unix.Close(m.rootFd)
 		return nil, fmt.Errorf("journal mount start: %w", err)
 	}
 	sys := st.Sys().(*syscall.Stat_t)
@@ -113,8 +117,13 @@ func New(ctx context.Context, opts Options) (*Mount, error) {
 		Logger:          log.New(slogWriter{logger}, "", 0),
 	})
 	if err != nil {
+		unix.Close(m.rootFd)
 		return nil, fmt.Errorf("mount %s: %w", opts.Mountpoint, err)
 	}
+	go func() {
+		server.Wait()
+		unix.Close(m.rootFd)
+	}()
 	return &Mount{server: server, mirror: m, point: opts.Mountpoint}, nil
 }
 

@@ -44,7 +44,7 @@ func (r *memRecorder) take() []journal.Op {
 }
 
 // requireFUSE fails in CI and skips elsewhere when FUSE cannot be used.
-func requireFUSE(t *testing.T) {
+func requireFUSE(t testing.TB) {
 	t.Helper()
 	_, err := os.Stat("/dev/fuse")
 	if err == nil && os.Geteuid() == 0 {
@@ -72,7 +72,7 @@ func newMount(t *testing.T) (mnt, store string, rec *memRecorder) {
 }
 
 // mountFresh mounts a fresh store; the caller unmounts.
-func mountFresh(t *testing.T) (m *Mount, mnt, store string, rec *memRecorder) {
+func mountFresh(t testing.TB) (m *Mount, mnt, store string, rec *memRecorder) {
 	t.Helper()
 	requireFUSE(t)
 	dir := t.TempDir()
@@ -90,7 +90,7 @@ func mountFresh(t *testing.T) (m *Mount, mnt, store string, rec *memRecorder) {
 	return m, mnt, store, rec
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
 

@@ -171,11 +171,22 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			return nil, 0, errno
 		}
 	}
-	fh, fuseFlags, errno := n.LoopbackNode.Open(ctx, flags)
-	if errno != 0 {
-		return nil, 0, errno
+	var lf *gofs.LoopbackFile
+	var fuseFlags uint32
+	if rel, ok := n.relPath(); ok && !writer {
+		fd, errno := n.m.openReader(rel, flags)
+		if errno != 0 {
+			return nil, 0, errno
+		}
+		lf = gofs.NewLoopbackFileFromOS(os.NewFile(uintptr(fd), rel))
+	} else {
+		fh, ff, errno := n.LoopbackNode.Open(ctx, flags)
+		if errno != 0 {
+			return nil, 0, errno
+		}
+		lf, fuseFlags = fh.(*gofs.LoopbackFile), ff
 	}
-	h := &handle{LoopbackFile: fh.(*gofs.LoopbackFile), node: n, writer: writer}
+	h := &handle{LoopbackFile: lf, node: n, writer: writer}
 	n.m.addHandle(n.id(), h)
 	if writer {
 		n.m.openWriter(n.id(), false)
