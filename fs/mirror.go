@@ -39,6 +39,13 @@ type mirror struct {
 type writerState struct {
 	open  int
 	dirty bool
+	// published: since the last writable open, the last writer's close(2)
+	// or an fsync found the content final (journaled a Close, or nothing
+	// had changed) and nothing was written after. The handle itself goes
+	// only with the asynchronous RELEASE, which may come long after the
+	// writer's close returned; until then the file is still counted open
+	// but is not being written.
+	published bool
 }
 
 func newMirror(rec Recorder, log *slog.Logger) *mirror {
@@ -96,6 +103,7 @@ func (m *mirror) openWriter(id uint64, dirty bool) {
 	}
 	w.open++
 	w.dirty = w.dirty || dirty
+	w.published = false
 }
 
 // markDirty notes that file id changed. It reports whether no writable
@@ -109,19 +117,29 @@ func (m *mirror) markDirty(id uint64) (noWriters bool) {
 		return true
 	}
 	w.dirty = true
+	w.published = false
 	return false
 }
 
 // takeDirty reports whether file id changed since its last Close and clears
 // the flag; when onlyLast is set it does so only if one writer is left.
+// Either way, once no other writer is open (or for an fsync), the content
+// counts as published: see writerState.
 func (m *mirror) takeDirty(id uint64, onlyLast bool) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	w := m.writers[id]
-	if w == nil || !w.dirty || (onlyLast && w.open > 1) {
+	if w == nil || (onlyLast && w.open > 1) {
+		return false
+	}
+	if !w.dirty {
+		if onlyLast {
+			w.published = true // closed without a change since the last Close
+		}
 		return false
 	}
 	w.dirty = false
+	w.published = true
 	return true
 }
 

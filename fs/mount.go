@@ -153,14 +153,17 @@ func (mt *Mount) Unmount() error {
 	return nil
 }
 
-// OpenForWrite reports whether the store file with inode ino has a
-// writable handle open through the mount: its content may be half-written.
+// OpenForWrite reports whether the store file with inode ino is being
+// written through the mount: a writable handle is open and its writer has
+// not closed (or fsynced) it since its last open or write. Its content may
+// be half-written. A file whose last writer called close(2) is not: the
+// kernel releases the handle asynchronously, after close returned.
 func (mt *Mount) OpenForWrite(ino uint64) bool {
 	m := mt.mirror
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	w := m.writers[ino]
-	return w != nil && w.open > 0
+	return w != nil && w.open > 0 && !w.published
 }
 
 // Wait blocks until the mount is gone (unmounted from outside, too).

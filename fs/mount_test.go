@@ -271,6 +271,108 @@ func TestOpenForWrite(t *testing.T) {
 	r.Close()
 }
 
+// A writer's close(2) ends its writing at once, although the kernel keeps
+// the handle until the asynchronous RELEASE: the replicator must not hold
+// back a file whose writer is done (tar writes, closes and moves on). A
+// dup'd descriptor keeps the handle open without writing, exactly the
+// state between close and RELEASE.
+func TestOpenForWriteEndsAtClose(t *testing.T) {
+	m, mnt, store, rec := mountFresh(t)
+	defer m.Unmount()
+	p := filepath.Join(mnt, "f")
+	fd, err := unix.Open(p, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ino(t, filepath.Join(store, "f"))
+	if _, err := unix.Write(fd, []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	dup, err := unix.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dup)
+	unix.Close(fd) // FLUSH; the handle lives on in dup: no RELEASE
+	if m.OpenForWrite(id) {
+		t.Fatal("OpenForWrite = true after the writer's close(2) journaled its Close")
+	}
+	if got := kinds(rec.take()); !slices.Contains(got, "close f") {
+		t.Fatalf("close(2) journaled %q, want a close", got)
+	}
+	// Writing again through the same handle is writing again.
+	if _, err := unix.Write(dup, []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	if !m.OpenForWrite(id) {
+		t.Fatal("OpenForWrite = false while the handle writes again")
+	}
+	// A second writer that opens without writing yet may be about to
+	// write: a half-made version.
+	w2, err := unix.Open(p, unix.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2dup, err := unix.Dup(w2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(w2dup)
+	unix.Close(w2) // not the last writer: dup's handle is open too
+	if !m.OpenForWrite(id) {
+		t.Fatal("OpenForWrite = false while another writer is open")
+	}
+	mustClose := func(fd int) {
+		t.Helper()
+		if err := unix.Close(fd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustClose(w2dup) // one of two writable handles: dup's "two" is not published
+	if !m.OpenForWrite(id) {
+		t.Fatal("OpenForWrite = false with unpublished writes of another handle")
+	}
+	rec.take()
+	mustClose(dup)
+	// The Close comes from this flush, or from the last RELEASE if w2's
+	// had not arrived yet.
+	for i := 0; i < 100 && m.OpenForWrite(id); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if m.OpenForWrite(id) {
+		t.Fatal("OpenForWrite = true after every writer closed")
+	}
+	got := kinds(rec.take())
+	for i := 0; i < 100 && !slices.Contains(got, "close f"); i++ {
+		time.Sleep(10 * time.Millisecond)
+		got = append(got, kinds(rec.take())...)
+	}
+	if !slices.Contains(got, "close f") {
+		t.Fatalf("last close journaled %q, want a close", got)
+	}
+
+	// Opening for writing and closing without a change publishes too.
+	fd, err = unix.Open(p, unix.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.OpenForWrite(id) {
+		t.Fatal("OpenForWrite = false after a writable open")
+	}
+	dup2, err := unix.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dup2)
+	mustClose(fd)
+	if m.OpenForWrite(id) {
+		t.Fatal("OpenForWrite = true after a writer closed without writing")
+	}
+	if got := kinds(rec.take()); len(got) != 0 {
+		t.Fatalf("a writer that changed nothing journaled %q", got)
+	}
+}
+
 // Unmount does not fail when a program still holds a file open: writes
 // are stopped and the mount is detached.
 func TestUnmountBusy(t *testing.T) {

@@ -256,10 +256,17 @@ touch -h -d '2002-03-04 05:06:07' links/rel
 		t.Logf("tar -x through the mount: %v", time.Since(start))
 		c.waitConverged(t, 2*converge)
 	})
-	// A plain `tar -xpf` over the extracted tree (tar unlinks and recreates
-	// every file and re-links hard links) left one file missing on two of
-	// three workers in one CI run out of several: not yet understood, so
-	// it is not asserted here; see the note on issue 3.
+	t.Run("extract again over the tree", func(t *testing.T) {
+		// tar unlinks and recreates every file (and re-links hard links).
+		// Its last files are closed right before it exits: a file still
+		// counted as open for writing between close(2) and the kernel's
+		// asynchronous RELEASE was held back until batch.hold_open (60 s),
+		// and missing on the worker meanwhile. Hence the short wait.
+		for range 3 {
+			toolRun(t, m+"/release", nil, "tar", "-xpf", small)
+			c.waitConverged(t, converge/4)
+		}
+	})
 	t.Run("extract with --overwrite and owners", func(t *testing.T) {
 		sh(t, src, nil, "chown -R 33:33 d11 && echo changed > d12/f0012.txt && touch -d '2003-04-05 06:07:08' d12/f0012.txt")
 		toolRun(t, "", nil, "tar", "-C", src, "-cf", small, "links", "d02", "d11", "d12")
