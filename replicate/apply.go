@@ -102,6 +102,15 @@ func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
 			return err
 		}
 	}
+	if _, ok := s.xattrs(); ok {
+		for _, p := range sortedKeys(plan.Xattrs) {
+			if err := s.syncXattrsAt(ctx, p, true); err != nil {
+				return err
+			}
+		}
+	} else if len(plan.Xattrs) > 0 {
+		s.log.Debug("not replicated", "xattrs of", sortedKeys(plan.Xattrs), "reason", "extended attributes need the agent transport; SFTP v3 has no xattr requests")
+	}
 	// Keep the first-lost time of paths lost again.
 	for p := range lost {
 		if t, ok := plan.Lost[p]; ok {
@@ -185,6 +194,26 @@ type dirTracker struct {
 }
 
 func (d *dirTracker) changes(p string) { d.dirs[parentDir(p)] = true }
+
+// linkAttrs is the transport's LinkAttrs capability, if it has one (seen
+// through the dirTracker: setting attributes changes no directory).
+func (s *Shipper) linkAttrs() (LinkAttrs, bool) {
+	la, ok := unwrap(s.t).(LinkAttrs)
+	return la, ok
+}
+
+// xattrs is the transport's Xattrs capability, if it has one.
+func (s *Shipper) xattrs() (Xattrs, bool) {
+	x, ok := unwrap(s.t).(Xattrs)
+	return x, ok
+}
+
+func unwrap(t Transport) Transport {
+	if d, ok := t.(*dirTracker); ok {
+		return d.Transport
+	}
+	return t
+}
 
 func (d *dirTracker) Mkdir(ctx context.Context, p string, perm fs.FileMode) error {
 	d.changes(p)

@@ -39,9 +39,12 @@
 // the full size, so holes are neither sent nor filled ([SparseReader]).
 //
 // Limits of SFTP v3: mtimes are whole seconds (full copies compare size and
-// mtime in seconds); symlinks get no mode, owner or times (setstat follows
-// them); FIFOs, sockets and device nodes and extended attributes are not
-// replicated. The agent transport will lift these.
+// mtime in seconds); symlinks get no owner or times (setstat follows them);
+// extended attributes are not replicated. A transport with the optional
+// [LinkAttrs] and [Xattrs] capabilities (the agent's, package agent) lifts
+// these: mtimes are then compared and set to the nanosecond, symlinks get
+// their owner and times, and user.* xattrs follow the store. FIFOs,
+// sockets and device nodes are not replicated by any transport.
 //
 // Transports: [NewLocal] applies to a directory on this machine (tests, and
 // the reference for the conformance suite in replicate/transporttest);

@@ -7,8 +7,12 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Local is a Transport that applies to a directory on this machine. It is
@@ -328,4 +332,313 @@ func (c ctxReader) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(b)
+}
+
+// The optional capabilities below work on file descriptors rather than on
+// names resolved by the kernel from the root: each call opens the parent
+// directory of p one component at a time with O_NOFOLLOW (openParent) and
+// then acts on the final name relative to that descriptor with the *at
+// system calls and AT_SYMLINK_NOFOLLOW. prep's dirCheck already refuses a
+// symlinked parent, but only at the time of the check; the descriptor walk
+// keeps a symlink swapped in afterwards from redirecting the call outside
+// the root. os.Root cannot be used for these calls: it has no lchown with
+// times, xattr or mknod operations, and it follows symlinks in parents
+// that stay inside the root.
+var (
+	_ LinkAttrs = (*Local)(nil)
+	_ Xattrs    = (*Local)(nil)
+	_ Special   = (*Local)(nil)
+)
+
+// openParent validates p and returns an O_PATH descriptor of its parent
+// directory and the name of p in it ("." for the root). The caller closes
+// the descriptor.
+func (l *Local) openParent(ctx context.Context, p string) (int, string, error) {
+	if err := l.prep(ctx, p); err != nil {
+		return -1, "", err
+	}
+	rf, err := l.root.Open(".")
+	if err != nil {
+		return -1, "", err
+	}
+	defer rf.Close()
+	rc, err := rf.SyscallConn()
+	if err != nil {
+		return -1, "", err
+	}
+	// A private O_PATH descriptor: rf's is closed on return, and O_PATH
+	// needs no read permission on the directories walked.
+	const dirFlags = unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd := -1
+	if cerr := rc.Control(func(rfd uintptr) {
+		fd, err = unix.Openat(int(rfd), ".", dirFlags, 0)
+	}); cerr != nil {
+		return -1, "", cerr
+	}
+	if err != nil {
+		return -1, "", &fs.PathError{Op: "open", Path: ".", Err: err}
+	}
+	if p == "" {
+		return fd, ".", nil
+	}
+	dir := parentDir(p)
+	if dir == "" {
+		return fd, p, nil
+	}
+	walked := ""
+	for el := range strings.SplitSeq(dir, "/") {
+		walked = joinPath(walked, el)
+		nfd, err := unix.Openat(fd, el, dirFlags, 0)
+		if err != nil {
+			// O_NOFOLLOW|O_DIRECTORY on a symlink gives ELOOP or
+			// ENOTDIR: tell a symlink from a file like dirCheck does.
+			var st unix.Stat_t
+			isLink := (err == unix.ELOOP || err == unix.ENOTDIR) &&
+				unix.Fstatat(fd, el, &st, unix.AT_SYMLINK_NOFOLLOW) == nil &&
+				st.Mode&unix.S_IFMT == unix.S_IFLNK
+			unix.Close(fd)
+			// The cached check was wrong or is now stale.
+			l.dirs.invalidate(walked)
+			switch {
+			case isLink:
+				return -1, "", fmt.Errorf("%w: parent %q of %q", ErrSymlink, walked, p)
+			case err == unix.ENOTDIR:
+				return -1, "", fmt.Errorf("parent %q of %q is not a directory: %w", walked, p, fs.ErrNotExist)
+			}
+			return -1, "", &fs.PathError{Op: "open", Path: walked, Err: err}
+		}
+		unix.Close(fd)
+		fd = nfd
+	}
+	return fd, baseName(p), nil
+}
+
+// Lchown implements LinkAttrs.
+func (l *Local) Lchown(ctx context.Context, p string, uid, gid int) error {
+	dfd, name, err := l.openParent(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	if err := unix.Fchownat(dfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "lchown", Path: p, Err: err}
+	}
+	return nil
+}
+
+// Lchtimes implements LinkAttrs.
+func (l *Local) Lchtimes(ctx context.Context, p string, atime, mtime time.Time) error {
+	dfd, name, err := l.openParent(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	// Built from Unix() and Nanosecond() rather than UnixNano(), which
+	// overflows outside 1678-2262.
+	ts := func(t time.Time) unix.Timespec {
+		if t.IsZero() {
+			return unix.Timespec{Nsec: unix.UTIME_OMIT}
+		}
+		return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+	}
+	if err := unix.UtimesNanoAt(dfd, name, []unix.Timespec{ts(atime), ts(mtime)}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "lchtimes", Path: p, Err: err}
+	}
+	return nil
+}
+
+// Mknod implements Special.
+func (l *Local) Mknod(ctx context.Context, p string, mode fs.FileMode, rdev uint64) error {
+	dfd, name, err := l.openParent(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	if p == "" {
+		return fmt.Errorf("mknod: %w: the root", ErrInvalidPath)
+	}
+	var typ uint32
+	switch mode.Type() {
+	case fs.ModeNamedPipe:
+		typ, rdev = unix.S_IFIFO, 0
+	case fs.ModeDevice | fs.ModeCharDevice:
+		typ = unix.S_IFCHR
+	case fs.ModeDevice:
+		typ = unix.S_IFBLK
+	case fs.ModeSocket:
+		typ, rdev = unix.S_IFSOCK, 0
+	default:
+		return fmt.Errorf("mknod %s: type %v: %w", p, mode.Type(), ErrUnsupported)
+	}
+	perm := unixPerm(mode)
+	// mknod fails with EEXIST on any existing name, a dangling symlink
+	// included, so it never creates anything through a symlink.
+	if err := unix.Mknodat(dfd, name, typ|perm, int(rdev)); err != nil {
+		return &fs.PathError{Op: "mknod", Path: p, Err: err}
+	}
+	// mknod applies the umask; set the exact bits, as WriteFileAtomic
+	// does. AT_SYMLINK_NOFOLLOW (fchmodat2, Linux 6.6) keeps a symlink
+	// swapped in meanwhile from redirecting the chmod; older kernels
+	// cannot do that safely and keep the umasked mode.
+	if err := unix.Fchmodat(dfd, name, perm, unix.AT_SYMLINK_NOFOLLOW); err != nil && err != unix.EOPNOTSUPP {
+		return &fs.PathError{Op: "chmod", Path: p, Err: err}
+	}
+	return nil
+}
+
+// unixPerm converts the permission and special bits of a Go mode.
+func unixPerm(m fs.FileMode) uint32 {
+	perm := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		perm |= unix.S_ISUID
+	}
+	if m&fs.ModeSetgid != 0 {
+		perm |= unix.S_ISGID
+	}
+	if m&fs.ModeSticky != 0 {
+		perm |= unix.S_ISVTX
+	}
+	return perm
+}
+
+// xattrOps are the xattr calls bound to one file, by descriptor or by path.
+type xattrOps struct {
+	list   func(dest []byte) (int, error)
+	get    func(name string, dest []byte) (int, error)
+	set    func(name string, value []byte) error
+	remove func(name string) error
+}
+
+// withXattrs runs fn with xattr calls bound to p, not following a final
+// symlink, and wraps its error in an fs.PathError.
+//
+// Regular files and directories are opened relative to the parent with
+// O_NOFOLLOW and used through f*xattr. A symlink cannot be opened that way,
+// and opening a FIFO or device could block or have side effects (a tape
+// rewinds), so those, and files this process may not open for reading, go
+// through the l*xattr calls on "/proc/self/fd/<parent>/<name>": Linux
+// follows the magic link of the parent descriptor and not the final name.
+func (l *Local) withXattrs(ctx context.Context, op, p string, fn func(x xattrOps) error) error {
+	dfd, name, err := l.openParent(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: op, Path: p, Err: err}
+	}
+	if t := st.Mode & unix.S_IFMT; t == unix.S_IFREG || t == unix.S_IFDIR {
+		fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+		if err == nil {
+			defer unix.Close(fd)
+			var fst unix.Stat_t
+			// Use the descriptor only if it is still the file just
+			// checked, not something renamed over it in between.
+			if unix.Fstat(fd, &fst) == nil && fst.Dev == st.Dev && fst.Ino == st.Ino {
+				err := fn(xattrOps{
+					list:   func(b []byte) (int, error) { return unix.Flistxattr(fd, b) },
+					get:    func(n string, b []byte) (int, error) { return unix.Fgetxattr(fd, n, b) },
+					set:    func(n string, v []byte) error { return unix.Fsetxattr(fd, n, v, 0) },
+					remove: func(n string) error { return unix.Fremovexattr(fd, n) },
+				})
+				if err != nil {
+					return &fs.PathError{Op: op, Path: p, Err: err}
+				}
+				return nil
+			}
+		} else if err == unix.ENOENT {
+			return &fs.PathError{Op: op, Path: p, Err: err}
+		}
+		// Otherwise (EACCES, ELOOP after a swap, a changed file): the
+		// path calls below act on whatever is there now, still without
+		// following it.
+	}
+	path := "/proc/self/fd/" + strconv.Itoa(dfd) + "/" + name
+	err = fn(xattrOps{
+		list:   func(b []byte) (int, error) { return unix.Llistxattr(path, b) },
+		get:    func(n string, b []byte) (int, error) { return unix.Lgetxattr(path, n, b) },
+		set:    func(n string, v []byte) error { return unix.Lsetxattr(path, n, v, 0) },
+		remove: func(n string) error { return unix.Lremovexattr(path, n) },
+	})
+	if err == unix.ENOENT {
+		// Without /proc the path does not resolve; say so rather than
+		// report p as missing.
+		if _, serr := os.Stat("/proc/self/fd"); serr != nil {
+			return fmt.Errorf("%s %s: %w: /proc is not mounted", op, p, ErrUnsupported)
+		}
+	}
+	if err != nil {
+		return &fs.PathError{Op: op, Path: p, Err: err}
+	}
+	return nil
+}
+
+// readGrowing calls f first to learn the size, then with a buffer; a
+// concurrent change that grew the data (ERANGE) starts over.
+func readGrowing(f func(dest []byte) (int, error)) ([]byte, error) {
+	for {
+		n, err := f(nil)
+		if err != nil {
+			return nil, err
+		}
+		buf := make([]byte, n)
+		n, err = f(buf)
+		if err == unix.ERANGE {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
+// ListXattrs implements Xattrs.
+func (l *Local) ListXattrs(ctx context.Context, p string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := l.withXattrs(ctx, "listxattr", p, func(x xattrOps) error {
+		names, err := readGrowing(x.list)
+		if err == unix.ENOTSUP {
+			return nil // no xattr support: no attributes
+		}
+		if err != nil {
+			return err
+		}
+		for n := range strings.SplitSeq(strings.TrimSuffix(string(names), "\x00"), "\x00") {
+			if n == "" {
+				continue
+			}
+			v, err := readGrowing(func(b []byte) (int, error) { return x.get(n, b) })
+			if err == unix.ENODATA {
+				continue // removed since the list
+			}
+			if err != nil {
+				return err
+			}
+			out[n] = v
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SetXattr implements Xattrs.
+func (l *Local) SetXattr(ctx context.Context, p, name string, value []byte) error {
+	return l.withXattrs(ctx, "setxattr", p, func(x xattrOps) error {
+		return x.set(name, value)
+	})
+}
+
+// RemoveXattr implements Xattrs.
+func (l *Local) RemoveXattr(ctx context.Context, p, name string) error {
+	return l.withXattrs(ctx, "removexattr", p, func(x xattrOps) error {
+		if err := x.remove(name); err != unix.ENODATA {
+			return err
+		}
+		return nil // already absent
+	})
 }

@@ -107,6 +107,9 @@ type Plan struct {
 	// Refresh are paths to converge from the store as a whole (moved in
 	// from an excluded path).
 	Refresh map[string]bool
+	// Xattrs are paths whose extended attributes changed: the worker's
+	// are made equal to the store's (transports that can).
+	Xattrs map[string]bool
 	// Dead are identities that lost their last name (Op.Time of the
 	// unlink): later data ops on them (a file written while open after
 	// its unlink) are ignored until a create reuses the inode number.
@@ -167,6 +170,7 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 		attrs:   map[string]bool{},
 		dirs:    map[string]bool{},
 		refresh: map[string]bool{},
+		xattrs:  map[string]bool{},
 		dead:    map[uint64]int64{},
 	}
 	for k, t := range dead {
@@ -223,6 +227,7 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 		}
 	}
 	plan.Attrs, plan.Dirs, plan.Refresh, plan.Dead = f.attrs, f.dirs, f.refresh, f.dead
+	plan.Xattrs = f.xattrs
 	plan.Lost = map[string]int64{}
 	for p, t := range f.lostSince {
 		if f.attrs[p] {
@@ -239,6 +244,7 @@ type folder struct {
 	attrs   map[string]bool
 	dirs    map[string]bool
 	refresh map[string]bool
+	xattrs  map[string]bool
 	dead    map[uint64]int64
 	now     int64 // Op.Time of the op being folded
 	// lostSince: attrs paths taken over from a previous plan's Lost, by
@@ -288,7 +294,7 @@ func (f *folder) dropName(p string) {
 			f.dead[k] = f.now
 		}
 	}
-	for _, set := range []map[string]bool{f.attrs, f.refresh} {
+	for _, set := range []map[string]bool{f.attrs, f.refresh, f.xattrs} {
 		for k := range set {
 			if under(k, p) {
 				delete(set, k)
@@ -326,7 +332,7 @@ func (f *folder) move(from, to string) {
 		}
 		id.Free = free
 	}
-	for _, set := range []map[string]bool{f.attrs, f.dirs, f.refresh} {
+	for _, set := range []map[string]bool{f.attrs, f.dirs, f.refresh, f.xattrs} {
 		moved := map[string]bool{}
 		for k := range set {
 			if under(k, from) {
@@ -367,7 +373,7 @@ func (f *folder) exchange(a, b string) {
 			}
 		}
 	}
-	for _, set := range []map[string]bool{f.attrs, f.dirs, f.refresh} {
+	for _, set := range []map[string]bool{f.attrs, f.dirs, f.refresh, f.xattrs} {
 		next := make(map[string]bool, len(set))
 		for k := range set {
 			next[swap(k)] = true
@@ -503,7 +509,7 @@ func (f *folder) op(op journal.Op) {
 		}
 		f.dropName(op.Path)
 		f.steps = append(f.steps, step{Kind: stepSkip, Seq: op.Seq, Path: op.Path, Notice: true,
-			Reason: "FIFOs, sockets and device nodes are not replicated over SFTP"})
+			Reason: "FIFOs, sockets and device nodes are not replicated (a web root has no use for them)"})
 
 	case journal.KindSymlink:
 		if !f.valid(op, op.Path) || f.excluded(op.Path, false) {
@@ -565,9 +571,9 @@ func (f *folder) op(op journal.Op) {
 		if !f.valid(op, op.Path) || f.excludedUnknown(op.Path) {
 			return
 		}
-		// TODO(agent transport): replicate xattrs; SFTP v3 cannot.
-		f.steps = append(f.steps, step{Kind: stepSkip, Seq: op.Seq, Path: op.Path,
-			Reason: "extended attributes are not replicated by this transport"})
+		// Made equal to the store's after the batch (not over SFTP v3,
+		// which has no xattr requests: see apply).
+		f.xattrs[op.Path] = true
 
 	default:
 		f.pl.log.Warn("skipping journal op of unknown kind", "op", op.String())

@@ -7,18 +7,13 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"path"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
-	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/agent"
-	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 // SFTPOptions configure DialSFTP.
@@ -46,9 +41,8 @@ type SFTPOptions struct {
 // Chtimes check with an Lstat first and refuse symlinks.
 type SFTP struct {
 	root   string
-	ssh    *ssh.Client
+	ssh    *SSHConn
 	c      *sftp.Client
-	conn   *countingConn
 	log    *slog.Logger
 	dirs   dirCheck
 	posix  bool // posix-rename@openssh.com
@@ -74,67 +68,43 @@ func DialSFTP(ctx context.Context, o SFTPOptions) (Transport, error) {
 }
 
 func dialSFTP(ctx context.Context, o SFTPOptions) (*SFTP, error) {
-	log := o.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	addr := o.Addr
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		addr = net.JoinHostPort(addr, "22")
-	}
-	log = log.With("addr", addr)
-	if o.ConnectTimeout <= 0 {
-		o.ConnectTimeout = 15 * time.Second
-	}
-	if o.KeepAlive <= 0 {
-		o.KeepAlive = 15 * time.Second
-	}
-	if !path.IsAbs(o.Root) {
-		return nil, fmt.Errorf("sftp %s: root %q is not an absolute path", addr, o.Root)
-	}
-	hostKey, algos, err := hostKeyCheck(o.KnownHosts, addr)
+	sc, err := DialSSH(ctx, o)
 	if err != nil {
-		return nil, fmt.Errorf("sftp %s: %w", addr, err)
+		return nil, fmt.Errorf("sftp %w", err)
 	}
-	auth, closeAgent, err := authMethods(o.IdentityFiles)
+	t, err := newSFTP(sc, o)
 	if err != nil {
-		return nil, fmt.Errorf("sftp %s: %w", addr, err)
+		sc.Close()
+		return nil, err
 	}
-	defer closeAgent()
-	cfg := &ssh.ClientConfig{
-		User:              o.User,
-		Auth:              auth,
-		HostKeyCallback:   hostKey,
-		HostKeyAlgorithms: algos,
-		Timeout:           o.ConnectTimeout,
-	}
-	dctx, cancel := context.WithTimeout(ctx, o.ConnectTimeout)
-	defer cancel()
-	raw, err := (&net.Dialer{KeepAlive: o.KeepAlive}).DialContext(dctx, "tcp", addr)
+	return t, nil
+}
+
+// NewSFTP starts an SFTP session on an open SSH connection (the agent
+// transport falls back to it). The transport owns sc from then on, also
+// when NewSFTP fails.
+func NewSFTP(sc *SSHConn, o SFTPOptions) (Transport, error) {
+	t, err := newSFTP(sc, o)
 	if err != nil {
-		return nil, fmt.Errorf("sftp %s: %w", addr, err)
+		sc.Close()
+		return nil, err
 	}
-	conn := &countingConn{Conn: raw}
-	_ = conn.SetDeadline(time.Now().Add(o.ConnectTimeout))
-	stop := context.AfterFunc(dctx, func() { raw.Close() })
-	sc, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
-	stopped := stop()
+	return t, nil
+}
+
+func newSFTP(sc *SSHConn, o SFTPOptions) (*SFTP, error) {
+	log, addr := sc.log, sc.Addr
+	_ = sc.conn.SetDeadline(time.Now().Add(sc.timeout))
+	c, err := sftp.NewClient(sc.Client)
+	_ = sc.conn.SetDeadline(time.Time{})
 	if err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("sftp %s: ssh: %w", addr, err)
-	}
-	client := ssh.NewClient(sc, chans, reqs)
-	if !stopped {
-		client.Close()
-		return nil, fmt.Errorf("sftp %s: %w", addr, dctx.Err())
-	}
-	c, err := sftp.NewClient(client)
-	_ = conn.SetDeadline(time.Time{})
-	if err != nil {
-		client.Close()
 		return nil, fmt.Errorf("sftp %s: start sftp subsystem: %w", addr, err)
 	}
-	t := &SFTP{root: path.Clean(o.Root), ssh: client, c: c, conn: conn, log: log, done: make(chan struct{})}
+	if !path.IsAbs(o.Root) {
+		c.Close()
+		return nil, fmt.Errorf("sftp %s: root %q is not an absolute path", addr, o.Root)
+	}
+	t := &SFTP{root: path.Clean(o.Root), ssh: sc, c: c, log: log, done: make(chan struct{})}
 	t.posix = hasExt(c, "posix-rename@openssh.com")
 	t.link = hasExt(c, "hardlink@openssh.com")
 	t.fsync = hasExt(c, "fsync@openssh.com")
@@ -149,13 +119,13 @@ func dialSFTP(ctx context.Context, o SFTPOptions) (*SFTP, error) {
 	}
 	fi, err := c.Stat(t.root)
 	if err != nil || !fi.IsDir() {
-		t.Close()
+		c.Close()
 		if err == nil {
 			err = errors.New("not a directory")
 		}
 		return nil, fmt.Errorf("sftp %s: root %s: %w", addr, t.root, err)
 	}
-	go t.keepAlive(o.KeepAlive)
+	go sc.KeepAlive(t.done)
 	return t, nil
 }
 
@@ -164,153 +134,17 @@ func hasExt(c *sftp.Client, name string) bool {
 	return ok
 }
 
-// hostKeyCheck returns a callback accepting only keys in the known_hosts
-// file for addr, and the host key algorithms to ask for (those of the
-// known keys, so that the server does not offer another type first).
-func hostKeyCheck(file, addr string) (ssh.HostKeyCallback, []string, error) {
-	if file == "" {
-		return nil, nil, errors.New("no known_hosts file configured (host keys are always verified)")
-	}
-	cb, err := knownhosts.New(file)
-	if err != nil {
-		return nil, nil, fmt.Errorf("known_hosts: %w", err)
-	}
-	check := func(hostname string, remote net.Addr, key ssh.PublicKey) error {
-		err := cb(hostname, remote, key)
-		var ke *knownhosts.KeyError
-		var re *knownhosts.RevokedError
-		switch {
-		case errors.As(err, &ke) && len(ke.Want) == 0:
-			return fmt.Errorf("host key of %s is unknown: %s %s is not in %s (verify it, then add it there)",
-				hostname, key.Type(), ssh.FingerprintSHA256(key), file)
-		case errors.As(err, &ke):
-			var known []string
-			for _, w := range ke.Want {
-				known = append(known, fmt.Sprintf("%s %s (%s:%d)", w.Key.Type(), ssh.FingerprintSHA256(w.Key), w.Filename, w.Line))
-			}
-			return fmt.Errorf("HOST KEY MISMATCH for %s: it offers %s %s, %s lists %s",
-				hostname, key.Type(), ssh.FingerprintSHA256(key), file, strings.Join(known, ", "))
-		case errors.As(err, &re):
-			return fmt.Errorf("host key of %s is revoked: %s %s", hostname, key.Type(), ssh.FingerprintSHA256(key))
-		}
-		return err
-	}
-	// Ask the database which key types it knows for addr.
-	var algos []string
-	var ke *knownhosts.KeyError
-	tcp, _ := net.ResolveTCPAddr("tcp", addr)
-	if tcp == nil {
-		tcp = &net.TCPAddr{}
-	}
-	if err := cb(knownhosts.Normalize(addr), tcp, probeKey{}); errors.As(err, &ke) {
-		seen := map[string]bool{}
-		for _, w := range ke.Want {
-			for _, a := range algorithmsFor(w.Key.Type()) {
-				if !seen[a] {
-					seen[a] = true
-					algos = append(algos, a)
-				}
-			}
-		}
-	}
-	return check, algos, nil
-}
-
-func algorithmsFor(keyType string) []string {
-	if keyType == ssh.KeyAlgoRSA {
-		return []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA}
-	}
-	return []string{keyType}
-}
-
-// probeKey is a key no known_hosts line matches.
-type probeKey struct{}
-
-func (probeKey) Type() string                        { return "mirrorfs-probe" }
-func (probeKey) Marshal() []byte                     { return []byte("mirrorfs-probe") }
-func (probeKey) Verify([]byte, *ssh.Signature) error { return errors.New("probe key") }
-func (probeKey) String() string                      { return "probe" }
-
-// authMethods offers the identity files' keys and the agent's.
-func authMethods(files []string) ([]ssh.AuthMethod, func(), error) {
-	var signers []ssh.Signer
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, nil, fmt.Errorf("identity file: %w", err)
-		}
-		s, err := ssh.ParsePrivateKey(b)
-		var pp *ssh.PassphraseMissingError
-		if errors.As(err, &pp) {
-			return nil, nil, fmt.Errorf("identity file %s is encrypted: load it into ssh-agent instead", f)
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("identity file %s: %w", f, err)
-		}
-		signers = append(signers, s)
-	}
-	closeAgent := func() {}
-	if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
-		if ac, err := net.Dial("unix", sock); err == nil {
-			closeAgent = func() { ac.Close() }
-			if as, err := agent.NewClient(ac).Signers(); err == nil {
-				signers = append(signers, as...)
-			}
-		}
-	}
-	if len(signers) == 0 {
-		closeAgent()
-		return nil, nil, errors.New("no identity file and no ssh-agent key to log in with")
-	}
-	return []ssh.AuthMethod{ssh.PublicKeys(signers...)}, closeAgent, nil
-}
-
-func (t *SFTP) keepAlive(every time.Duration) {
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	missed := 0
-	for {
-		select {
-		case <-t.done:
-			return
-		case <-tick.C:
-		}
-		res := make(chan error, 1)
-		go func() {
-			_, _, err := t.ssh.SendRequest("keepalive@openssh.com", true, nil)
-			res <- err
-		}()
-		select {
-		case <-t.done:
-			return
-		case err := <-res:
-			if err != nil {
-				t.log.Warn("keepalive failed: closing the connection", "err", err)
-				t.kill()
-				return
-			}
-			missed = 0
-		case <-time.After(every):
-			if missed++; missed >= 3 {
-				t.log.Warn("keepalive unanswered: closing the connection")
-				t.kill()
-				return
-			}
-		}
-	}
-}
-
 // kill closes the connection so that blocked calls return.
 func (t *SFTP) kill() {
 	t.broken.Store(true)
-	_ = t.conn.Close()
+	t.ssh.Kill()
 }
 
 // BytesSent implements Stats.
-func (t *SFTP) BytesSent() uint64 { return t.conn.sent.Load() }
+func (t *SFTP) BytesSent() uint64 { return t.ssh.BytesSent() }
 
 // BytesReceived implements Stats.
-func (t *SFTP) BytesReceived() uint64 { return t.conn.recv.Load() }
+func (t *SFTP) BytesReceived() uint64 { return t.ssh.BytesReceived() }
 
 // Close implements Transport.
 func (t *SFTP) Close() error {
@@ -678,22 +512,4 @@ func (t *SFTP) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Att
 		return &fs.PathError{Op: "write", Path: p, Err: err}
 	}
 	return ownerErr
-}
-
-// countingConn counts the bytes a connection moves.
-type countingConn struct {
-	net.Conn
-	sent, recv atomic.Uint64
-}
-
-func (c *countingConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	c.recv.Add(uint64(n))
-	return n, err
-}
-
-func (c *countingConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
-	c.sent.Add(uint64(n))
-	return n, err
 }

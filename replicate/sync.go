@@ -415,14 +415,21 @@ func (s *Shipper) ensureParents(ctx context.Context, p string) error {
 // worker's p where they differ; wfi is the worker's entry if known.
 // Symlinks are left alone: SFTP's setstat follows them.
 func (s *Shipper) setAttrs(ctx context.Context, p string, sfi fs.FileInfo, wfi *FileInfo) error {
-	if sfi.Mode()&fs.ModeSymlink != 0 {
-		return nil
+	la, linkAttrs := s.linkAttrs()
+	if sfi.Mode()&fs.ModeSymlink != 0 && !linkAttrs {
+		return nil // SFTP's setstat would follow the link
 	}
 	if wfi == nil {
 		var err error
 		if wfi, err = s.wlstat(ctx, p); err != nil || wfi == nil {
 			return err
 		}
+	}
+	if sfi.Mode()&fs.ModeSymlink != 0 {
+		if wfi.Mode&fs.ModeSymlink == 0 {
+			return nil
+		}
+		return s.setLinkAttrs(ctx, la, p, sfi, wfi)
 	}
 	if wfi.Mode&fs.ModeSymlink != 0 || wfi.IsDir() != sfi.IsDir() {
 		return nil
@@ -440,10 +447,37 @@ func (s *Shipper) setAttrs(ctx context.Context, p string, sfi fs.FileInfo, wfi *
 			s.ownerRefused(p, err)
 		}
 	}
-	// SFTP v3 carries whole seconds only: compare and set at that grain.
-	if mt := sfi.ModTime(); mt.Unix() != wfi.Mtime.Unix() {
+	if mt := sfi.ModTime(); !sameMtime(mt, wfi.Mtime, linkAttrs) {
 		if err := s.t.Chtimes(ctx, p, atime(sfi), mt); err != nil {
 			return s.errf(p, fmt.Errorf("chtimes: %w", err))
+		}
+	}
+	return s.syncXattrsAt(ctx, p, false)
+}
+
+// sameMtime compares mtimes at the grain the transport keeps: SFTP v3
+// carries whole seconds, a transport with LinkAttrs nanoseconds.
+func sameMtime(store, worker time.Time, nanos bool) bool {
+	if nanos {
+		return store.Equal(worker)
+	}
+	return store.Unix() == worker.Unix()
+}
+
+// setLinkAttrs gives the worker's symlink p the owner and mtime of the
+// store's (a symlink's mode means nothing on Linux).
+func (s *Shipper) setLinkAttrs(ctx context.Context, la LinkAttrs, p string, sfi fs.FileInfo, wfi *FileInfo) error {
+	if st, ok := sfi.Sys().(*syscall.Stat_t); ok && !s.chownOff && (st.Uid != wfi.UID || st.Gid != wfi.GID) {
+		if err := la.Lchown(ctx, p, int(st.Uid), int(st.Gid)); err != nil {
+			if !errors.Is(err, fs.ErrPermission) {
+				return s.errf(p, fmt.Errorf("lchown: %w", err))
+			}
+			s.ownerRefused(p, err)
+		}
+	}
+	if mt := sfi.ModTime(); !mt.Equal(wfi.Mtime) {
+		if err := la.Lchtimes(ctx, p, atime(sfi), mt); err != nil {
+			return s.errf(p, fmt.Errorf("lchtimes: %w", err))
 		}
 	}
 	return nil
@@ -526,7 +560,7 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64) (int64, er
 		}
 		return 0, s.errf(p, fmt.Errorf("write: %w", err))
 	}
-	return vr.n, nil
+	return vr.n, s.syncXattrs(ctx, p, f, false)
 }
 
 // sameVersion compares size, mtime and ctime of two stats of one file.
@@ -550,7 +584,15 @@ func (s *Shipper) putSymlink(ctx context.Context, p, target string) error {
 			return s.errf(p, fmt.Errorf("symlink: %w", err))
 		}
 	}
-	return s.replaceWith(ctx, tmp, p)
+	if err := s.replaceWith(ctx, tmp, p); err != nil {
+		return err
+	}
+	if _, ok := s.linkAttrs(); ok {
+		if sfi, err := s.storeLstat(p); err == nil && sfi.Mode()&fs.ModeSymlink != 0 {
+			return s.setAttrs(ctx, p, sfi, nil)
+		}
+	}
+	return nil
 }
 
 // relink makes p a hard link to the worker's existing file, atomically.

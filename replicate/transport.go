@@ -68,6 +68,50 @@ type Stats interface {
 	BytesReceived() uint64
 }
 
+// LinkAttrs is an optional Transport capability: attributes of a symlink
+// itself (SFTP's setstat follows symlinks). Chown and Chtimes refuse
+// symlinks so that a sync never changes a file outside the worker root
+// through one; these methods exist so that the owner and times of the link
+// itself can still be mirrored.
+type LinkAttrs interface {
+	// Lchown sets the owner of p without following a final symlink.
+	Lchown(ctx context.Context, p string, uid, gid int) error
+	// Lchtimes sets atime and mtime (nanoseconds kept) of p without
+	// following a final symlink. A zero time leaves that time unchanged.
+	Lchtimes(ctx context.Context, p string, atime, mtime time.Time) error
+}
+
+// Xattrs is an optional Transport capability: extended attributes. Not
+// part of Transport because SFTP v3 has no way to carry them.
+type Xattrs interface {
+	// ListXattrs returns the extended attributes of p (names with their
+	// namespace prefix, e.g. "user.x") and values, without following a
+	// final symlink. A file system without xattr support gives an empty
+	// map, not an error, so that a sync to such a worker degrades to
+	// "no attributes" instead of failing.
+	ListXattrs(ctx context.Context, p string) (map[string][]byte, error)
+	// SetXattr sets one attribute of p (not following a final symlink),
+	// creating or replacing it.
+	SetXattr(ctx context.Context, p, name string, value []byte) error
+	// RemoveXattr removes one attribute of p (not following a final
+	// symlink); a missing attribute is not an error, so that removal is
+	// idempotent like the rest of a sync.
+	RemoveXattr(ctx context.Context, p, name string) error
+}
+
+// Special is an optional Transport capability: FIFOs and device nodes,
+// which SFTP v3 cannot create.
+type Special interface {
+	// Mknod creates a FIFO, character or block device p with mode (Go
+	// fs.FileMode encoding: fs.ModeNamedPipe, fs.ModeDevice|fs.ModeCharDevice,
+	// fs.ModeDevice, plus permission bits) and the device number rdev
+	// (ignored for a FIFO). A socket inode (fs.ModeSocket) may be created
+	// too, as mknod(2) allows. It fails if p exists; any other type fails
+	// with [ErrUnsupported]. The permission bits are applied exactly, not
+	// masked by the worker's umask.
+	Mknod(ctx context.Context, p string, mode fs.FileMode, rdev uint64) error
+}
+
 // FileInfo describes one worker entry.
 type FileInfo struct {
 	Name  string      // base name

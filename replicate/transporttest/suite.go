@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mirrorfs/mirrorfs/replicate"
+	"golang.org/x/sys/unix"
 )
 
 // Factory returns a fresh transport whose worker root is the local
@@ -40,6 +41,9 @@ func Run(t *testing.T, newT Factory) {
 		{"Attrs", testAttrs},
 		{"SymlinkedParent", testSymlinkedParent},
 		{"Cancelled", testCancelled},
+		{"LinkAttrs", testLinkAttrs},
+		{"Xattrs", testXattrs},
+		{"Special", testSpecial},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -78,9 +82,12 @@ func noTemps(t *testing.T, dir string) {
 	})
 }
 
+// invalidPaths are refused by every method with ErrInvalidPath.
+var invalidPaths = []string{"..", "../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "a\x00b", "a/"}
+
 func testInvalidPaths(t *testing.T, tr replicate.Transport, dir string) {
 	ctx := t.Context()
-	for _, p := range []string{"..", "../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "a\x00b", "a/"} {
+	for _, p := range invalidPaths {
 		checks := map[string]error{
 			"Lstat":   func() error { _, err := tr.Lstat(ctx, p); return err }(),
 			"Mkdir":   tr.Mkdir(ctx, p, 0o755),
@@ -429,5 +436,422 @@ func testCancelled(t *testing.T, tr replicate.Transport, dir string) {
 	}
 	if _, err := os.Lstat(filepath.Join(dir, "d")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("cancelled Mkdir happened: %v", err)
+	}
+}
+
+// wantErrs reports each error of checks that is not want.
+func wantErrs(t *testing.T, p string, want error, checks map[string]error) {
+	t.Helper()
+	for name, err := range checks {
+		if !errors.Is(err, want) {
+			t.Errorf("%s(%q) = %v, want %v", name, p, err, want)
+		}
+	}
+}
+
+// symlinkedParents makes "esc" a symlink to a directory outside the root
+// and "rel" one to the directory "in" inside it, each holding a file x,
+// and returns the paths through them that a transport must refuse.
+func symlinkedParents(t *testing.T, dir string) (paths []string, outside string) {
+	t.Helper()
+	outside = t.TempDir()
+	in := filepath.Join(dir, "in")
+	if err := os.Mkdir(in, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{outside, in} {
+		if err := os.WriteFile(filepath.Join(d, "x"), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(outside, filepath.Join(dir, "esc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("in", filepath.Join(dir, "rel")); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"esc/x", "rel/x", "esc/new", "rel/new"}, outside
+}
+
+// swapParent makes the directory sw with a file x, lets use succeed on
+// sw/x (so that the transport may remember sw as a checked directory),
+// then replaces sw by a symlink to outside behind the transport's back.
+// It returns sw/x, which the transport must now refuse with ErrSymlink.
+func swapParent(t *testing.T, tr replicate.Transport, dir, outside string, use func(p string) error) string {
+	t.Helper()
+	if err := tr.Mkdir(t.Context(), "sw", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	put(t, tr, "sw/x", "x", 0o644, time.Time{})
+	if err := use("sw/x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "sw"), filepath.Join(dir, "sw.old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(dir, "sw")); err != nil {
+		t.Fatal(err)
+	}
+	return "sw/x"
+}
+
+func lstatT(t *testing.T, path string) unix.Stat_t {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func testLinkAttrs(t *testing.T, tr replicate.Transport, dir string) {
+	la, ok := tr.(replicate.LinkAttrs)
+	if !ok {
+		t.Skip("transport lacks the LinkAttrs capability")
+	}
+	ctx := t.Context()
+	for _, p := range invalidPaths {
+		wantErrs(t, p, replicate.ErrInvalidPath, map[string]error{
+			"Lchown":   la.Lchown(ctx, p, -1, -1),
+			"Lchtimes": la.Lchtimes(ctx, p, time.Now(), time.Now()),
+		})
+	}
+
+	fmt0 := time.Unix(1_500_000_000, 0)
+	put(t, tr, "f", "x", 0o644, fmt0)
+	if err := tr.Symlink(ctx, "f", "l"); err != nil {
+		t.Fatal(err)
+	}
+	f, l := filepath.Join(dir, "f"), filepath.Join(dir, "l")
+	before := lstatT(t, f)
+
+	// Owner of the link itself; changing the owner to another uid needs root.
+	uid, gid := os.Getuid(), os.Getgid()
+	if os.Geteuid() == 0 {
+		uid, gid = 1234, 1234
+	} else {
+		t.Log("not root: Lchown to one's own ids only")
+	}
+	if err := la.Lchown(ctx, "l", uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if st := lstatT(t, l); int(st.Uid) != uid || int(st.Gid) != gid {
+		t.Errorf("link owner = %d:%d, want %d:%d", st.Uid, st.Gid, uid, gid)
+	}
+	if st := lstatT(t, f); st.Uid != before.Uid || st.Gid != before.Gid {
+		t.Errorf("Lchown went through the symlink: target owner %d:%d", st.Uid, st.Gid)
+	}
+	// A non-symlink works too, and -1 keeps a field.
+	if err := la.Lchown(ctx, "f", uid, -1); err != nil {
+		t.Fatal(err)
+	}
+	if st := lstatT(t, f); int(st.Uid) != uid || st.Gid != before.Gid {
+		t.Errorf("f owner = %d:%d, want %d:%d", st.Uid, st.Gid, uid, before.Gid)
+	}
+
+	// Times of the link itself, nanoseconds kept.
+	at := time.Unix(1_300_000_000, 123_456_789)
+	mt := time.Unix(1_350_000_000, 987_654_321)
+	if err := la.Lchtimes(ctx, "l", at, mt); err != nil {
+		t.Fatal(err)
+	}
+	st := lstatT(t, l)
+	if got := time.Unix(st.Atim.Unix()); !got.Equal(at) {
+		t.Errorf("link atime = %v, want %v", got, at)
+	}
+	if got := time.Unix(st.Mtim.Unix()); !got.Equal(mt) {
+		t.Errorf("link mtime = %v, want %v", got, mt)
+	}
+	if st := lstatT(t, f); !time.Unix(st.Mtim.Unix()).Equal(fmt0) {
+		t.Errorf("Lchtimes went through the symlink: target mtime %v", time.Unix(st.Mtim.Unix()))
+	}
+	if err := tr.Mkdir(ctx, "d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := la.Lchtimes(ctx, "d", at, mt); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := tr.Lstat(ctx, "d"); err != nil || !fi.Mtime.Equal(mt) {
+		t.Errorf("Lstat(d) = %v, %v; want mtime %v", fi.Mtime, err, mt)
+	}
+
+	for name, err := range map[string]error{
+		"Lchown":   la.Lchown(ctx, "missing", uid, gid),
+		"Lchtimes": la.Lchtimes(ctx, "missing", at, mt),
+	} {
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s(missing) = %v, want ErrNotExist", name, err)
+		}
+	}
+
+	paths, outside := symlinkedParents(t, dir)
+	paths = append(paths, swapParent(t, tr, dir, outside, func(p string) error {
+		return la.Lchtimes(ctx, p, at, at)
+	}))
+	for _, p := range paths {
+		wantErrs(t, p, replicate.ErrSymlink, map[string]error{
+			"Lchown":   la.Lchown(ctx, p, uid, gid),
+			"Lchtimes": la.Lchtimes(ctx, p, at, mt),
+		})
+	}
+	for _, x := range []string{filepath.Join(outside, "x"), filepath.Join(dir, "in", "x")} {
+		if st := lstatT(t, x); time.Unix(st.Mtim.Unix()).Equal(mt) || (uid != os.Getuid() && int(st.Uid) == uid) {
+			t.Errorf("%s changed through a symlinked parent", x)
+		}
+	}
+}
+
+// osXattrs filters out the attributes the system sets by itself (LSM
+// labels, ACLs), which a test cannot predict.
+func osXattrs(m map[string][]byte) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		if !strings.HasPrefix(k, "security.") && !strings.HasPrefix(k, "system.") {
+			out[k] = string(v)
+		}
+	}
+	return out
+}
+
+func sameXattrs(t *testing.T, xa replicate.Xattrs, p string, want map[string]string) {
+	t.Helper()
+	m, err := xa.ListXattrs(t.Context(), p)
+	if err != nil {
+		t.Fatalf("ListXattrs(%q): %v", p, err)
+	}
+	if m == nil {
+		t.Errorf("ListXattrs(%q) = nil map", p)
+	}
+	got := osXattrs(m)
+	if len(got) != len(want) {
+		t.Errorf("ListXattrs(%q) = %q, want %q", p, got, want)
+		return
+	}
+	for k, v := range want {
+		if gv, ok := got[k]; !ok || gv != v {
+			t.Errorf("ListXattrs(%q) = %q, want %q", p, got, want)
+			return
+		}
+	}
+}
+
+func testXattrs(t *testing.T, tr replicate.Transport, dir string) {
+	xa, ok := tr.(replicate.Xattrs)
+	if !ok {
+		t.Skip("transport lacks the Xattrs capability")
+	}
+	ctx := t.Context()
+	for _, p := range invalidPaths {
+		wantErrs(t, p, replicate.ErrInvalidPath, map[string]error{
+			"ListXattrs":  func() error { _, err := xa.ListXattrs(ctx, p); return err }(),
+			"SetXattr":    xa.SetXattr(ctx, p, "user.a", []byte("1")),
+			"RemoveXattr": xa.RemoveXattr(ctx, p, "user.a"),
+		})
+	}
+
+	put(t, tr, "f", "x", 0o644, time.Time{})
+	if err := tr.Mkdir(ctx, "d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sameXattrs(t, xa, "f", map[string]string{})
+	if err := xa.SetXattr(ctx, "f", "user.a", []byte("1")); errors.Is(err, unix.ENOTSUP) {
+		t.Skipf("the file system of %s lacks user xattrs: %v", dir, err)
+	}
+	for _, p := range []string{"f", "d"} {
+		if err := xa.SetXattr(ctx, p, "user.a", []byte("1")); err != nil {
+			t.Fatal(err)
+		}
+		if err := xa.SetXattr(ctx, p, "user.b", []byte("two\x00bytes")); err != nil {
+			t.Fatal(err)
+		}
+		sameXattrs(t, xa, p, map[string]string{"user.a": "1", "user.b": "two\x00bytes"})
+		// On disk, independently of the transport.
+		buf := make([]byte, 64)
+		if n, err := unix.Lgetxattr(filepath.Join(dir, p), "user.b", buf); err != nil || string(buf[:n]) != "two\x00bytes" {
+			t.Errorf("%s: user.b on disk = %q, %v", p, buf[:max(n, 0)], err)
+		}
+		if err := xa.SetXattr(ctx, p, "user.b", []byte("replaced")); err != nil {
+			t.Fatal(err)
+		}
+		if err := xa.RemoveXattr(ctx, p, "user.a"); err != nil {
+			t.Fatal(err)
+		}
+		sameXattrs(t, xa, p, map[string]string{"user.b": "replaced"})
+		if err := xa.RemoveXattr(ctx, p, "user.a"); err != nil {
+			t.Errorf("RemoveXattr(%q) of a missing attribute = %v", p, err)
+		}
+	}
+
+	// A final symlink is not followed: the target's attributes are not
+	// listed, and one set on the link stays on the link. Linux allows
+	// user.* only on files and directories; trusted.* needs root.
+	if err := tr.Symlink(ctx, "f", "l"); err != nil {
+		t.Fatal(err)
+	}
+	sameXattrs(t, xa, "l", map[string]string{})
+	if err := unix.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A FIFO is never opened (that would block): listing it returns.
+	sameXattrs(t, xa, "fifo", map[string]string{})
+	if os.Geteuid() == 0 {
+		for _, p := range []string{"l", "fifo"} {
+			err := xa.SetXattr(ctx, p, "trusted.mirrorfs", []byte("v"))
+			if errors.Is(err, unix.ENOTSUP) || errors.Is(err, fs.ErrPermission) {
+				t.Logf("trusted.* on %s: %v", p, err)
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			sameXattrs(t, xa, p, map[string]string{"trusted.mirrorfs": "v"})
+			if err := xa.RemoveXattr(ctx, p, "trusted.mirrorfs"); err != nil {
+				t.Fatal(err)
+			}
+			sameXattrs(t, xa, p, map[string]string{})
+		}
+		sameXattrs(t, xa, "f", map[string]string{"user.b": "replaced"})
+	}
+
+	for name, err := range map[string]error{
+		"ListXattrs":  func() error { _, err := xa.ListXattrs(ctx, "missing"); return err }(),
+		"SetXattr":    xa.SetXattr(ctx, "missing", "user.a", []byte("1")),
+		"RemoveXattr": xa.RemoveXattr(ctx, "missing", "user.a"),
+	} {
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s(missing) = %v, want ErrNotExist", name, err)
+		}
+	}
+
+	paths, outside := symlinkedParents(t, dir)
+	for _, x := range []string{filepath.Join(outside, "x"), filepath.Join(dir, "in", "x")} {
+		if err := unix.Lsetxattr(x, "user.keep", []byte("k"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	paths = append(paths, swapParent(t, tr, dir, outside, func(p string) error {
+		_, err := xa.ListXattrs(ctx, p)
+		return err
+	}))
+	for _, p := range paths {
+		wantErrs(t, p, replicate.ErrSymlink, map[string]error{
+			"ListXattrs":  func() error { _, err := xa.ListXattrs(ctx, p); return err }(),
+			"SetXattr":    xa.SetXattr(ctx, p, "user.evil", []byte("1")),
+			"RemoveXattr": xa.RemoveXattr(ctx, p, "user.keep"),
+		})
+	}
+	for _, x := range []string{filepath.Join(outside, "x"), filepath.Join(dir, "in", "x")} {
+		if _, err := unix.Lgetxattr(x, "user.keep", nil); err != nil {
+			t.Errorf("%s: user.keep removed through a symlinked parent: %v", x, err)
+		}
+		if _, err := unix.Lgetxattr(x, "user.evil", nil); err == nil {
+			t.Errorf("%s: user.evil set through a symlinked parent", x)
+		}
+	}
+}
+
+func testSpecial(t *testing.T, tr replicate.Transport, dir string) {
+	sp, ok := tr.(replicate.Special)
+	if !ok {
+		t.Skip("transport lacks the Special capability")
+	}
+	ctx := t.Context()
+	for _, p := range invalidPaths {
+		wantErrs(t, p, replicate.ErrInvalidPath, map[string]error{
+			"Mknod": sp.Mknod(ctx, p, fs.ModeNamedPipe|0o644, 0),
+		})
+	}
+	if err := sp.Mknod(ctx, "", fs.ModeNamedPipe|0o644, 0); !errors.Is(err, replicate.ErrInvalidPath) {
+		t.Errorf("Mknod(root) = %v, want ErrInvalidPath", err)
+	}
+
+	// FIFO, with its exact permission bits whatever the umask.
+	if err := sp.Mknod(ctx, "fifo", fs.ModeNamedPipe|0o666, 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := lstatT(t, filepath.Join(dir, "fifo")); st.Mode&unix.S_IFMT != unix.S_IFIFO || st.Mode&0o7777 != 0o666 {
+		t.Errorf("fifo mode = %#o", st.Mode)
+	}
+	if fi, err := tr.Lstat(ctx, "fifo"); err != nil || fi.Mode.Type() != fs.ModeNamedPipe {
+		t.Errorf("Lstat(fifo) = %v, %v", fi.Mode, err)
+	}
+	// An existing name fails and is left alone.
+	if err := sp.Mknod(ctx, "fifo", fs.ModeNamedPipe|0o600, 0); err == nil {
+		t.Error("Mknod over an existing FIFO succeeded")
+	}
+	put(t, tr, "f", "intact", 0o644, time.Time{})
+	if err := sp.Mknod(ctx, "f", fs.ModeNamedPipe|0o600, 0); err == nil {
+		t.Error("Mknod over an existing file succeeded")
+	}
+	mustContent(t, dir, "f", "intact")
+	// Not even through a (dangling) symlink.
+	if err := tr.Symlink(ctx, "nowhere", "l"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.Mknod(ctx, "l", fs.ModeNamedPipe|0o600, 0); err == nil {
+		t.Error("Mknod over a symlink succeeded")
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "nowhere")); err == nil {
+		t.Error("Mknod created the target of a symlink")
+	}
+	// Types other than FIFOs and devices are refused.
+	for _, m := range []fs.FileMode{0o644, fs.ModeDir | 0o755, fs.ModeSymlink | 0o777} {
+		if err := sp.Mknod(ctx, "bad", m, 0); err == nil {
+			t.Errorf("Mknod with mode %v succeeded", m)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "bad")); err == nil {
+		t.Error("a refused Mknod created a file")
+	}
+	if err := sp.Mknod(ctx, "missing/fifo", fs.ModeNamedPipe|0o600, 0); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Mknod under a missing directory = %v, want ErrNotExist", err)
+	}
+
+	paths, outside := symlinkedParents(t, dir)
+	swapParent(t, tr, dir, outside, func(string) error {
+		return sp.Mknod(ctx, "sw/n", fs.ModeNamedPipe|0o600, 0)
+	})
+	paths = append(paths, "sw/n2")
+	for _, p := range paths {
+		wantErrs(t, p, replicate.ErrSymlink, map[string]error{
+			"Mknod": sp.Mknod(ctx, p, fs.ModeNamedPipe|0o600, 0),
+		})
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 1 {
+		t.Errorf("files created outside the root: %v", ents)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "in")); len(ents) != 1 {
+		t.Errorf("files created through a symlink: %v", ents)
+	}
+
+	// Device nodes need CAP_MKNOD.
+	devs := []struct {
+		name string
+		mode fs.FileMode
+		typ  uint32
+		rdev uint64
+	}{
+		{"null", fs.ModeDevice | fs.ModeCharDevice | 0o600, unix.S_IFCHR, unix.Mkdev(1, 3)},
+		{"blk", fs.ModeDevice | 0o640, unix.S_IFBLK, unix.Mkdev(7, 200)},
+	}
+	for _, d := range devs {
+		err := sp.Mknod(ctx, d.name, d.mode, d.rdev)
+		if errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0 {
+			t.Logf("device nodes need root: %v", err)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := lstatT(t, filepath.Join(dir, d.name))
+		if st.Mode&unix.S_IFMT != d.typ || st.Mode&0o7777 != uint32(d.mode.Perm()) || uint64(st.Rdev) != d.rdev {
+			t.Errorf("%s: mode %#o rdev %#x, want type %#o perm %v rdev %#x", d.name, st.Mode, st.Rdev, d.typ, d.mode.Perm(), d.rdev)
+		}
+		if fi, err := tr.Lstat(ctx, d.name); err != nil || fi.Mode.Type() != d.mode.Type() {
+			t.Errorf("Lstat(%s) = %v, %v", d.name, fi.Mode, err)
+		}
+		if err := sp.Mknod(ctx, d.name, d.mode, d.rdev); err == nil {
+			t.Errorf("Mknod over an existing %s succeeded", d.name)
+		}
 	}
 }
