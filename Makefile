@@ -45,6 +45,7 @@ lint:
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=30s ./journal/
+	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=30s ./agent/
 
 bench: deps
 	$(GO) test -run='^$$' -bench=. -benchmem ./...

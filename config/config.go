@@ -104,7 +104,16 @@ type Worker struct {
 	Port int
 	Root string // absolute path on the worker
 	User string // SSH user; ssh.user unless overridden
+	// Transport is "agent" (mirrorfs agent over SSH, falling back to SFTP
+	// when it cannot run) or "sftp".
+	Transport string
 }
+
+// Transports a worker may use.
+const (
+	TransportAgent = "agent"
+	TransportSFTP  = "sftp"
+)
 
 // Addr returns host:port, with IPv6 addresses in brackets.
 func (w Worker) Addr() string {
@@ -307,7 +316,7 @@ func decode(v *viper.Viper, p *problems) *Config {
 			key := fmt.Sprintf("workers[%d]", i)
 			m, ok := item.(map[string]any)
 			if !ok {
-				p.add(key, "must be a mapping with name, host, port, root, user")
+				p.add(key, "must be a mapping with name, host, port, root, user, transport")
 				continue
 			}
 			w := Worker{Port: defaultPort, Root: c.Mount, User: c.SSH.User}
@@ -318,6 +327,11 @@ func decode(v *viper.Viper, p *problems) *Config {
 				w.Root = path.Clean(w.Root)
 			}
 			d.str(key+".user", m["user"], &w.User, "omit user to use ssh.user")
+			w.Transport = TransportAgent
+			if d.str(key+".transport", m["transport"], &w.Transport, "omit transport to use agent") &&
+				w.Transport != TransportAgent && w.Transport != TransportSFTP {
+				p.add(key+".transport", "must be agent or sftp, not %q", w.Transport)
+			}
 			c.Workers = append(c.Workers, w)
 		}
 	default:

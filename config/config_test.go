@@ -74,7 +74,7 @@ ssh:
   known_hosts: /etc/kh
   connect_timeout: 3s
 workers:
-  - {name: w1, host: 10.0.0.1, port: 2222, root: /var/www/html/, user: other}
+  - {name: w1, host: 10.0.0.1, port: 2222, root: /var/www/html/, user: other, transport: sftp}
   - name: w2
     host: "fe80::1"
 `)
@@ -97,8 +97,8 @@ workers:
 			ConnectTimeout: 3 * time.Second,
 		},
 		Workers: []Worker{
-			{Name: "w1", Host: "10.0.0.1", Port: 2222, Root: "/var/www/html", User: "other"},
-			{Name: "w2", Host: "fe80::1", Port: 22, Root: "/srv/www", User: "sync"},
+			{Name: "w1", Host: "10.0.0.1", Port: 2222, Root: "/var/www/html", User: "other", Transport: "sftp"},
+			{Name: "w2", Host: "fe80::1", Port: 22, Root: "/srv/www", User: "sync", Transport: "agent"},
 		},
 	}
 	c.src = nil
@@ -294,6 +294,7 @@ func TestErrors(t *testing.T) {
 		{"worker host with user", "mount: /w\nworkers: [{name: a, host: u@h}]\n", "workers[0].host", "bare host"},
 		{"worker root relative", "mount: /w\nworkers: [{name: a, host: h, root: www}]\n", "workers[0].root", "absolute"},
 		{"worker user empty", "mount: /w\nworkers: [{name: a, host: h, user: ''}]\n", "workers[0].user", "ssh.user"},
+		{"worker transport unknown", "mount: /w\nworkers: [{name: a, host: h, transport: rsync}]\n", "workers[0].transport", "agent or sftp"},
 		{"same target twice", "mount: /w\nworkers:\n  - {name: a, host: h}\n  - {name: b, host: h, root: /w/}\n", "workers[1]", "same host, port and root"},
 		{"error after valid worker", "mount: /w\n" + worker + "log: {level: x}\n", "log.level", "got \"x\""},
 	} {
@@ -416,7 +417,7 @@ workers: [{name: w, host: h}]
 			KnownHosts:     "/k",
 			ConnectTimeout: 4 * time.Second,
 		},
-		Workers: []Worker{{Name: "w", Host: "h", Port: 22, Root: "/b", User: "envuser"}},
+		Workers: []Worker{{Name: "w", Host: "h", Port: 22, Root: "/b", User: "envuser", Transport: "agent"}},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)

@@ -59,6 +59,10 @@ workers:
     host: 10.0.0.11       # host name or IP address (IPv6 without brackets)
     port: 22              # default 22
     root: /var/www/html   # path on the worker; default: same as mount
+    transport: agent      # agent (default): mirrorfs uploads itself to
+                          # ~/.cache/mirrorfs/ on the worker and runs there
+                          # over ssh, falling back to sftp when it cannot;
+                          # sftp: OpenSSH's sftp-server only
   - name: web-worker-02
     host: 10.0.0.12
     user: deploy          # overrides ssh.user for this worker

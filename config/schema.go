@@ -57,7 +57,7 @@ var schema = mappingOf(
 		field{"known_hosts", scalar},
 		field{"connect_timeout", scalar},
 	)},
-	field{"workers", listOf(mappingOf(scalars("name", "host", "port", "root", "user")...))},
+	field{"workers", listOf(mappingOf(scalars("name", "host", "port", "root", "user", "transport")...))},
 )
 
 // checkShape reports unknown keys and values of the wrong kind (a list

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mirrorfs/mirrorfs/agent"
 	"log/slog"
 	"os"
 	"sync"
@@ -182,7 +183,10 @@ func startShippers(ctx context.Context, wg *sync.WaitGroup, cfg *config.Config, 
 			Store:   store,
 			Journal: j,
 			Dial: func(ctx context.Context) (replicate.Transport, error) {
-				return replicate.DialSFTP(ctx, sftpOpts)
+				if w.Transport == config.TransportSFTP {
+					return replicate.DialSFTP(ctx, sftpOpts)
+				}
+				return agent.Dial(ctx, sftpOpts)
 			},
 			// The full copy skips files a writer still has open; their
 			// Close record ships them.

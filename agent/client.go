@@ -1,0 +1,351 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"sync"
+	"time"
+
+	"github.com/mirrorfs/mirrorfs/replicate"
+)
+
+// Client is a replicate.Transport that talks to a `mirrorfs agent` over a
+// byte stream (an SSH exec channel, or a pipe in tests). Besides the
+// Transport it offers what SFTP cannot: symlink owners and times,
+// nanosecond times, extended attributes, FIFOs and device nodes.
+//
+// A Client is used by one goroutine at a time, like every Transport. A
+// failed or cancelled request breaks it: the caller dials again.
+type Client struct {
+	r      *bufio.Reader
+	w      *bufio.Writer
+	buf    []byte
+	kill   func() // closes the stream so that blocked calls return
+	close  func() error
+	stats  replicate.Stats // may be nil
+	build  string          // the agent's BuildID
+	mu     sync.Mutex      // guards broken against kill from AfterFunc
+	broken error
+	closed sync.Once
+}
+
+var (
+	_ replicate.Transport = (*Client)(nil)
+	_ linkAttrs           = (*Client)(nil)
+	_ xattrs              = (*Client)(nil)
+	_ special             = (*Client)(nil)
+)
+
+// NewClient greets the agent on r/w and returns the client. kill must make
+// blocked reads and writes fail (close the channel or connection); close
+// ends the session. stats may be nil.
+func NewClient(ctx context.Context, r io.Reader, w io.Writer, kill func(), close func() error, stats replicate.Stats) (*Client, error) {
+	c := &Client{r: bufio.NewReaderSize(r, 64<<10), w: bufio.NewWriterSize(w, 64<<10), kill: kill, close: close, stats: stats}
+	resp, err := c.call(ctx, request{Op: opHello, Off: Version})
+	if err != nil {
+		return nil, fmt.Errorf("agent hello: %w", err)
+	}
+	c.build = string(resp.Data)
+	return c, nil
+}
+
+// BuildID is the agent's build (the SHA-256 of its executable).
+func (c *Client) BuildID() string { return c.build }
+
+// BytesSent implements replicate.Stats when the connection counts.
+func (c *Client) BytesSent() uint64 {
+	if c.stats == nil {
+		return 0
+	}
+	return c.stats.BytesSent()
+}
+
+// BytesReceived implements replicate.Stats when the connection counts.
+func (c *Client) BytesReceived() uint64 {
+	if c.stats == nil {
+		return 0
+	}
+	return c.stats.BytesReceived()
+}
+
+// Close implements replicate.Transport.
+func (c *Client) Close() error {
+	var err error
+	c.closed.Do(func() { err = c.close() })
+	return err
+}
+
+func (c *Client) fail(err error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken == nil {
+		c.broken = err
+	}
+	return err
+}
+
+func (c *Client) brokenErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.broken
+}
+
+func (c *Client) usable(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken != nil {
+		return fmt.Errorf("agent connection broken: %w", c.broken)
+	}
+	return nil
+}
+
+// watch kills the stream when ctx is cancelled; stop reports whether the
+// call may go on (false: it was cancelled).
+func (c *Client) watch(ctx context.Context) (stop func() bool) {
+	return context.AfterFunc(ctx, func() {
+		c.fail(ctx.Err())
+		c.kill()
+	})
+}
+
+// send writes one request frame (buffered).
+func (c *Client) send(req request) error {
+	if err := writeFrame(c.w, req.encode()); err != nil {
+		return c.fail(err)
+	}
+	return nil
+}
+
+// receive flushes what was sent and reads one response.
+func (c *Client) receive() (response, error) {
+	if err := c.w.Flush(); err != nil {
+		return response{}, c.fail(err)
+	}
+	var err error
+	c.buf, err = readFrame(c.r, c.buf)
+	if err != nil {
+		return response{}, c.fail(err)
+	}
+	resp, err := decodeResponse(c.buf)
+	if err != nil {
+		return response{}, c.fail(err)
+	}
+	return resp, nil
+}
+
+// call sends req and returns its answer; a remote failure is the error.
+func (c *Client) call(ctx context.Context, req request) (response, error) {
+	if err := c.usable(ctx); err != nil {
+		return response{}, err
+	}
+	stop := c.watch(ctx)
+	defer stop()
+	if err := c.send(req); err != nil {
+		return response{}, c.ctxErr(ctx, err)
+	}
+	resp, err := c.receive()
+	if err != nil {
+		return response{}, c.ctxErr(ctx, err)
+	}
+	return resp, resp.err()
+}
+
+func (c *Client) ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+func (c *Client) do(ctx context.Context, req request) error {
+	_, err := c.call(ctx, req)
+	return err
+}
+
+// Lstat implements replicate.Transport.
+func (c *Client) Lstat(ctx context.Context, p string) (replicate.FileInfo, error) {
+	resp, err := c.call(ctx, request{Op: opLstat, Path: p})
+	if err != nil {
+		return replicate.FileInfo{}, err
+	}
+	if len(resp.Infos) != 1 {
+		return replicate.FileInfo{}, c.fail(errors.New("agent protocol: lstat answered without one entry"))
+	}
+	return resp.Infos[0], nil
+}
+
+// ReadDir implements replicate.Transport.
+func (c *Client) ReadDir(ctx context.Context, p string) ([]replicate.FileInfo, error) {
+	resp, err := c.call(ctx, request{Op: opReadDir, Path: p})
+	return resp.Infos, err
+}
+
+// Readlink implements replicate.Transport.
+func (c *Client) Readlink(ctx context.Context, p string) (string, error) {
+	resp, err := c.call(ctx, request{Op: opReadlink, Path: p})
+	return string(resp.Data), err
+}
+
+// Mkdir implements replicate.Transport.
+func (c *Client) Mkdir(ctx context.Context, p string, perm fs.FileMode) error {
+	return c.do(ctx, request{Op: opMkdir, Path: p, Mode: uint32(perm)})
+}
+
+// Remove implements replicate.Transport.
+func (c *Client) Remove(ctx context.Context, p string) error {
+	return c.do(ctx, request{Op: opRemove, Path: p})
+}
+
+// Rmdir implements replicate.Transport.
+func (c *Client) Rmdir(ctx context.Context, p string) error {
+	return c.do(ctx, request{Op: opRmdir, Path: p})
+}
+
+// Rename implements replicate.Transport.
+func (c *Client) Rename(ctx context.Context, from, to string) error {
+	return c.do(ctx, request{Op: opRename, Path: from, Path2: to})
+}
+
+// Symlink implements replicate.Transport.
+func (c *Client) Symlink(ctx context.Context, target, p string) error {
+	return c.do(ctx, request{Op: opSymlink, Path: p, Path2: target})
+}
+
+// Link implements replicate.Transport.
+func (c *Client) Link(ctx context.Context, existing, p string) error {
+	return c.do(ctx, request{Op: opLink, Path: existing, Path2: p})
+}
+
+// Chmod implements replicate.Transport.
+func (c *Client) Chmod(ctx context.Context, p string, perm fs.FileMode) error {
+	return c.do(ctx, request{Op: opChmod, Path: p, Mode: uint32(perm)})
+}
+
+// Chown implements replicate.Transport.
+func (c *Client) Chown(ctx context.Context, p string, uid, gid int) error {
+	return c.do(ctx, request{Op: opChown, Path: p, UID: int64(uid), GID: int64(gid)})
+}
+
+// Chtimes implements replicate.Transport, with nanoseconds.
+func (c *Client) Chtimes(ctx context.Context, p string, atime, mtime time.Time) error {
+	return c.do(ctx, request{Op: opChtimes, Path: p, Atime: encodeTime(atime), Mtime: encodeTime(mtime)})
+}
+
+// Lchown sets the owner of p itself, also of a symlink.
+func (c *Client) Lchown(ctx context.Context, p string, uid, gid int) error {
+	return c.do(ctx, request{Op: opLchown, Path: p, UID: int64(uid), GID: int64(gid)})
+}
+
+// Lchtimes sets the times of p itself, also of a symlink.
+func (c *Client) Lchtimes(ctx context.Context, p string, atime, mtime time.Time) error {
+	return c.do(ctx, request{Op: opLchtimes, Path: p, Atime: encodeTime(atime), Mtime: encodeTime(mtime)})
+}
+
+// ListXattrs returns the extended attributes of p.
+func (c *Client) ListXattrs(ctx context.Context, p string) (map[string][]byte, error) {
+	resp, err := c.call(ctx, request{Op: opListXattrs, Path: p})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Xattrs == nil {
+		resp.Xattrs = map[string][]byte{}
+	}
+	return resp.Xattrs, nil
+}
+
+// SetXattr sets one extended attribute of p.
+func (c *Client) SetXattr(ctx context.Context, p, name string, value []byte) error {
+	return c.do(ctx, request{Op: opSetXattr, Path: p, Path2: name, Data: value})
+}
+
+// RemoveXattr removes one extended attribute of p.
+func (c *Client) RemoveXattr(ctx context.Context, p, name string) error {
+	return c.do(ctx, request{Op: opRemoveXattr, Path: p, Path2: name})
+}
+
+// Mknod creates a FIFO or device node.
+func (c *Client) Mknod(ctx context.Context, p string, mode fs.FileMode, rdev uint64) error {
+	return c.do(ctx, request{Op: opMknod, Path: p, Mode: uint32(mode), Rdev: rdev})
+}
+
+// WriteFileAtomic implements replicate.Transport: the agent writes a temp
+// file next to p, fsyncs it, sets a and renames it over p. The data is
+// streamed without waiting for answers; a SparseReader's holes are not
+// sent.
+func (c *Client) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a replicate.Attrs) error {
+	if err := c.usable(ctx); err != nil {
+		return err
+	}
+	stop := c.watch(ctx)
+	defer stop()
+	begin := request{Op: opWriteBegin, Path: p, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
+		Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime)}
+	if err := c.send(begin); err != nil {
+		return c.ctxErr(ctx, err)
+	}
+	size, srcErr := c.stream(r)
+	if err := c.brokenErr(); err != nil {
+		return c.ctxErr(ctx, err)
+	}
+	end := request{Op: opWriteEnd, Off: size}
+	if srcErr != nil {
+		end = request{Op: opWriteAbort, Path2: srcErr.Error()}
+	}
+	if err := c.send(end); err != nil {
+		return c.ctxErr(ctx, err)
+	}
+	resp, err := c.receive()
+	if err != nil {
+		return c.ctxErr(ctx, err)
+	}
+	if srcErr != nil {
+		return srcErr // the agent removed its temp file
+	}
+	return resp.err()
+}
+
+// stream sends r's data frames and returns the content's size, or the
+// error that made the source unusable.
+func (c *Client) stream(r io.Reader) (int64, error) {
+	buf := make([]byte, dataChunk)
+	sendFrom := func(off int64, src io.Reader) (int64, error) {
+		for {
+			n, err := io.ReadFull(src, buf)
+			if n > 0 {
+				if serr := c.send(request{Op: opWriteData, Off: off, Data: buf[:n]}); serr != nil {
+					return off, serr
+				}
+				off += int64(n)
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				return off, nil
+			}
+			if err != nil {
+				return off, err
+			}
+		}
+	}
+	sr, sparse := r.(replicate.SparseReader)
+	if !sparse {
+		return sendFrom(0, r)
+	}
+	for {
+		off, data, err := sr.NextData()
+		if err == io.EOF {
+			return sr.Size(), nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if _, err := sendFrom(off, data); err != nil {
+			return 0, err
+		}
+	}
+}

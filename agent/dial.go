@@ -1,0 +1,210 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"sync"
+
+	"github.com/pkg/sftp"
+
+	"github.com/mirrorfs/mirrorfs/replicate"
+)
+
+// cacheDir is where the master keeps its agent binary on a worker,
+// relative to the SSH user's home.
+const cacheDir = ".cache/mirrorfs"
+
+// Dial connects to a worker and starts `mirrorfs agent` there over an SSH
+// exec channel, uploading this very binary first when the worker lacks it
+// or has another build. When the agent cannot run (an SFTP-only account,
+// `mirrorfs worker`, another CPU architecture, no shell) it falls back to
+// the SFTP transport on the same connection and logs why.
+func Dial(ctx context.Context, o replicate.SFTPOptions) (replicate.Transport, error) {
+	sc, err := replicate.DialSSH(ctx, o)
+	if err != nil {
+		return nil, fmt.Errorf("agent %w", err)
+	}
+	c, err := start(ctx, sc, o.Root)
+	if err == nil {
+		return c, nil
+	}
+	if ctx.Err() != nil {
+		sc.Close()
+		return nil, ctx.Err()
+	}
+	sc.Logger().Warn("agent transport unavailable on this worker: using SFTP (no deltas, no xattrs, no symlink owners, whole-second mtimes)", "reason", err)
+	return replicate.NewSFTP(sc, o)
+}
+
+// start runs the agent, uploading it when needed.
+func start(ctx context.Context, sc *replicate.SSHConn, root string) (*Client, error) {
+	if !path.IsAbs(root) {
+		return nil, fmt.Errorf("root %q is not an absolute path", root)
+	}
+	id, err := BuildID()
+	if err != nil {
+		return nil, fmt.Errorf("this executable's build id: %w", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	remote, fresh, err := install(ctx, sc, exe, id, false)
+	if err != nil {
+		return nil, err
+	}
+	c, err := run(ctx, sc, remote, root)
+	if err == nil && c.BuildID() != id && !fresh {
+		// Same name, other content (a damaged upload): replace it.
+		c.Close()
+		if remote, _, err = install(ctx, sc, exe, id, true); err != nil {
+			return nil, err
+		}
+		c, err = run(ctx, sc, remote, root)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if c.BuildID() != id {
+		c.Close()
+		return nil, fmt.Errorf("agent %s reports build %.16s, want %.16s", remote, c.BuildID(), id)
+	}
+	return c, nil
+}
+
+// install makes sure the worker has this binary at its cache path and
+// returns that path, and whether it was uploaded now.
+func install(ctx context.Context, sc *replicate.SSHConn, exe, id string, force bool) (remote string, uploaded bool, err error) {
+	c, err := sftp.NewClient(sc.Client)
+	if err != nil {
+		return "", false, fmt.Errorf("sftp for the agent upload: %w", err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, sc.Kill)
+	defer stop()
+	home, err := c.Getwd()
+	if err != nil {
+		return "", false, fmt.Errorf("home directory: %w", err)
+	}
+	dir := path.Join(home, cacheDir)
+	remote = path.Join(dir, "mirrorfs-"+id[:16])
+	local, err := os.Stat(exe)
+	if err != nil {
+		return "", false, err
+	}
+	if fi, err := c.Stat(remote); err == nil && fi.Size() == local.Size() && !force {
+		return remote, false, nil
+	}
+	if err := c.MkdirAll(dir); err != nil {
+		return "", false, fmt.Errorf("create %s: %w", dir, err)
+	}
+	src, err := os.Open(exe)
+	if err != nil {
+		return "", false, err
+	}
+	defer src.Close()
+	tmp := path.Join(dir, replicate.TempName())
+	dst, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return "", false, fmt.Errorf("upload agent to %s: %w", tmp, err)
+	}
+	_, err = dst.ReadFrom(src)
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = c.Chmod(tmp, 0o700)
+	}
+	if err == nil {
+		err = c.PosixRename(tmp, remote)
+	}
+	if err != nil {
+		_ = c.Remove(tmp)
+		return "", false, fmt.Errorf("upload agent to %s: %w", remote, err)
+	}
+	sc.Logger().Info("uploaded the agent", "path", remote, "bytes", local.Size())
+	return remote, true, nil
+}
+
+// run starts the agent at remote on an exec channel and greets it.
+func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (*Client, error) {
+	sess, err := sc.NewSession()
+	if err != nil {
+		return nil, fmt.Errorf("open a session: %w", err)
+	}
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	stdout, err := sess.StdoutPipe()
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	stderr := &tailBuffer{max: 4 << 10}
+	sess.Stderr = stderr
+	cmd := shellQuote(remote) + " agent --root " + shellQuote(root)
+	if err := sess.Start(cmd); err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("run %s: %w", cmd, err)
+	}
+	done := make(chan struct{})
+	var once sync.Once
+	closeFn := func() error {
+		once.Do(func() { close(done) })
+		stdin.Close()
+		sess.Close()
+		return sc.Close()
+	}
+	hctx, cancel := context.WithTimeout(ctx, sc.Timeout())
+	defer cancel()
+	c, err := NewClient(hctx, stdout, stdin, sc.Kill, closeFn, sc)
+	if err != nil {
+		sess.Close()
+		// The agent's own words say most (exec format error, bad root).
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			err = fmt.Errorf("%w; agent said: %s", err, msg)
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			err = fmt.Errorf("%s exited at start: %w", cmd, err)
+		}
+		return nil, err
+	}
+	go sc.KeepAlive(done)
+	return c, nil
+}
+
+// shellQuote quotes s for the worker's POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// tailBuffer keeps the last max bytes written (the agent's stderr).
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   bytes.Buffer
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b.Write(p)
+	if over := t.b.Len() - t.max; over > 0 {
+		t.b.Next(over)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.b.String()
+}

@@ -1,0 +1,295 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/mirrorfs/mirrorfs/replicate"
+)
+
+// The capabilities the agent offers beyond replicate.Transport, served by
+// replicate.Local on the worker.
+type (
+	linkAttrs interface {
+		Lchown(ctx context.Context, p string, uid, gid int) error
+		Lchtimes(ctx context.Context, p string, atime, mtime time.Time) error
+	}
+	xattrs interface {
+		ListXattrs(ctx context.Context, p string) (map[string][]byte, error)
+		SetXattr(ctx context.Context, p, name string, value []byte) error
+		RemoveXattr(ctx context.Context, p, name string) error
+	}
+	special interface {
+		Mknod(ctx context.Context, p string, mode fs.FileMode, rdev uint64) error
+	}
+)
+
+// BuildID identifies this executable: the SHA-256 of its file. The master
+// compares it with the agent's to know whether to upload itself.
+var BuildID = sync.OnceValues(func() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	f, err := os.Open(exe)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+})
+
+// Serve answers requests from in on out, applying them below root, until
+// in ends (nil) or a protocol error (returned). Every path is checked
+// against the root by replicate.Local: nothing a request says can reach
+// outside it.
+func Serve(ctx context.Context, in io.Reader, out io.Writer, root string, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	l, err := replicate.NewLocal(root)
+	if err != nil {
+		return fmt.Errorf("agent root %s: %w", root, err)
+	}
+	defer l.Close()
+	s := &server{l: l, log: log, out: bufio.NewWriterSize(out, 64<<10)}
+	br := bufio.NewReaderSize(in, 64<<10)
+	var buf []byte
+	for {
+		buf, err = readFrame(br, buf)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		req, err := decodeRequest(buf)
+		if err != nil {
+			return err
+		}
+		if !s.hello && req.Op != opHello {
+			return errors.New("agent protocol: first request is not hello")
+		}
+		if s.w == nil && (req.Op == opWriteData || req.Op == opWriteEnd || req.Op == opWriteAbort) {
+			return errors.New("agent protocol: file data without a transfer in progress")
+		}
+		resp, answer := s.handle(ctx, req)
+		if !answer {
+			continue
+		}
+		if err := writeFrame(s.out, resp.encode()); err != nil {
+			return err
+		}
+		// Flush once nothing more is waiting: a burst of small requests
+		// is answered in one write.
+		if br.Buffered() == 0 {
+			if err := s.out.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+type server struct {
+	l     *replicate.Local
+	log   *slog.Logger
+	out   *bufio.Writer
+	hello bool
+	w     *pendingWrite // the WriteFileAtomic in progress, if any
+}
+
+// pendingWrite is a WriteFileAtomic fed by WriteData frames.
+type pendingWrite struct {
+	segs chan segment
+	size int64
+	done chan error
+	// finished: WriteFileAtomic returned before the master's last frame
+	// (it failed): the rest of the transfer's frames are dropped and
+	// WriteEnd is answered with err.
+	finished bool
+	err      error
+}
+
+// feed hands one segment to the WriteFileAtomic in progress, unless it
+// already returned.
+func (w *pendingWrite) feed(s segment) {
+	if w.finished {
+		return
+	}
+	select {
+	case w.segs <- s:
+	case err := <-w.done:
+		w.finished, w.err = true, err
+	}
+}
+
+// wait returns the outcome of the WriteFileAtomic.
+func (w *pendingWrite) wait() error {
+	if !w.finished {
+		w.finished, w.err = true, <-w.done
+	}
+	return w.err
+}
+
+type segment struct {
+	off  int64
+	data []byte
+	err  error // io.EOF at the end, or the master's reason to abort
+}
+
+// NextData, Size and Read make pendingWrite a replicate.SparseReader, so
+// Local writes each segment at its offset and keeps holes.
+func (w *pendingWrite) NextData() (int64, io.Reader, error) {
+	s := <-w.segs
+	if s.err != nil {
+		return 0, nil, s.err
+	}
+	return s.off, bytes.NewReader(s.data), nil
+}
+
+func (w *pendingWrite) Size() int64 { return w.size }
+
+func (w *pendingWrite) Read([]byte) (int, error) {
+	return 0, errors.New("agent: write data is read by segments")
+}
+
+func ok() response { return response{} }
+
+func result(err error) response {
+	if err != nil {
+		return errorResponse(err)
+	}
+	return ok()
+}
+
+// handle serves one request; answer is false for WriteData.
+func (s *server) handle(ctx context.Context, r request) (resp response, answer bool) {
+	if s.w != nil {
+		switch r.Op {
+		case opWriteData:
+			// The frame's buffer is reused for the next frame: copy.
+			s.w.feed(segment{off: r.Off, data: bytes.Clone(r.Data)})
+			return response{}, false
+		case opWriteEnd:
+			s.w.size = r.Off
+			s.w.feed(segment{err: io.EOF})
+			return s.finishWrite(), true
+		case opWriteAbort:
+			s.w.feed(segment{err: fmt.Errorf("master aborted the transfer: %s", r.Path2)})
+			return s.finishWrite(), true
+		default:
+			return errorResponse(errors.New("agent protocol: request in the middle of a file transfer")), true
+		}
+	}
+	l := s.l
+	switch r.Op {
+	case opHello:
+		if r.Off != Version {
+			return errorResponse(fmt.Errorf("agent speaks protocol %d, master %d", Version, r.Off)), true
+		}
+		s.hello = true
+		id, err := BuildID()
+		if err != nil {
+			s.log.Warn("agent build id", "err", err)
+		}
+		return response{Data: []byte(id)}, true
+	case opLstat:
+		fi, err := l.Lstat(ctx, r.Path)
+		if err != nil {
+			return errorResponse(err), true
+		}
+		return response{Infos: []replicate.FileInfo{fi}}, true
+	case opReadDir:
+		fis, err := l.ReadDir(ctx, r.Path)
+		if err != nil {
+			return errorResponse(err), true
+		}
+		return response{Infos: fis}, true
+	case opReadlink:
+		t, err := l.Readlink(ctx, r.Path)
+		if err != nil {
+			return errorResponse(err), true
+		}
+		return response{Data: []byte(t)}, true
+	case opMkdir:
+		return result(l.Mkdir(ctx, r.Path, fs.FileMode(r.Mode))), true
+	case opRemove:
+		return result(l.Remove(ctx, r.Path)), true
+	case opRmdir:
+		return result(l.Rmdir(ctx, r.Path)), true
+	case opRename:
+		return result(l.Rename(ctx, r.Path, r.Path2)), true
+	case opSymlink:
+		return result(l.Symlink(ctx, r.Path2, r.Path)), true
+	case opLink:
+		return result(l.Link(ctx, r.Path, r.Path2)), true
+	case opChmod:
+		return result(l.Chmod(ctx, r.Path, fs.FileMode(r.Mode))), true
+	case opChown:
+		return result(l.Chown(ctx, r.Path, int(r.UID), int(r.GID))), true
+	case opChtimes:
+		return result(l.Chtimes(ctx, r.Path, decodeTime(r.Atime), decodeTime(r.Mtime))), true
+	case opLchown, opLchtimes:
+		la, ok := any(l).(linkAttrs)
+		if !ok {
+			return errorResponse(replicate.ErrUnsupported), true
+		}
+		if r.Op == opLchown {
+			return result(la.Lchown(ctx, r.Path, int(r.UID), int(r.GID))), true
+		}
+		return result(la.Lchtimes(ctx, r.Path, decodeTime(r.Atime), decodeTime(r.Mtime))), true
+	case opListXattrs, opSetXattr, opRemoveXattr:
+		x, ok := any(l).(xattrs)
+		if !ok {
+			return errorResponse(replicate.ErrUnsupported), true
+		}
+		switch r.Op {
+		case opListXattrs:
+			m, err := x.ListXattrs(ctx, r.Path)
+			if err != nil {
+				return errorResponse(err), true
+			}
+			return response{Xattrs: m}, true
+		case opSetXattr:
+			return result(x.SetXattr(ctx, r.Path, r.Path2, r.Data)), true
+		default:
+			return result(x.RemoveXattr(ctx, r.Path, r.Path2)), true
+		}
+	case opMknod:
+		sp, ok := any(l).(special)
+		if !ok {
+			return errorResponse(replicate.ErrUnsupported), true
+		}
+		return result(sp.Mknod(ctx, r.Path, fs.FileMode(r.Mode), r.Rdev)), true
+	case opWriteBegin:
+		a := replicate.Attrs{Perm: fs.FileMode(r.Mode), UID: int(r.UID), GID: int(r.GID),
+			Atime: decodeTime(r.Atime), Mtime: decodeTime(r.Mtime)}
+		w := &pendingWrite{segs: make(chan segment), done: make(chan error, 1)}
+		s.w = w
+		go func() { w.done <- l.WriteFileAtomic(ctx, r.Path, w, a) }()
+		return response{}, false
+	}
+	return errorResponse(fmt.Errorf("agent protocol: unknown op %d", r.Op)), true
+}
+
+// finishWrite waits for the WriteFileAtomic in progress.
+func (s *server) finishWrite() response {
+	w := s.w
+	s.w = nil
+	return result(w.wait())
+}
