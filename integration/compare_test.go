@@ -3,6 +3,7 @@ package integration
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // workerTempPrefix starts the name of a file the daemon is still writing on a
@@ -40,6 +43,13 @@ const workerTempPrefix = ".mirrorfs-tmp-"
 // while other differences remain; once everything else matches, any that are
 // still there are reported, because a leftover temp file is a defect.
 func compareTrees(store, worker string, excluded func(rel string) bool) []string {
+	return compareTreesWith(store, worker, excluded, false)
+}
+
+// compareTreesWith is compareTrees; precise also compares what only the
+// agent transport carries: mtimes to the nanosecond (symlinks' too) and
+// user.* extended attributes.
+func compareTreesWith(store, worker string, excluded func(rel string) bool, precise bool) []string {
 	if excluded == nil {
 		excluded = func(string) bool { return false }
 	}
@@ -47,6 +57,7 @@ func compareTrees(store, worker string, excluded func(rel string) bool) []string
 		store:        store,
 		worker:       worker,
 		excluded:     excluded,
+		precise:      precise,
 		storeInodes:  map[inodeKey][]string{},
 		workerInodes: map[inodeKey][]string{},
 		storeIno:     map[string]inodeKey{},
@@ -68,6 +79,7 @@ type inodeKey struct{ dev, ino uint64 }
 type treeComparison struct {
 	store, worker string
 	excluded      func(string) bool
+	precise       bool
 	diffs         []string
 	temps         []string
 
@@ -191,13 +203,21 @@ func (c *treeComparison) compareEntry(rel string, s, w *syscall.Stat_t) {
 	if s.Uid != w.Uid || s.Gid != w.Gid {
 		c.add(rel, "owner differs: store %d:%d, worker %d:%d", s.Uid, s.Gid, w.Uid, w.Gid)
 	}
+	if c.precise {
+		if s.Mtim != w.Mtim && st != syscall.S_IFREG && st != syscall.S_IFDIR {
+			c.add(rel, "mtime differs: store %s, worker %s", fmtTimeNs(s.Mtim), fmtTimeNs(w.Mtim))
+		}
+		if st != syscall.S_IFLNK {
+			c.compareXattrs(rel)
+		}
+	}
 	switch st {
 	case syscall.S_IFREG:
 		c.compareFile(rel, s, w)
 	case syscall.S_IFDIR:
 		// Whole seconds: SFTP v3 carries no more (see compareTrees).
-		if s.Mtim.Sec != w.Mtim.Sec {
-			c.add(rel, "directory mtime differs: store %s, worker %s", fmtTime(s.Mtim), fmtTime(w.Mtim))
+		if s.Mtim.Sec != w.Mtim.Sec || c.precise && s.Mtim != w.Mtim {
+			c.add(rel, "directory mtime differs: store %s, worker %s", fmtTimeNs(s.Mtim), fmtTimeNs(w.Mtim))
 		}
 		c.compareDir(rel)
 	case syscall.S_IFLNK:
@@ -230,8 +250,8 @@ func (c *treeComparison) compareFile(rel string, s, w *syscall.Stat_t) {
 		}
 	}
 	// Whole seconds: SFTP v3 carries no more (see compareTrees).
-	if s.Mtim.Sec != w.Mtim.Sec {
-		c.add(rel, "mtime differs: store %s, worker %s", fmtTime(s.Mtim), fmtTime(w.Mtim))
+	if s.Mtim.Sec != w.Mtim.Sec || c.precise && s.Mtim != w.Mtim {
+		c.add(rel, "mtime differs: store %s, worker %s", fmtTimeNs(s.Mtim), fmtTimeNs(w.Mtim))
 	}
 	sk, wk := inodeKey{s.Dev, s.Ino}, inodeKey{w.Dev, w.Ino}
 	c.common = append(c.common, rel)
@@ -372,4 +392,57 @@ func excludeMatcher(patterns []string) func(rel string) bool {
 		}
 		return false
 	}
+}
+
+// fmtTimeNs shows a time with its nanoseconds.
+func fmtTimeNs(ts syscall.Timespec) string {
+	return time.Unix(ts.Sec, ts.Nsec).UTC().Format("2006-01-02T15:04:05.000000000Z")
+}
+
+// compareXattrs compares the user.* extended attributes of rel.
+func (c *treeComparison) compareXattrs(rel string) {
+	sx, serr := userXattrs(filepath.Join(c.store, rel))
+	wx, werr := userXattrs(filepath.Join(c.worker, rel))
+	if serr != nil || werr != nil {
+		c.add(rel, "xattrs: store %v, worker %v", serr, werr)
+		return
+	}
+	for k, v := range sx {
+		if wv, ok := wx[k]; !ok {
+			c.add(rel, "xattr %s missing on worker", k)
+		} else if wv != v {
+			c.add(rel, "xattr %s differs: store %q, worker %q", k, v, wv)
+		}
+	}
+	for k := range wx {
+		if _, ok := sx[k]; !ok {
+			c.add(rel, "xattr %s extra on worker", k)
+		}
+	}
+}
+
+// userXattrs reads the user.* extended attributes of p (not following a
+// symlink).
+func userXattrs(p string) (map[string]string, error) {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil {
+		if errors.Is(err, unix.ENOTSUP) || os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	out := map[string]string{}
+	for name := range strings.SplitSeq(string(buf[:n]), "\x00") {
+		if !strings.HasPrefix(name, "user.") {
+			continue
+		}
+		v := make([]byte, 64<<10)
+		m, err := unix.Lgetxattr(p, name, v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		out[name] = string(v[:m])
+	}
+	return out, nil
 }

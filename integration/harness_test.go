@@ -174,6 +174,12 @@ type clusterOptions struct {
 	PrefillWorker func(w *sshWorker)
 	Exclude       []string // the config's exclude: list; waitConverged skips these too
 	BatchDelay    string   // batch.delay; default "10ms"
+	// Transport is every worker's transport: "" (the default, agent) or
+	// "sftp". With the agent, workers must also match the store's
+	// nanosecond mtimes and user.* xattrs (compareTreesWith precise).
+	// "sftp-only" leaves the config's default (agent) but compares as for
+	// SFTP: for workers whose accounts cannot run the agent.
+	Transport string
 	// ExtraYAML is appended verbatim to the config file, for keys the
 	// harness does not write. It must not repeat a key the harness writes.
 	ExtraYAML string
@@ -316,8 +322,12 @@ func (c *cluster) configYAML() string {
 	} else {
 		fmt.Fprintf(&b, "workers:\n")
 		for _, w := range c.Workers {
-			fmt.Fprintf(&b, "  - {name: %s, host: 127.0.0.1, port: %d, root: %s}\n",
-				yamlString(w.Name), w.Port, yamlString(w.Root))
+			transport := ""
+			if c.opts.Transport != "" && c.opts.Transport != "sftp-only" {
+				transport = ", transport: " + yamlString(c.opts.Transport)
+			}
+			fmt.Fprintf(&b, "  - {name: %s, host: 127.0.0.1, port: %d, root: %s%s}\n",
+				yamlString(w.Name), w.Port, yamlString(w.Root), transport)
 		}
 	}
 	if c.opts.ExtraYAML != "" {
@@ -617,11 +627,16 @@ func (c *cluster) worker(t testing.TB, name string) *sshWorker {
 func (c *cluster) diffs() map[string][]string {
 	out := map[string][]string{}
 	for _, w := range c.Workers {
-		if d := compareTrees(c.Store, w.Root, c.excluded); len(d) > 0 {
+		if d := c.compare(c.Store, w.Root); len(d) > 0 {
 			out[w.Name] = d
 		}
 	}
 	return out
+}
+
+// compare is compareTrees at the precision the workers' transport keeps.
+func (c *cluster) compare(store, worker string) []string {
+	return compareTreesWith(store, worker, c.excluded, c.opts.Transport == "")
 }
 
 // waitConverged polls (every 50 ms) until every worker root equals the store,

@@ -13,8 +13,9 @@ import (
 
 // TestPosixReplicated makes the POSIX edge cases that package fs proves
 // through the mount (fs/posix_test.go) and checks that each also arrives
-// intact on the workers. FIFOs, device nodes and xattrs are left out: SFTP
-// cannot carry them (docs/semantics.md).
+// intact on the workers (through the agent transport: nanosecond mtimes,
+// user.* xattrs and symlink owners are compared too). FIFOs and device
+// nodes are left out: they are refused (docs/semantics.md).
 func TestPosixReplicated(t *testing.T) {
 	c := newCluster(t, clusterOptions{Workers: 2})
 	m := c.Mount
@@ -127,6 +128,64 @@ func TestPosixReplicated(t *testing.T) {
 			var st unix.Stat_t
 			if err := unix.Stat(w.Root+"/hl-a", &st); err != nil || st.Nlink != 3 {
 				t.Fatalf("%s: hl-a nlink %d (%v), want 3", w.Name, st.Nlink, err)
+			}
+		}
+	})
+
+	t.Run("xattrs", func(t *testing.T) {
+		writeFile(t, m+"/tagged.html", "x")
+		mkdirAll(t, m+"/tagged-dir")
+		for _, p := range []string{m + "/tagged.html", m + "/tagged-dir"} {
+			if err := unix.Setxattr(p, "user.origin", []byte("deploy 42"), 0); err != nil {
+				t.Fatalf("setxattr through the mount: %v", err)
+			}
+			if err := unix.Setxattr(p, "user.gone", []byte("soon"), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.waitConverged(t, converge)
+		for _, w := range c.Workers {
+			v := make([]byte, 64)
+			n, err := unix.Getxattr(w.Root+"/tagged.html", "user.origin", v)
+			if err != nil || string(v[:n]) != "deploy 42" {
+				t.Fatalf("%s: user.origin = %q, %v", w.Name, v[:max(n, 0)], err)
+			}
+		}
+		if err := unix.Removexattr(m+"/tagged.html", "user.gone"); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Setxattr(m+"/tagged-dir", "user.origin", []byte("deploy 43"), 0); err != nil {
+			t.Fatal(err)
+		}
+		c.waitConverged(t, converge)
+		// A new version of the file keeps the attributes the store has.
+		writeFile(t, m+"/tagged.html.tmp", "y")
+		if err := unix.Setxattr(m+"/tagged.html.tmp", "user.origin", []byte("deploy 44"), 0); err != nil {
+			t.Fatal(err)
+		}
+		mustRename(t, m+"/tagged.html.tmp", m+"/tagged.html")
+		c.waitConverged(t, converge)
+	})
+
+	t.Run("symlink owner and times", func(t *testing.T) {
+		if err := os.Symlink("tagged.html", m+"/owned-link"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(m+"/owned-link", 33, 33); err != nil {
+			t.Fatal(err)
+		}
+		ts := []unix.Timespec{{Sec: 1400000000, Nsec: 123456789}, {Sec: 1400000000, Nsec: 123456789}}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, m+"/owned-link", ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			t.Fatal(err)
+		}
+		c.waitConverged(t, converge)
+		for _, w := range c.Workers {
+			var st unix.Stat_t
+			if err := unix.Lstat(w.Root+"/owned-link", &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Uid != 33 || st.Gid != 33 || st.Mtim.Sec != 1400000000 || st.Mtim.Nsec != 123456789 {
+				t.Fatalf("%s: symlink owner %d:%d mtime %d.%09d", w.Name, st.Uid, st.Gid, st.Mtim.Sec, st.Mtim.Nsec)
 			}
 		}
 	})

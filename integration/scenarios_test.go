@@ -210,13 +210,13 @@ func TestOutage(t *testing.T) {
 	}
 	waitFor(t, converge, "the workers that are up to converge", func() error {
 		for _, w := range up {
-			if d := compareTrees(c.Store, w.Root, c.excluded); len(d) > 0 {
+			if d := c.compare(c.Store, w.Root); len(d) > 0 {
 				return fmt.Errorf("%s: %v", w.Name, d[:min(len(d), 5)])
 			}
 		}
 		return nil
 	})
-	if d := compareTrees(c.Store, down.Root, c.excluded); len(d) == 0 {
+	if d := c.compare(c.Store, down.Root); len(d) == 0 {
 		t.Fatal("the stopped worker converged while its sshd was down: the test proves nothing")
 	}
 	st := c.status(t)
@@ -410,7 +410,7 @@ func TestInPlaceInitialCopy(t *testing.T) {
 		t.Fatalf("after unmount old05 still exists: %v", err)
 	}
 	for _, w := range c.Workers {
-		if d := compareTrees(c.Mount, w.Root, c.excluded); len(d) > 0 {
+		if d := c.compare(c.Mount, w.Root); len(d) > 0 {
 			t.Fatalf("%s differs from the directory after unmount: %v", w.Name, d[:min(5, len(d))])
 		}
 	}
