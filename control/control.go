@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -40,10 +42,17 @@ type Status struct {
 // ErrNoDaemon means nothing listens on the control socket.
 var ErrNoDaemon = errors.New("no mirrorfs daemon is listening")
 
-// Serve answers status requests on the unix socket at path until ctx is
-// done. A stale socket file from a crashed daemon is replaced; a socket a
-// live daemon answers on is not.
-func Serve(ctx context.Context, path string, status func() Status) error {
+// Route is one more endpoint of the control socket (the journal tools,
+// resync): a Go 1.22 ServeMux pattern such as "GET /journal/stats".
+type Route struct {
+	Pattern string
+	Handler http.HandlerFunc
+}
+
+// Serve answers status requests, and those of routes, on the unix socket
+// at path until ctx is done. A stale socket file from a crashed daemon is
+// replaced; a socket a live daemon answers on is not.
+func Serve(ctx context.Context, path string, status func() Status, routes ...Route) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("control socket %s: %w", path, err)
 	}
@@ -63,6 +72,9 @@ func Serve(ctx context.Context, path string, status func() Status) error {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(status())
 	})
+	for _, r := range routes {
+		mux.HandleFunc(r.Pattern, r.Handler)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -77,27 +89,46 @@ func Serve(ctx context.Context, path string, status func() Status) error {
 
 // Fetch asks the daemon listening on path for its status.
 func Fetch(ctx context.Context, path string) (Status, error) {
+	var st Status
+	err := Call(ctx, path, http.MethodGet, "/status", &st)
+	return st, err
+}
+
+// Call sends one request to the daemon listening on the socket at path
+// and decodes its JSON answer into out (unless out is nil). An answer
+// other than 200 OK is an error carrying the daemon's message; no daemon
+// at all wraps ErrNoDaemon. target is the request path with its query.
+func Call(ctx context.Context, path, method, target string, out any) error {
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		},
 	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://mirrorfs/status", nil)
+	req, err := http.NewRequestWithContext(ctx, method, "http://mirrorfs"+target, nil)
 	if err != nil {
-		return Status{}, err
+		return err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return Status{}, fmt.Errorf("%w on %s: %v", ErrNoDaemon, path, err)
+		return fmt.Errorf("%w on %s: %v", ErrNoDaemon, path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return Status{}, fmt.Errorf("control socket %s: %s", path, resp.Status)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("control socket %s: %s: %s", path, resp.Status, strings.TrimSpace(string(msg)))
 	}
-	var st Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return Status{}, fmt.Errorf("control socket %s: bad answer: %w", path, err)
+	if out == nil {
+		return nil
 	}
-	return st, nil
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("control socket %s: bad answer: %w", path, err)
+	}
+	return nil
+}
+
+// WriteJSON answers a control request with v as JSON.
+func WriteJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
 }

@@ -114,7 +114,8 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	wg.Go(func() {
-		if err := control.Serve(runCtx, cfg.Control, func() control.Status { return daemonStatus(cfg, j, shippers) }); err != nil {
+		d := daemonState{cfg: cfg, j: j, shippers: shippers, store: store, log: log}
+		if err := control.Serve(runCtx, cfg.Control, func() control.Status { return daemonStatus(cfg, j, shippers) }, daemonRoutes(d)...); err != nil {
 			log.Error("control socket failed; status will read the journal instead", "err", err)
 		}
 	})
