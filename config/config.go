@@ -45,6 +45,11 @@ type Config struct {
 	Mount   string // the web root everyone uses; mirrorfs mounts here
 	Store   string // the real bytes; "" when InPlace
 	Journal string // journal directory
+	// JournalMaxBytes is the journal's disk budget (journal.max_bytes); 0
+	// means none. Over it, workers that are not connected stop holding
+	// records back: they are marked for a comparison with the store when
+	// they return, and the journal is trimmed without them.
+	JournalMaxBytes int64
 	Control string // control socket
 	Exclude []string
 	Batch   Batch
@@ -286,7 +291,19 @@ func decode(v *viper.Viper, p *problems) *Config {
 	}
 	d.path("mount", v.Get("mount"), &c.Mount, "mount is required")
 	c.InPlace = !d.path("store", v.Get("store"), &c.Store, "omit store to mount in place")
-	d.path("journal", v.Get("journal"), &c.Journal, "")
+	switch jv := v.Get("journal").(type) {
+	case map[string]any:
+		d.path("journal.dir", jv["dir"], &c.Journal, "omit dir to use "+defaultJournal)
+		if mb := jv["max_bytes"]; mb != nil {
+			n, err := toBytes(mb)
+			if err != nil {
+				p.add("journal.max_bytes", "%v", err)
+			}
+			c.JournalMaxBytes = n
+		}
+	default:
+		d.path("journal", jv, &c.Journal, "")
+	}
 	d.path("control", v.Get("control"), &c.Control, "")
 	c.Exclude = d.list("exclude", v.Get("exclude"))
 
@@ -455,6 +472,45 @@ func toInt(val any) (int, error) {
 		return 0, fmt.Errorf("must be an integer, got %q", v)
 	}
 	return 0, fmt.Errorf("must be an integer, got %s", describe(val))
+}
+
+// byteUnits are the suffixes toBytes accepts, longest first.
+var byteUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40},
+	{"B", 1},
+}
+
+// toBytes decodes a size: a number of bytes, or a number with a unit
+// (512MiB, 2GB, 1G). 0 means no limit.
+func toBytes(val any) (int64, error) {
+	if n, err := toInt(val); err == nil {
+		if n < 0 {
+			return 0, fmt.Errorf("must not be negative, got %d", n)
+		}
+		return int64(n), nil
+	}
+	str, ok := val.(string)
+	if !ok {
+		return 0, fmt.Errorf("must be a size such as 512MiB or 2GB, got %s", describe(val))
+	}
+	t := strings.TrimSpace(str)
+	for _, u := range byteUnits {
+		num, found := strings.CutSuffix(t, u.suffix)
+		if !found {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+		if err != nil || f < 0 || f*float64(u.mult) > float64(1<<62) {
+			break
+		}
+		return int64(f * float64(u.mult)), nil
+	}
+	return 0, fmt.Errorf("invalid size %q (want bytes or a number with a unit: 512MiB, 2GB, 1G)", str)
 }
 
 func toDuration(val any) (time.Duration, error) {

@@ -152,6 +152,14 @@ func TestDefaultCases(t *testing.T) {
 			return c.InPlace && c.Batch.MaxOps == 50000
 		}},
 		{"store given", "mount: /w\nstore: /s\n", func(c *Config) bool { return !c.InPlace && c.Store == "/s" }},
+		{"journal as a mapping", "mount: /w\njournal: {dir: /j/, max_bytes: 512MiB}\n", func(c *Config) bool {
+			return c.Journal == "/j" && c.JournalMaxBytes == 512<<20
+		}},
+		{"journal budget in bytes", "mount: /w\njournal: {max_bytes: 1000000}\n", func(c *Config) bool {
+			return c.Journal == "/var/lib/mirrorfs/journal" && c.JournalMaxBytes == 1000000
+		}},
+		{"journal budget in GB", "mount: /w\njournal: {max_bytes: 2GB}\n", func(c *Config) bool { return c.JournalMaxBytes == 2e9 }},
+		{"journal as a path has no budget", "mount: /w\njournal: /j\n", func(c *Config) bool { return c.JournalMaxBytes == 0 }},
 		{"empty identity list", "mount: /w\nssh: {identity: []}\n", func(c *Config) bool {
 			return reflect.DeepEqual(c.SSH.Identity, []string{"/etc/mirrorfs/id_ed25519"})
 		}},
@@ -247,6 +255,9 @@ func TestErrors(t *testing.T) {
 		{"store inside mount", "mount: /w\nstore: /w/s\n", "store", "inside mount"},
 		{"mount inside store", "mount: /s/w\nstore: /s\n", "store", "contain mount"},
 		{"journal relative", "mount: /w\njournal: j\n", "journal", "absolute"},
+		{"journal budget without unit sense", "mount: /w\njournal: {max_bytes: lots}\n", "journal.max_bytes", "512MiB"},
+		{"journal budget negative", "mount: /w\njournal: {max_bytes: -1}\n", "journal.max_bytes", "negative"},
+		{"journal unknown key", "mount: /w\njournal: {dir: /j, size: 1G}\n", "journal.size", "max_bytes"},
 		{"journal inside mount", "mount: /w\njournal: /w/.journal\n", "journal", "overlap mount"},
 		{"journal inside store", "mount: /w\nstore: /s\njournal: /s/j\n", "journal", "overlap store"},
 		{"journal is store", "mount: /w\nstore: /s\njournal: /s\n", "journal", "overlap store"},

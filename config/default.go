@@ -22,6 +22,11 @@ store: /var/lib/mirrorfs/store
 # The journal of every mutation (default /var/lib/mirrorfs/journal).
 # Must not lie inside mount or store.
 journal: /var/lib/mirrorfs/journal
+# or, with a disk budget: over it, workers that are not connected stop
+# holding records back and are compared with the store when they return.
+# journal:
+#   dir: /var/lib/mirrorfs/journal
+#   max_bytes: 1GiB       # bytes, or with a unit: 512MiB, 2GB; 0 = no budget
 
 # Control socket for mirrorfs status and journal (default shown).
 control: /run/mirrorfs/mirrorfs.sock

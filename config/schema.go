@@ -13,6 +13,9 @@ type shape struct {
 	keys   []string          // MappingNode: known keys, in documentation order
 	fields map[string]*shape // MappingNode: shape of each key
 	elem   *shape            // SequenceNode: shape of each item
+	// alt is another shape the key may have instead (journal: a path,
+	// or a mapping with dir and max_bytes).
+	alt *shape
 }
 
 type field struct {
@@ -45,7 +48,7 @@ func scalars(names ...string) []field {
 var schema = mappingOf(
 	field{"mount", scalar},
 	field{"store", scalar},
-	field{"journal", scalar},
+	field{"journal", &shape{kind: yaml.ScalarNode, alt: mappingOf(scalars("dir", "max_bytes")...)}},
 	field{"control", scalar},
 	field{"exclude", listOf(scalar)},
 	field{"batch", mappingOf(scalars("delay", "max_ops", "hold_open")...)},
@@ -83,6 +86,9 @@ func (w shapeWalker) walk(n *yaml.Node, s *shape, key string) {
 	n = deref(n)
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 		return // present but empty: same as absent
+	}
+	if n.Kind != s.kind && s.alt != nil && n.Kind == s.alt.kind {
+		s = s.alt
 	}
 	if n.Kind != s.kind {
 		name := key

@@ -119,7 +119,7 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			log.Error("control socket failed; status will read the journal instead", "err", err)
 		}
 	})
-	wg.Go(func() { trimLoop(runCtx, cfg, j, log) })
+	wg.Go(func() { trimLoop(runCtx, cfg, j, shippers, log) })
 
 	gone := make(chan struct{})
 	go func() { mnt.Wait(); close(gone) }()
@@ -230,34 +230,4 @@ func daemonStatus(cfg *config.Config, j *journal.Journal, shippers []*replicate.
 		st.Workers = append(st.Workers, ws)
 	}
 	return st
-}
-
-// trimLoop drops journal records every worker already has. A worker with
-// no position yet starts with a full copy, so it pins nothing.
-func trimLoop(ctx context.Context, cfg *config.Config, j *journal.Journal, log *slog.Logger) {
-	t := time.NewTicker(time.Minute)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		below := j.LastSeq() + 1
-		for _, w := range cfg.Workers {
-			if c, ok, err := j.Cursor(w.Name); err != nil {
-				log.Warn("trim: read cursor", "worker", w.Name, "err", err)
-				below = 0
-			} else if ok {
-				below = min(below, c.Applied+1)
-			}
-		}
-		if below > 1 {
-			if n, err := j.Trim(below); err != nil {
-				log.Warn("trim journal", "below", below, "err", err)
-			} else if n > 0 {
-				log.Debug("trimmed journal", "ops", n, "below", below)
-			}
-		}
-	}
 }
