@@ -2,7 +2,9 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -38,6 +40,7 @@ var (
 	_ linkAttrs           = (*Client)(nil)
 	_ xattrs              = (*Client)(nil)
 	_ special             = (*Client)(nil)
+	_ replicate.Hasher    = (*Client)(nil)
 )
 
 // NewClient greets the agent on r/w and returns the client. kill must make
@@ -273,6 +276,19 @@ func (c *Client) RemoveXattr(ctx context.Context, p, name string) error {
 // Mknod creates a FIFO or device node.
 func (c *Client) Mknod(ctx context.Context, p string, mode fs.FileMode, rdev uint64) error {
 	return c.do(ctx, request{Op: opMknod, Path: p, Mode: uint32(mode), Rdev: rdev})
+}
+
+// Hash implements replicate.Hasher: the agent reads and hashes the file
+// on the worker; only the digest crosses the connection.
+func (c *Client) Hash(ctx context.Context, p string) ([]byte, error) {
+	resp, err := c.call(ctx, request{Op: opHash, Path: p})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Data) != sha256.Size {
+		return nil, c.fail(fmt.Errorf("agent protocol: hash answered with %d bytes", len(resp.Data)))
+	}
+	return bytes.Clone(resp.Data), nil // resp.Data is in the frame buffer, reused
 }
 
 // WriteFileAtomic implements replicate.Transport: the agent writes a temp

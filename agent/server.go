@@ -276,6 +276,14 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 			return errorResponse(replicate.ErrUnsupported), true
 		}
 		return result(sp.Mknod(ctx, r.Path, fs.FileMode(r.Mode), r.Rdev)), true
+	case opHash:
+		// Served by replicate.Local, which opens the file without
+		// following a symlink anywhere on the path.
+		sum, err := l.Hash(ctx, r.Path)
+		if err != nil {
+			return errorResponse(err), true
+		}
+		return response{Data: sum}, true
 	case opWriteBegin:
 		a := replicate.Attrs{Perm: fs.FileMode(r.Mode), UID: int(r.UID), GID: int(r.GID),
 			Atime: decodeTime(r.Atime), Mtime: decodeTime(r.Mtime)}

@@ -51,6 +51,7 @@ const (
 	opWriteData  // Off, Data: no answer
 	opWriteEnd   // Off = total size: answered with the outcome
 	opWriteAbort // Path2 = why: the master's source failed; answered
+	opHash       // Path: answered with the SHA-256 of the file's content in Data
 	opLast       // not an op: bound for validation
 )
 

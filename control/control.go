@@ -30,6 +30,18 @@ type WorkerStatus struct {
 	Applied     uint64  `json:"applied"`
 	InitialCopy bool    `json:"initial_copy"`
 	BytesSent   uint64  `json:"bytes_sent"`
+	// Full copy and resync progress (see replicate.Status): regular
+	// files compared so far by the running (or last) copy, and by
+	// content in a resync's second pass; totals of the last finished
+	// copy; resync requests made and the last one served.
+	CopyChecked     uint64  `json:"copy_checked"`
+	CopyHashed      uint64  `json:"copy_hashed"`
+	CopyFiles       uint64  `json:"copy_files"`
+	CopyBytes       uint64  `json:"copy_bytes"`
+	CopySeconds     float64 `json:"copy_seconds"`
+	ResyncRequested uint64  `json:"resync_requested"`
+	ResyncDone      uint64  `json:"resync_done"`
+	ResyncDoneAt    string  `json:"resync_done_at,omitempty"`
 }
 
 // Status is the daemon's answer to GET /status.

@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -512,4 +513,52 @@ func (t *SFTP) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Att
 		return &fs.PathError{Op: "write", Path: p, Err: err}
 	}
 	return ownerErr
+}
+
+var _ Hasher = (*SFTP)(nil)
+
+// Hash implements Hasher: the file is read through the SFTP session and
+// hashed here (SFTP v3 has no digest request). Like Chmod it refuses a
+// symlink rather than follow it.
+func (t *SFTP) Hash(ctx context.Context, p string) ([]byte, error) {
+	full, err := t.abs(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	// Refuse before opening: opening a FIFO or device on the worker may
+	// block or have side effects.
+	if fi, err := t.lstatRaw(ctx, p); err != nil {
+		return nil, err
+	} else if fi.Mode&fs.ModeSymlink != 0 {
+		return nil, fmt.Errorf("%s: %w", p, ErrSymlink)
+	} else if !fi.Mode.IsRegular() {
+		return nil, &fs.PathError{Op: "hash", Path: p, Err: fmt.Errorf("not a regular file (%s)", fi.Mode.Type())}
+	}
+	var sum []byte
+	err = t.call(ctx, func() error {
+		f, err := t.c.OpenFile(full, os.O_RDONLY)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		// The open followed nothing the Lstat did not see as a regular
+		// file, unless it was swapped meanwhile: check the handle.
+		fi, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
+		}
+		h := sha256.New()
+		if _, err := f.WriteTo(h); err != nil {
+			return err
+		}
+		sum = h.Sum(nil)
+		return nil
+	})
+	if err != nil {
+		return nil, &fs.PathError{Op: "hash", Path: p, Err: err}
+	}
+	return sum, nil
 }

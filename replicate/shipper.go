@@ -2,14 +2,17 @@ package replicate
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -85,6 +88,22 @@ type Status struct {
 	BytesSent     uint64        `json:"bytes_sent"`
 	BytesReceived uint64        `json:"bytes_received"`
 	InitialCopy   bool          `json:"initial_copy"`
+	// Progress of the running full copy (or of the last one): regular
+	// files compared so far, and for a resync those compared by content
+	// afterwards (see Resync).
+	CopyChecked uint64 `json:"copy_checked"`
+	CopyHashed  uint64 `json:"copy_hashed"`
+	// What the last finished full copy sent: files and their data bytes,
+	// and how long it took.
+	CopyFiles uint64        `json:"copy_files"`
+	CopyBytes uint64        `json:"copy_bytes"`
+	CopyTook  time.Duration `json:"copy_took"`
+	// Resync requests made (see Resync), and the last one a finished
+	// full copy served, with when: a request numbered n is done once
+	// ResyncDone >= n. Counted from the start of the process.
+	ResyncRequested uint64    `json:"resync_requested"`
+	ResyncDone      uint64    `json:"resync_done"`
+	ResyncDoneAt    time.Time `json:"resync_done_at,omitzero"`
 }
 
 // ErrRetention: ops the worker still needs were trimmed from the journal;
@@ -132,6 +151,10 @@ type Shipper struct {
 	swept    map[string]bool
 	chownOff bool // the worker refused a chown: stop trying
 	attempt  int  // consecutive failures
+	copying  bool // a full copy's walk is running (counts copyChecked)
+
+	// Progress of the full copy, read by Status while Run counts.
+	copyChecked, copyHashed atomic.Uint64
 
 	mu          sync.Mutex
 	connected   bool
@@ -143,6 +166,16 @@ type Shipper struct {
 	sentBase    uint64
 	recvBase    uint64
 	stats       Stats
+	// Totals of the last finished full copy.
+	copyFiles, copyBytes uint64
+	copyTook             time.Duration
+	// Resync: requests made, the last one a finished copy served (and
+	// when), and the cancel of the journal wait in progress, which a
+	// request calls to wake the run loop.
+	resyncReq, resyncDone uint64
+	resyncChecksum        bool // a pending request asked for the content pass
+	resyncDoneAt          time.Time
+	wakeWait              context.CancelFunc
 }
 
 // NewShipper checks opts and opens the store.
@@ -201,7 +234,15 @@ func (s *Shipper) Status() Status {
 		BytesSent:     s.sentBase,
 		BytesReceived: s.recvBase,
 		InitialCopy:   s.initialCopy,
+		CopyChecked:   s.copyChecked.Load(),
+		CopyHashed:    s.copyHashed.Load(),
+		CopyFiles:     s.copyFiles,
+		CopyBytes:     s.copyBytes,
+		CopyTook:      s.copyTook,
+		ResyncDone:    s.resyncDone,
+		ResyncDoneAt:  s.resyncDoneAt,
 	}
+	st.ResyncRequested = s.resyncReq
 	if s.stats != nil {
 		st.BytesSent += s.stats.BytesSent()
 		st.BytesReceived += s.stats.BytesReceived()
@@ -366,10 +407,142 @@ func (s *Shipper) runOnce(ctx context.Context) error {
 	}
 	s.loaded = true
 	for {
+		// A resync asked for meanwhile: a full copy, as for a cursor
+		// marked FullSync (it persists that mark first, so a failure or
+		// a crash during it does it again).
+		if s.resyncPending() {
+			s.log.Info("resync requested: comparing the worker with the store")
+			if err := s.fullSync(ctx); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := s.batch(ctx); err != nil {
 			return err
 		}
 	}
+}
+
+// Resync asks for a full comparison of the worker with the store: at its
+// next batch (at once if it is waiting for ops) the shipper does a full
+// copy, as for a worker whose cursor is marked FullSync: it sends the
+// files that differ by type, size or mtime, fixes attributes and removes
+// what the store does not have (excluded paths aside). With checksum set,
+// it then also compares the files left alone by content (SHA-256, hashed
+// on the worker when the transport is a Hasher) and sends those that
+// differ: drift behind mirrorfs's back may keep sizes and mtimes. That
+// reads both trees (over SFTP, the worker's files cross the network), so
+// it is asked for, not done by default.
+//
+// Progress shows in Status: InitialCopy during the copy, CopyChecked and
+// CopyHashed as it goes, and the request (number ResyncRequested as seen
+// right after this call) is done once ResyncDone reaches it. Safe to call
+// at any time, from any goroutine; requests made during a copy are served
+// by another one.
+func (s *Shipper) Resync(checksum bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.resyncReq++
+	s.resyncChecksum = s.resyncChecksum || checksum
+	if s.wakeWait != nil {
+		s.wakeWait()
+	}
+}
+
+// resyncPending reports whether a resync request is not served yet.
+func (s *Shipper) resyncPending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.resyncReq > s.resyncDone
+}
+
+// checksumPass is the part of a resync that the full copy does not do:
+// regular files with the same size on both sides are compared by content
+// and sent again where it differs. Returns the files sent and their bytes.
+func (s *Shipper) checksumPass(ctx context.Context, sy *syncer) (files, bytes int64, err error) {
+	h, ok := unwrap(s.t).(Hasher)
+	if !ok {
+		s.log.Warn("the transport cannot hash files: resync compared types, sizes and mtimes only")
+		return 0, 0, nil
+	}
+	dirs := map[string]bool{}
+	err = fs.WalkDir(s.store.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // vanished meanwhile
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != "." && s.excl.Excluded(p, true) {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() || s.excl.Excluded(p, false) {
+			return nil
+		}
+		s.copyHashed.Add(1)
+		sfi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		wfi, err := s.wlstat(ctx, p)
+		if err != nil {
+			return err
+		}
+		if wfi == nil || !wfi.Mode.IsRegular() || wfi.Size != sfi.Size() || s.openForWrite(inode(sfi)) {
+			return nil // the copy saw to it, or the file ships after its writer closes it
+		}
+		ssum, err := s.storeHash(p)
+		if err != nil {
+			return nil // changed meanwhile: the journal ships it
+		}
+		wsum, err := h.Hash(ctx, p)
+		if err != nil {
+			return s.errf(p, fmt.Errorf("hash: %w", err))
+		}
+		if string(ssum) == string(wsum) {
+			return nil
+		}
+		s.log.Info("resync: content differs; sending the file again", "path", p)
+		if err := sy.syncPath(ctx, p); err != nil {
+			return err
+		}
+		files++
+		bytes += sfi.Size()
+		dirs[parentDir(p)] = true
+		return nil
+	})
+	if err != nil {
+		return files, bytes, err
+	}
+	// Replacing a file changed its directory's mtime on the worker.
+	for d := range dirs {
+		if sfi, err := s.storeLstat(d); err == nil && sfi.IsDir() {
+			if err := s.setAttrs(ctx, d, sfi, nil); err != nil {
+				return files, bytes, err
+			}
+		}
+	}
+	return files, bytes, nil
+}
+
+// storeHash is the SHA-256 of the store's regular file p.
+func (s *Shipper) storeHash(p string) ([]byte, error) {
+	f, err := s.store.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", p)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, err
+	}
+	return h.Sum(nil), nil
 }
 
 // fullSync copies the store to the worker, then follows the journal from
@@ -384,13 +557,25 @@ func (s *Shipper) fullSync(ctx context.Context) error {
 	t0 := time.Now()
 	s.mu.Lock()
 	s.initialCopy, s.copyStart = true, t0
+	// The resync requests made until now are served by this copy.
+	resync, req, checksum := s.resyncReq > s.resyncDone, s.resyncReq, s.resyncChecksum
 	s.mu.Unlock()
+	s.copyChecked.Store(0)
+	s.copyHashed.Store(0)
 	sy := s.newSyncer(nil)
+	s.copying = true
 	err := sy.syncPath(ctx, "")
+	s.copying = false
 	if err == nil {
 		// The copy is complete only if every file was sent (or held
 		// for its Close): otherwise it is done again, still marked.
 		err = sy.changedErr()
+	}
+	if err == nil && resync && checksum {
+		var n, b int64
+		n, b, err = s.checksumPass(ctx, sy)
+		sy.files += n
+		sy.bytes += b
 	}
 	// Ops made during the copy are re-applied over a tree that may
 	// already show them: those journaled by now, and those whose store
@@ -406,6 +591,13 @@ func (s *Shipper) fullSync(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.initialCopy = false
+	s.copyFiles, s.copyBytes, s.copyTook = uint64(sy.files), uint64(sy.bytes), time.Since(t0)
+	if resync {
+		s.resyncDone, s.resyncDoneAt = req, time.Now()
+		if req == s.resyncReq {
+			s.resyncChecksum = false // served; a later request sets it again
+		}
+	}
 	s.mu.Unlock()
 	s.readPos, s.carried = start+1, map[uint64]*ident{}
 	// Files skipped because a writer had them open are held like files
@@ -441,14 +633,32 @@ func (s *Shipper) nextDeadline(now time.Time) (time.Duration, bool) {
 func (s *Shipper) batch(ctx context.Context) error {
 	j := s.opts.Journal
 	if j.LastSeq() < s.readPos {
-		wctx, cancel := ctx, context.CancelFunc(func() {})
+		wctx, cancel := context.WithCancel(ctx)
 		if d, ok := s.nextDeadline(time.Now()); ok {
-			wctx, cancel = context.WithTimeout(ctx, d)
+			cancelBase := cancel
+			var cancelTimeout context.CancelFunc
+			wctx, cancelTimeout = context.WithTimeout(wctx, d)
+			cancel = func() { cancelTimeout(); cancelBase() }
 		}
-		err := j.Wait(wctx, s.readPos-1)
+		// Resync cancels the wait; a request made before this point
+		// is seen here.
+		s.mu.Lock()
+		pending := s.resyncReq > s.resyncDone
+		s.wakeWait = cancel
+		s.mu.Unlock()
+		var err error
+		if !pending {
+			err = j.Wait(wctx, s.readPos-1)
+		}
+		s.mu.Lock()
+		s.wakeWait = nil
+		s.mu.Unlock()
 		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if pending || errors.Is(err, context.Canceled) {
+			return nil // woken for a resync: the run loop does it
 		}
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("%s: journal wait: %w", s.opts.Name, err)
@@ -531,6 +741,11 @@ func (s *Shipper) suspect(st step) bool {
 
 // openForWrite reports whether a writer has the store file ino open.
 func (s *Shipper) openForWrite(ino uint64) bool {
+	if s.copying {
+		// Progress: the full copy asks this of every regular file it
+		// compares, and of nothing else.
+		s.copyChecked.Add(1)
+	}
 	return s.opts.OpenForWrite != nil && ino != 0 && s.opts.OpenForWrite(ino)
 }
 

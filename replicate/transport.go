@@ -112,6 +112,16 @@ type Special interface {
 	Mknod(ctx context.Context, p string, mode fs.FileMode, rdev uint64) error
 }
 
+// Hasher is an optional Transport capability: the content digest of a
+// worker file, so that a comparison with the store (mirrorfs verify
+// --checksum, resync) reads files where they are and moves 32 bytes.
+type Hasher interface {
+	// Hash returns the SHA-256 of the regular file p's content. It does
+	// not follow a final symlink: a symlink is refused with [ErrSymlink],
+	// any other non-regular file with an error.
+	Hash(ctx context.Context, p string) ([]byte, error)
+}
+
 // FileInfo describes one worker entry.
 type FileInfo struct {
 	Name  string      // base name

@@ -36,7 +36,7 @@ Start with:
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newMountCmd(), newStatusCmd(), newWorkerCmd(), newAgentCmd(), newVersionCmd(), newDemoCmd())
+	root.AddCommand(newMountCmd(), newStatusCmd(), newWorkerCmd(), newAgentCmd(), newVersionCmd(), newDemoCmd(), newJournalCmd(), newVerifyCmd(), newResyncCmd())
 	return root
 }
 

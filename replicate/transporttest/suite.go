@@ -5,6 +5,7 @@ package transporttest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"io/fs"
@@ -44,6 +45,7 @@ func Run(t *testing.T, newT Factory) {
 		{"LinkAttrs", testLinkAttrs},
 		{"Xattrs", testXattrs},
 		{"Special", testSpecial},
+		{"Hash", testHash},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -853,5 +855,66 @@ func testSpecial(t *testing.T, tr replicate.Transport, dir string) {
 		if err := sp.Mknod(ctx, d.name, d.mode, d.rdev); err == nil {
 			t.Errorf("Mknod over an existing %s succeeded", d.name)
 		}
+	}
+}
+
+func testHash(t *testing.T, tr replicate.Transport, dir string) {
+	h, ok := tr.(replicate.Hasher)
+	if !ok {
+		t.Skip("transport lacks the Hasher capability")
+	}
+	ctx := t.Context()
+	for _, p := range invalidPaths {
+		_, err := h.Hash(ctx, p)
+		wantErrs(t, p, replicate.ErrInvalidPath, map[string]error{"Hash": err})
+	}
+	big := strings.Repeat("0123456789abcdef", 100_000) // several reads and agent frames
+	for name, content := range map[string]string{"empty": "", "small": "hello\n", "big": big} {
+		put(t, tr, name, content, 0o600, time.Time{})
+		got, err := h.Hash(ctx, name)
+		if err != nil {
+			t.Fatalf("Hash(%s): %v", name, err)
+		}
+		if want := sha256.Sum256([]byte(content)); !bytes.Equal(got, want[:]) {
+			t.Errorf("Hash(%s) = %x, want %x", name, got, want)
+		}
+	}
+	// Two answers in a row are not overwritten by the next one.
+	a, errA := h.Hash(ctx, "small")
+	b, errB := h.Hash(ctx, "empty")
+	if errA != nil || errB != nil || bytes.Equal(a, b) {
+		t.Errorf("Hash(small), Hash(empty) = %x, %v; %x, %v", a, errA, b, errB)
+	}
+	if _, err := h.Hash(ctx, "missing"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Hash(missing) = %v, want ErrNotExist", err)
+	}
+	if err := tr.Symlink(ctx, "small", "link"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Hash(ctx, "link"); !errors.Is(err, replicate.ErrSymlink) {
+		t.Errorf("Hash(link) = %v, want ErrSymlink", err)
+	}
+	if err := tr.Mkdir(ctx, "d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Hash(ctx, "d"); err == nil {
+		t.Error("Hash of a directory succeeded")
+	}
+	if err := unix.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Hash(ctx, "fifo"); err == nil {
+		t.Error("Hash of a FIFO succeeded")
+	}
+	// Not through a symlinked parent, inside the root or out of it.
+	paths, _ := symlinkedParents(t, dir)
+	for _, p := range paths[:2] {
+		if _, err := h.Hash(ctx, p); !errors.Is(err, replicate.ErrSymlink) {
+			t.Errorf("Hash(%s) = %v, want ErrSymlink", p, err)
+		}
+	}
+	// The connection is still usable after the refusals.
+	if _, err := h.Hash(ctx, "small"); err != nil {
+		t.Errorf("Hash(small) after refusals: %v", err)
 	}
 }

@@ -1,0 +1,398 @@
+// Package verify compares a worker's tree with the store, read-only: what
+// `mirrorfs verify` reports and what `mirrorfs resync --dry-run` would
+// repair.
+//
+// Compared, never following a symlink: the set of paths, the type, the size
+// of regular files, the permission bits (with setuid, setgid and sticky),
+// the owner, the mtime (whole seconds, or nanoseconds when the transport
+// implements [replicate.LinkAttrs] and so keeps them), symlink targets and,
+// with Options.Checksum, the SHA-256 of regular files' content. These are
+// the attributes the shipper replicates; what it does not replicate is not
+// compared: FIFOs, sockets and device nodes in the store (see
+// replicate.Special), hard-link groups, extended attributes, a directory's
+// size, and a symlink's mode (its owner and mtime only when the transport
+// has LinkAttrs, the only way they are replicated).
+package verify
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mirrorfs/mirrorfs/replicate"
+)
+
+// Difference is one way a worker's tree differs from the store. Store and
+// Worker describe the value on each side ("" where the path is absent).
+type Difference struct {
+	Path   string `json:"path"` // relative, slash-separated; "." is the root
+	What   string `json:"what"` // one of the What* constants
+	Store  string `json:"store"`
+	Worker string `json:"worker"`
+}
+
+// What a Difference is about.
+const (
+	WhatMissing = "missing" // in the store, not on the worker
+	WhatExtra   = "extra"   // on the worker, not in the store
+	WhatType    = "type"    // e.g. a directory on one side, a file on the other
+	WhatSize    = "size"
+	WhatMode    = "mode" // permission bits incl. setuid, setgid, sticky
+	WhatOwner   = "owner"
+	WhatMtime   = "mtime"
+	WhatTarget  = "target"  // symlink target
+	WhatContent = "content" // SHA-256 (Options.Checksum only)
+)
+
+// Options tune Compare.
+type Options struct {
+	// Checksum compares the content of regular files of the same size,
+	// by SHA-256; the transport must implement [replicate.Hasher].
+	Checksum bool
+	// Exclude: paths it matches are skipped on both sides (nil: none).
+	Exclude *replicate.Excluder
+}
+
+// Compare walks the store directory store and the worker's tree behind t
+// in step, one directory at a time in sorted order, and returns how the
+// worker differs. Worker files named replicate.TempPrefix+* (transfers in
+// flight) are ignored. It only reads: t's Lstat, ReadDir, Readlink and,
+// with Checksum, Hash. An error means the comparison could not be done
+// (the worker failed, the store cannot be read); differences found until
+// then are returned with it.
+func Compare(ctx context.Context, store string, t replicate.Transport, o Options) ([]Difference, error) {
+	root, err := os.OpenRoot(store)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	defer root.Close()
+	c := &comparer{store: root, t: t, o: o}
+	_, c.nanos = t.(replicate.LinkAttrs)
+	if o.Checksum {
+		h, ok := t.(replicate.Hasher)
+		if !ok {
+			return nil, fmt.Errorf("content comparison: %w: the transport cannot hash files", replicate.ErrUnsupported)
+		}
+		c.hasher = h
+	}
+	sfi, err := root.Lstat(".")
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	wfi, err := t.Lstat(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("worker root: %w", err)
+	}
+	s := storeEntry(sfi)
+	if !s.Mode.IsDir() || !wfi.IsDir() {
+		c.add("", WhatType, typeName(s.Mode), typeName(wfi.Mode))
+		return c.diffs, nil
+	}
+	// The root: its mode and owner (the worker root exists before
+	// mirrorfs, which then gives it the store's attributes) and mtime.
+	c.attrs("", s, wfi)
+	err = c.dir(ctx, "")
+	return c.diffs, err
+}
+
+type comparer struct {
+	store  *os.Root
+	t      replicate.Transport
+	o      Options
+	nanos  bool // the transport keeps nanosecond mtimes (LinkAttrs)
+	hasher replicate.Hasher
+	diffs  []Difference
+}
+
+func (c *comparer) add(p, what, store, worker string) {
+	if p == "" {
+		p = "."
+	}
+	c.diffs = append(c.diffs, Difference{Path: p, What: what, Store: store, Worker: worker})
+}
+
+// storeEntry is a store fs.FileInfo in the worker's FileInfo shape.
+func storeEntry(fi fs.FileInfo) replicate.FileInfo {
+	out := replicate.FileInfo{Name: fi.Name(), Mode: fi.Mode(), Size: fi.Size(), Mtime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		out.UID, out.GID = st.Uid, st.Gid
+	}
+	return out
+}
+
+func join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// special reports whether m is a FIFO, socket or device: not replicated.
+func special(m fs.FileMode) bool {
+	return m&(fs.ModeNamedPipe|fs.ModeSocket|fs.ModeDevice|fs.ModeCharDevice|fs.ModeIrregular) != 0
+}
+
+// dir compares the entries of the directory p, a directory on both sides.
+func (c *comparer) dir(ctx context.Context, p string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	sents, err := c.storeDir(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // removed from the store meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", displayPath(p), err)
+	}
+	wents, err := c.t.ReadDir(ctx, p)
+	if err != nil {
+		return fmt.Errorf("worker: read directory %s: %w", displayPath(p), err)
+	}
+	wents = slices.DeleteFunc(wents, func(w replicate.FileInfo) bool {
+		return strings.HasPrefix(w.Name, replicate.TempPrefix)
+	})
+	slices.SortFunc(wents, func(a, b replicate.FileInfo) int { return strings.Compare(a.Name, b.Name) })
+	i, j := 0, 0
+	for i < len(sents) || j < len(wents) {
+		var s, w *replicate.FileInfo
+		switch {
+		case j >= len(wents) || i < len(sents) && sents[i].Name < wents[j].Name:
+			s = &sents[i]
+			i++
+		case i >= len(sents) || wents[j].Name < sents[i].Name:
+			w = &wents[j]
+			j++
+		default:
+			s, w = &sents[i], &wents[j]
+			i++
+			j++
+		}
+		if err := c.entry(ctx, p, s, w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// entry compares one name of directory p; s or w is nil where it is absent.
+func (c *comparer) entry(ctx context.Context, dir string, s, w *replicate.FileInfo) error {
+	var name string
+	if s != nil {
+		name = s.Name
+	} else {
+		name = w.Name
+	}
+	p := join(dir, name)
+	// Excluded as the shipper sees it: by the store's entry if there is
+	// one (the worker's is then left alone whatever it is), else by the
+	// worker's.
+	if s != nil && c.o.Exclude.Excluded(p, s.Mode.IsDir()) || s == nil && c.o.Exclude.Excluded(p, w.Mode.IsDir()) {
+		return nil
+	}
+	if s != nil && special(s.Mode) {
+		return nil // not replicated: whatever the worker has there stays
+	}
+	switch {
+	case w == nil:
+		c.add(p, WhatMissing, c.describe(p, *s, true), "")
+		return nil
+	case s == nil:
+		c.add(p, WhatExtra, "", c.describe(p, *w, false))
+		return nil
+	}
+	if s.Mode.Type() != w.Mode.Type() {
+		c.add(p, WhatType, typeName(s.Mode), typeName(w.Mode))
+		return nil
+	}
+	if s.Mode.IsRegular() && s.Size != w.Size {
+		c.add(p, WhatSize, fmt.Sprint(s.Size), fmt.Sprint(w.Size))
+	}
+	c.attrs(p, *s, *w)
+	switch {
+	case s.Mode&fs.ModeSymlink != 0:
+		st, err := c.store.Readlink(p)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.EINVAL) {
+			return nil // changed in the store meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("store: %s: %w", p, err)
+		}
+		wt, err := c.t.Readlink(ctx, p)
+		if err != nil {
+			return fmt.Errorf("worker: readlink %s: %w", p, err)
+		}
+		if st != wt {
+			c.add(p, WhatTarget, st, wt)
+		}
+	case s.Mode.IsRegular():
+		if c.hasher != nil && s.Size == w.Size {
+			ss, err := c.storeHash(p)
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ELOOP) {
+				return nil // changed in the store meanwhile
+			}
+			if err != nil {
+				return fmt.Errorf("store: %s: %w", p, err)
+			}
+			ws, err := c.hasher.Hash(ctx, p)
+			if err != nil {
+				return fmt.Errorf("worker: hash %s: %w", p, err)
+			}
+			if string(ss) != string(ws) {
+				c.add(p, WhatContent, "sha256:"+hex.EncodeToString(ss), "sha256:"+hex.EncodeToString(ws))
+			}
+		}
+	case s.Mode.IsDir():
+		return c.dir(ctx, p)
+	}
+	return nil
+}
+
+// attrs compares mode, owner and mtime of p, of the same type on both
+// sides. A symlink's mode means nothing; its owner and mtime are
+// replicated only through LinkAttrs.
+func (c *comparer) attrs(p string, s, w replicate.FileInfo) {
+	link := s.Mode&fs.ModeSymlink != 0
+	if !link && permBits(s.Mode) != permBits(w.Mode) {
+		c.add(p, WhatMode, fmtMode(s.Mode), fmtMode(w.Mode))
+	}
+	if link && !c.nanos {
+		return
+	}
+	if s.UID != w.UID || s.GID != w.GID {
+		c.add(p, WhatOwner, fmt.Sprintf("%d:%d", s.UID, s.GID), fmt.Sprintf("%d:%d", w.UID, w.GID))
+	}
+	if !c.sameMtime(s.Mtime, w.Mtime) {
+		c.add(p, WhatMtime, c.fmtTime(s.Mtime), c.fmtTime(w.Mtime))
+	}
+}
+
+// sameMtime compares at the grain the transport keeps, as the shipper
+// does (replicate's sameMtime).
+func (c *comparer) sameMtime(s, w time.Time) bool {
+	if c.nanos {
+		return s.Equal(w)
+	}
+	return s.Unix() == w.Unix()
+}
+
+func (c *comparer) fmtTime(t time.Time) string {
+	if c.nanos {
+		return t.UTC().Format(time.RFC3339Nano)
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// storeDir lists the store directory p, sorted by name.
+func (c *comparer) storeDir(p string) ([]replicate.FileInfo, error) {
+	d, err := c.store.Open(displayPath(p))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	ents, err := d.ReadDir(-1)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]replicate.FileInfo, 0, len(ents))
+	for _, e := range ents {
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, storeEntry(fi))
+	}
+	slices.SortFunc(out, func(a, b replicate.FileInfo) int { return cmp.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// storeHash is the SHA-256 of the store's regular file p.
+func (c *comparer) storeHash(p string) ([]byte, error) {
+	f, err := c.store.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, fs.ErrNotExist // replaced meanwhile
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, err
+	}
+	return h.Sum(nil), nil
+}
+
+// describe says what the entry fi at p is, for a missing or extra path.
+func (c *comparer) describe(p string, fi replicate.FileInfo, store bool) string {
+	switch {
+	case fi.Mode.IsRegular():
+		return fmt.Sprintf("file, %d bytes", fi.Size)
+	case fi.Mode&fs.ModeSymlink != 0 && store:
+		// (An extra symlink's target is worth no worker round trip.)
+		if t, err := c.store.Readlink(p); err == nil {
+			return "symlink -> " + t
+		}
+	}
+	return typeName(fi.Mode)
+}
+
+func displayPath(p string) string {
+	if p == "" {
+		return "."
+	}
+	return p
+}
+
+func permBits(m fs.FileMode) fs.FileMode {
+	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+}
+
+// fmtMode prints permission bits the chmod way: 0644, 4755, 1777.
+func fmtMode(m fs.FileMode) string {
+	v := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		v |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		v |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		v |= 0o1000
+	}
+	return fmt.Sprintf("%04o", v)
+}
+
+func typeName(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "file"
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m&fs.ModeNamedPipe != 0:
+		return "fifo"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeCharDevice != 0:
+		return "character device"
+	case m&fs.ModeDevice != 0:
+		return "block device"
+	}
+	return "irregular file"
+}
