@@ -795,3 +795,37 @@ func TestWALHoldsAppendedOps(t *testing.T) {
 		t.Fatalf("rotated-out log %05d.mem still tracked (done %d)", before, done)
 	}
 }
+
+func TestStoppedAt(t *testing.T) {
+	dir := t.TempDir()
+	j, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := j.StoppedAt(); err != nil || ok {
+		t.Fatalf("fresh journal: StoppedAt ok=%v err=%v, want none", ok, err)
+	}
+	at := time.Unix(1700000000, 123456789)
+	if err := j.SetStoppedAt(at); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ro := range []bool{false, true} {
+		j, err := Open(dir, Options{ReadOnly: ro})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok, err := j.StoppedAt()
+		if err != nil || !ok || !got.Equal(at) {
+			t.Fatalf("reopened (read-only %v): StoppedAt = %v, %v, %v; want %v", ro, got, ok, err, at)
+		}
+		if ro {
+			if err := j.SetStoppedAt(at); !errors.Is(err, ErrReadOnly) {
+				t.Fatalf("SetStoppedAt on a read-only journal: %v", err)
+			}
+		}
+		j.Close()
+	}
+}

@@ -96,6 +96,8 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		if err := reconcileAfterCrash(cfg, j, log); err != nil {
 			return err
 		}
+	} else if err := reconcileStoreChanges(cfg, j, store, log); err != nil {
+		return err
 	}
 
 	mnt, err := fs.New(ctx, fs.Options{Store: store, Mountpoint: cfg.Mount, Recorder: j, Logger: log})
@@ -129,10 +131,16 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	case <-gone:
 		log.Warn("mount point was unmounted from outside; stopping", "mount", cfg.Mount)
 	}
+	// From now on a change to the store is not journaled: the next start
+	// looks for changes made after this instant (reconcileStoreChanges).
+	stoppedAt := time.Now()
 	mnt.StopWrites()
 	unmountErr := mnt.Unmount()
 	stopRun()
 	wg.Wait()
+	if err := j.SetStoppedAt(stoppedAt); err != nil {
+		log.Error("could not record the stop time: the next start will not notice changes made to the store meanwhile", "err", err)
+	}
 	if unmountErr != nil {
 		return unmountErr
 	}
@@ -147,20 +155,7 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 // type), so the cost is a walk of both trees, once, after a crash.
 func reconcileAfterCrash(cfg *config.Config, j *journal.Journal, log *slog.Logger) error {
 	log.Warn("the previous mirrorfs did not stop cleanly: every worker is compared with the store once (only differences are sent)")
-	for _, w := range cfg.Workers {
-		c, ok, err := j.Cursor(w.Name)
-		if err != nil {
-			return err
-		}
-		if !ok || c.FullSync {
-			continue // a full copy is due anyway
-		}
-		c.FullSync = true
-		if err := j.SetCursor(w.Name, c); err != nil {
-			return fmt.Errorf("mark worker %s for reconciliation: %w", w.Name, err)
-		}
-	}
-	return nil
+	return markAllForFullSync(cfg, j)
 }
 
 func startShippers(ctx context.Context, wg *sync.WaitGroup, cfg *config.Config, store string, j *journal.Journal, mnt *fs.Mount, log *slog.Logger) ([]*replicate.Shipper, error) {
@@ -214,18 +209,35 @@ func daemonStatus(cfg *config.Config, j *journal.Journal, shippers []*replicate.
 	for i, s := range shippers {
 		ss := s.Status()
 		ws := control.WorkerStatus{
-			Name:        ss.Name,
-			Addr:        cfg.Workers[i].Addr(),
-			Connected:   ss.Connected,
-			LastError:   ss.LastError,
-			Pending:     ss.Pending,
-			LagSeconds:  ss.Lag.Seconds(),
-			Applied:     ss.Applied,
-			InitialCopy: ss.InitialCopy,
-			BytesSent:   ss.BytesSent,
+			Name:            ss.Name,
+			Addr:            cfg.Workers[i].Addr(),
+			Connected:       ss.Connected,
+			LastError:       ss.LastError,
+			Pending:         ss.Pending,
+			LagSeconds:      ss.Lag.Seconds(),
+			Applied:         ss.Applied,
+			InitialCopy:     ss.InitialCopy,
+			BytesSent:       ss.BytesSent,
+			CopyChecked:     ss.CopyChecked,
+			CopyHashed:      ss.CopyHashed,
+			CopyFiles:       ss.CopyFiles,
+			CopyBytes:       ss.CopyBytes,
+			CopySeconds:     ss.CopyTook.Seconds(),
+			ResyncRequested: ss.ResyncRequested,
+			ResyncDone:      ss.ResyncDone,
 		}
 		if !ss.LastErrorAt.IsZero() {
 			ws.LastErrorAt = ss.LastErrorAt.Format(time.RFC3339)
+		}
+		if !ss.ResyncDoneAt.IsZero() {
+			ws.ResyncDoneAt = ss.ResyncDoneAt.Format(time.RFC3339)
+		}
+		if !ws.Connected {
+			// Marked while away (journal over budget, or a crash): the
+			// shipper starts with a full comparison when it connects.
+			if c, ok, err := j.Cursor(ss.Name); err == nil && (!ok || c.FullSync) {
+				ws.InitialCopy = true
+			}
 		}
 		st.Workers = append(st.Workers, ws)
 	}
