@@ -50,13 +50,13 @@ type Config struct {
 	// records back: they are marked for a comparison with the store when
 	// they return, and the journal is trimmed without them.
 	JournalMaxBytes int64
-	Control string // control socket
-	Exclude []string
-	Batch   Batch
-	Retry   Retry
-	Log     Log
-	SSH     SSH
-	Workers []Worker // may be empty: mount and journal only
+	Control         string // control socket
+	Exclude         []string
+	Batch           Batch
+	Retry           Retry
+	Log             Log
+	SSH             SSH
+	Workers         []Worker // may be empty: mount and journal only
 	// InPlace is true when the file has no store: mirrorfs mounts over Mount
 	// and keeps the bytes in the directory it covers. Store is then "".
 	InPlace bool

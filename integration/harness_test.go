@@ -180,6 +180,10 @@ type clusterOptions struct {
 	// "sftp-only" leaves the config's default (agent) but compares as for
 	// SFTP: for workers whose accounts cannot run the agent.
 	Transport string
+	// NetNS runs each worker's sshd in a network namespace of its own,
+	// reached over a veth link that tests can cut or slow down
+	// (netns_test.go). Such tests fail in CI when `ip netns` is unavailable.
+	NetNS bool
 	// ExtraYAML is appended verbatim to the config file, for keys the
 	// harness does not write. It must not repeat a key the harness writes.
 	ExtraYAML string
@@ -252,7 +256,12 @@ func newCluster(t testing.TB, opts clusterOptions) *cluster {
 	}
 
 	for i := 1; i <= opts.Workers; i++ {
-		w := startSSHD(t, fmt.Sprintf("w%d", i))
+		var w *sshWorker
+		if opts.NetNS {
+			w = startNetNSWorker(t, fmt.Sprintf("w%d", i))
+		} else {
+			w = startSSHD(t, fmt.Sprintf("w%d", i))
+		}
 		if opts.PrefillWorker != nil {
 			opts.PrefillWorker(w)
 		}
@@ -326,8 +335,8 @@ func (c *cluster) configYAML() string {
 			if c.opts.Transport != "" && c.opts.Transport != "sftp-only" {
 				transport = ", transport: " + yamlString(c.opts.Transport)
 			}
-			fmt.Fprintf(&b, "  - {name: %s, host: 127.0.0.1, port: %d, root: %s%s}\n",
-				yamlString(w.Name), w.Port, yamlString(w.Root), transport)
+			fmt.Fprintf(&b, "  - {name: %s, host: %s, port: %d, root: %s%s}\n",
+				yamlString(w.Name), w.host(), w.Port, yamlString(w.Root), transport)
 		}
 	}
 	if c.opts.ExtraYAML != "" {

@@ -57,10 +57,13 @@ func needSSHD(t testing.TB) {
 	}
 }
 
-// sshWorker is one worker host: a real OpenSSH sshd listening on 127.0.0.1,
+// sshWorker is one worker host: a real OpenSSH sshd listening on 127.0.0.1 (or
+// on Host, inside its own network namespace: netns_test.go),
 // serving a root directory that stands for the worker's web root.
 type sshWorker struct {
 	Name           string
+	Host           string // address sshd listens on and clients dial; "" means 127.0.0.1
+	NetNS          *netNS // network namespace sshd runs in (netns_test.go); nil: the test's own
 	Root           string // the worker's web root (a t.TempDir)
 	Port           int
 	Dir            string // config, host key, authorized_keys, known_hosts, log
@@ -83,10 +86,20 @@ type sshWorker struct {
 // worker accepts the test process's client key (clientKey) for root.
 func startSSHD(t testing.TB, name string) *sshWorker {
 	t.Helper()
+	return startSSHDIn(t, name, nil)
+}
+
+// startSSHDIn is startSSHD; with ns non-nil, sshd runs inside that network
+// namespace and listens on its inside address (startNetNSWorker).
+func startSSHDIn(t testing.TB, name string, ns *netNS) *sshWorker {
+	t.Helper()
 	needSSHD(t)
 	ensurePrivsepDir(t)
 
-	w := &sshWorker{Name: name, Dir: t.TempDir(), Root: t.TempDir()}
+	w := &sshWorker{Name: name, Host: "127.0.0.1", Dir: t.TempDir(), Root: t.TempDir()}
+	if ns != nil {
+		w.Host, w.NetNS = ns.Addr, ns
+	}
 	// t.TempDir is 0700; a web root is 0755, and the store is made 0755 too so
 	// the two roots agree before the first sync.
 	if err := os.Chmod(w.Root, 0o755); err != nil {
@@ -119,7 +132,11 @@ func startSSHD(t testing.TB, name string) *sshWorker {
 	// another one.
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		w.Port = pickPort(t)
+		if ns != nil {
+			w.Port = netnsSSHPort // the namespace is ours alone
+		} else {
+			w.Port = pickPort(t)
+		}
 		w.writeConfig(t)
 		if err = w.start(10 * time.Second); err == nil {
 			w.writeKnownHosts(t)
@@ -162,12 +179,20 @@ func keyWithoutComment(line string) string {
 
 // KnownHostsLine is this worker's line for a known_hosts file.
 func (w *sshWorker) KnownHostsLine() string {
-	return fmt.Sprintf("[127.0.0.1]:%d %s", w.Port, w.hostPub)
+	return fmt.Sprintf("[%s]:%d %s", w.host(), w.Port, w.hostPub)
+}
+
+// host is the worker's address: Host, or 127.0.0.1 when unset.
+func (w *sshWorker) host() string {
+	if w.Host == "" {
+		return "127.0.0.1"
+	}
+	return w.Host
 }
 
 // Addr is host:port of the worker's sshd.
 func (w *sshWorker) Addr() string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(w.Port))
+	return net.JoinHostPort(w.host(), strconv.Itoa(w.Port))
 }
 
 func (w *sshWorker) writeKnownHosts(t testing.TB) {
@@ -191,7 +216,7 @@ func (w *sshWorker) writeConfig(t testing.TB) {
 	t.Helper()
 	cfg := fmt.Sprintf(`# sshd for mirrorfs integration test worker %s
 Port %d
-ListenAddress 127.0.0.1
+ListenAddress %s
 AddressFamily inet
 HostKey %s
 AuthorizedKeysFile %s
@@ -219,7 +244,7 @@ MaxSessions 100
 # machine's dotfiles can neither slow them down nor corrupt the SFTP stream.
 SetEnv HOME=%s
 Subsystem sftp %s
-`, w.Name, w.Port, w.HostKey, w.AuthorizedKeys, w.Home, sftpSubsystem())
+`, w.Name, w.Port, w.host(), w.HostKey, w.AuthorizedKeys, w.Home, sftpSubsystem())
 	if err := os.WriteFile(w.ConfigPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -242,6 +267,10 @@ func (w *sshWorker) start(timeout time.Duration) error {
 	offset, _ := logf.Seek(0, 2)
 
 	cmd := exec.Command(sshdBinary(), "-D", "-e", "-f", w.ConfigPath)
+	if w.NetNS != nil {
+		// ip netns exec execs sshd itself: cmd's PID is still sshd's.
+		cmd = exec.Command("ip", "netns", "exec", w.NetNS.Name, sshdBinary(), "-D", "-e", "-f", w.ConfigPath)
+	}
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -258,7 +287,7 @@ func (w *sshWorker) start(timeout time.Duration) error {
 	// Ready means: this sshd said it listens on our port (so a banner comes
 	// from it and not from some other process that took the port) and a
 	// connection gets the SSH banner.
-	listening := fmt.Sprintf("Server listening on 127.0.0.1 port %d", w.Port)
+	listening := fmt.Sprintf("Server listening on %s port %d", w.host(), w.Port)
 	deadline := time.Now().Add(timeout)
 	for {
 		select {
@@ -387,7 +416,7 @@ func (w *sshWorker) sshArgs(t testing.TB, knownHosts string) []string {
 		"-o", "ConnectTimeout=5",
 		"-o", "LogLevel=ERROR",
 		"-p", strconv.Itoa(w.Port),
-		"root@127.0.0.1",
+		"root@" + w.host(),
 	}
 }
 
