@@ -174,6 +174,8 @@ type clusterOptions struct {
 	PrefillWorker func(w *sshWorker)
 	Exclude       []string // the config's exclude: list; waitConverged skips these too
 	BatchDelay    string   // batch.delay; default "10ms"
+	// JournalMaxBytes is journal.max_bytes ("" for no budget).
+	JournalMaxBytes string
 	// Transport is every worker's transport: "" (the default, agent) or
 	// "sftp". With the agent, workers must also match the store's
 	// nanosecond mtimes and user.* xattrs (compareTreesWith precise).
@@ -314,7 +316,11 @@ func (c *cluster) configYAML() string {
 	if !c.opts.InPlace {
 		fmt.Fprintf(&b, "store: %s\n", yamlString(c.Store))
 	}
-	fmt.Fprintf(&b, "journal: %s\n", yamlString(c.Journal))
+	if c.opts.JournalMaxBytes != "" {
+		fmt.Fprintf(&b, "journal: {dir: %s, max_bytes: %s}\n", yamlString(c.Journal), yamlString(c.opts.JournalMaxBytes))
+	} else {
+		fmt.Fprintf(&b, "journal: %s\n", yamlString(c.Journal))
+	}
 	fmt.Fprintf(&b, "control: %s\n", yamlString(c.Control))
 	var ex []string
 	for _, p := range c.opts.Exclude {
