@@ -9,9 +9,11 @@
 // with Options.Checksum, the SHA-256 of regular files' content. These are
 // the attributes the shipper replicates; what it does not replicate is not
 // compared: FIFOs, sockets and device nodes in the store (see
-// replicate.Special), hard-link groups, extended attributes, a directory's
-// size, and a symlink's mode (its owner and mtime only when the transport
-// has LinkAttrs, the only way they are replicated).
+// replicate.Special), hard-link groups, a directory's size, and a
+// symlink's mode (its owner and mtime only when the transport has
+// LinkAttrs, the only way they are replicated). user.* extended attributes
+// of files and directories are compared when the transport implements
+// [replicate.Xattrs] (the agent), the only way they are replicated.
 package verify
 
 import (
@@ -23,11 +25,16 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mirrorfs/mirrorfs/replicate"
 )
@@ -52,6 +59,7 @@ const (
 	WhatMtime   = "mtime"
 	WhatTarget  = "target"  // symlink target
 	WhatContent = "content" // SHA-256 (Options.Checksum only)
+	WhatXattr   = "xattr"   // a user.* extended attribute (transports with Xattrs)
 )
 
 // Options tune Compare.
@@ -76,8 +84,9 @@ func Compare(ctx context.Context, store string, t replicate.Transport, o Options
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	defer root.Close()
-	c := &comparer{store: root, t: t, o: o}
+	c := &comparer{store: root, storePath: store, t: t, o: o}
 	_, c.nanos = t.(replicate.LinkAttrs)
+	c.xattrs, _ = t.(replicate.Xattrs)
 	if o.Checksum {
 		h, ok := t.(replicate.Hasher)
 		if !ok {
@@ -106,12 +115,15 @@ func Compare(ctx context.Context, store string, t replicate.Transport, o Options
 }
 
 type comparer struct {
-	store  *os.Root
-	t      replicate.Transport
-	o      Options
-	nanos  bool // the transport keeps nanosecond mtimes (LinkAttrs)
-	hasher replicate.Hasher
-	diffs  []Difference
+	store *os.Root
+	// storePath is the store directory, for the l*xattr calls os.Root lacks.
+	storePath string
+	xattrs    replicate.Xattrs // nil: the transport does not carry them
+	t         replicate.Transport
+	o         Options
+	nanos     bool // the transport keeps nanosecond mtimes (LinkAttrs)
+	hasher    replicate.Hasher
+	diffs     []Difference
 }
 
 func (c *comparer) add(p, what, store, worker string) {
@@ -235,6 +247,9 @@ func (c *comparer) entry(ctx context.Context, dir string, s, w *replicate.FileIn
 			c.add(p, WhatTarget, st, wt)
 		}
 	case s.Mode.IsRegular():
+		if err := c.compareXattrs(ctx, p); err != nil {
+			return err
+		}
 		if c.hasher != nil && s.Size == w.Size {
 			ss, err := c.storeHash(p)
 			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ELOOP) {
@@ -252,9 +267,82 @@ func (c *comparer) entry(ctx context.Context, dir string, s, w *replicate.FileIn
 			}
 		}
 	case s.Mode.IsDir():
+		if err := c.compareXattrs(ctx, p); err != nil {
+			return err
+		}
 		return c.dir(ctx, p)
 	}
 	return nil
+}
+
+// compareXattrs compares the user.* extended attributes of p, when the
+// transport carries them.
+func (c *comparer) compareXattrs(ctx context.Context, p string) error {
+	if c.xattrs == nil {
+		return nil
+	}
+	want, err := storeXattrs(filepath.Join(c.storePath, displayPath(p)))
+	if err != nil {
+		return nil // changed in the store meanwhile
+	}
+	have, err := c.xattrs.ListXattrs(ctx, p)
+	if err != nil {
+		return fmt.Errorf("worker: xattrs of %s: %w", p, err)
+	}
+	names := map[string]bool{}
+	for k := range want {
+		names[k] = true
+	}
+	for k := range have {
+		if strings.HasPrefix(k, "user.") {
+			names[k] = true
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(names)) {
+		sv, sok := want[k]
+		wv, wok := have[k]
+		switch {
+		case !wok:
+			c.add(p, WhatXattr, k+"="+strconv.Quote(string(sv)), "")
+		case !sok:
+			c.add(p, WhatXattr, "", k+"="+strconv.Quote(string(wv)))
+		case string(sv) != string(wv):
+			c.add(p, WhatXattr, k+"="+strconv.Quote(string(sv)), k+"="+strconv.Quote(string(wv)))
+		}
+	}
+	return nil
+}
+
+// storeXattrs reads the user.* extended attributes of the store path p,
+// without following a symlink.
+func storeXattrs(p string) (map[string][]byte, error) {
+	size, err := unix.Llistxattr(p, nil)
+	if err != nil || size == 0 {
+		if errors.Is(err, unix.ENOTSUP) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	buf := make([]byte, size)
+	if size, err = unix.Llistxattr(p, buf); err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for name := range strings.SplitSeq(string(buf[:size]), "\x00") {
+		if !strings.HasPrefix(name, "user.") {
+			continue
+		}
+		n, err := unix.Lgetxattr(p, name, nil)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		v := make([]byte, n)
+		if n, err = unix.Lgetxattr(p, name, v); err != nil {
+			continue
+		}
+		out[name] = v[:n]
+	}
+	return out, nil
 }
 
 // attrs compares mode, owner and mtime of p, of the same type on both

@@ -301,3 +301,31 @@ func TestWorkerError(t *testing.T) {
 		t.Error("Compare on a closed transport succeeded")
 	}
 }
+
+// user.* xattrs are compared over a transport that carries them (Local,
+// like the agent, implements replicate.Xattrs): missing, extra and
+// changed values are drift; other namespaces are not.
+func TestXattrs(t *testing.T) {
+	store, worker, tr := pair(t)
+	set := func(p, name, value string) {
+		t.Helper()
+		if err := unix.Lsetxattr(p, name, []byte(value), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(store+"/index.html", "user.origin", "deploy 1")
+	set(worker+"/index.html", "user.origin", "deploy 1")
+	if d := compare(t, store, tr, verify.Options{}); len(d) != 0 {
+		t.Fatalf("equal xattrs differ: %+v", d)
+	}
+	set(store+"/index.html", "user.origin", "deploy 2")
+	want(t, compare(t, store, tr, verify.Options{}), map[string]string{"index.html": verify.WhatXattr})
+	set(worker+"/index.html", "user.origin", "deploy 2")
+	set(worker+"/css", "user.stray", "x")
+	want(t, compare(t, store, tr, verify.Options{}), map[string]string{"css": verify.WhatXattr})
+	if err := unix.Lremovexattr(worker+"/css", "user.stray"); err != nil {
+		t.Fatal(err)
+	}
+	set(store+"/css", "user.only-in-store", "y")
+	want(t, compare(t, store, tr, verify.Options{}), map[string]string{"css": verify.WhatXattr})
+}

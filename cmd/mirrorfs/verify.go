@@ -34,9 +34,10 @@ of regular files, the permission bits (with setuid, setgid and sticky), the
 owner, the mtime, symlink targets and, with --checksum, the SHA-256 of every
 regular file's content. Mtimes are compared in whole seconds for workers on
 SFTP (it carries no more) and to the nanosecond on the agent transport.
-What mirrorfs does not replicate is not compared: paths matched by the
-configuration's exclude: patterns (on both sides), FIFOs, sockets and
-device nodes, extended attributes. Worker files named .mirrorfs-tmp-* are
+On the agent transport the user.* extended attributes of files and
+directories are compared too (SFTP cannot carry them). What mirrorfs does
+not replicate is not compared: paths matched by the configuration's
+exclude: patterns (on both sides), FIFOs, sockets and device nodes. Worker files named .mirrorfs-tmp-* are
 transfers in flight and are ignored.
 
 Without --checksum a file whose content changed but whose size and mtime
