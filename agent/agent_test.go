@@ -1,10 +1,14 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -146,4 +150,169 @@ func FuzzDecode(f *testing.F) {
 		}
 		_, _ = decodeResponse(b)
 	})
+}
+
+// A root that is itself a symlink is refused before anything is read or
+// written, naming the root, its target and the resolved path.
+func TestServeRefusesSymlinkRoot(t *testing.T) {
+	parent := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(parent, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"/", "../.."} {
+		root := filepath.Join(parent, "x", "www")
+		os.Remove(root)
+		if err := os.Symlink(target, root); err != nil {
+			t.Fatal(err)
+		}
+		in := bytes.NewReader(nil)
+		var out bytes.Buffer
+		err := Serve(t.Context(), in, &out, root, nil)
+		if err == nil {
+			t.Fatalf("Serve with root %s -> %s: no error", root, target)
+		}
+		for _, want := range []string{root, "symlink", target} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("Serve with root -> %s: error %q does not mention %q", target, err, want)
+			}
+		}
+		if out.Len() != 0 {
+			t.Errorf("Serve with a symlink root answered %d bytes", out.Len())
+		}
+	}
+	ents, err := os.ReadDir(parent)
+	if err != nil || len(ents) != 1 || ents[0].Name() != "x" {
+		t.Fatalf("parent of the root holds %v (%v), want only x", ents, err)
+	}
+}
+
+// rawAgent runs Serve on root and returns a function sending one request
+// frame and returning the decoded answer (none for opWriteBegin).
+func rawAgent(t *testing.T, root string) func(request) (response, bool) {
+	t.Helper()
+	toAgent, fromMaster := io.Pipe()
+	toMaster, fromAgent := io.Pipe()
+	served := make(chan error, 1)
+	go func() {
+		err := Serve(t.Context(), toAgent, fromAgent, root, nil)
+		fromAgent.CloseWithError(io.EOF)
+		served <- err
+	}()
+	t.Cleanup(func() {
+		fromMaster.Close()
+		if err := <-served; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	var buf []byte
+	send := func(r request) (response, bool) {
+		t.Helper()
+		if err := writeFrame(fromMaster, r.encode()); err != nil {
+			t.Fatalf("send %v: %v", r.Op, err)
+		}
+		if r.Op == opWriteBegin || r.Op == opWriteData {
+			return response{}, false
+		}
+		var err error
+		buf, err = readFrame(toMaster, buf)
+		if err != nil {
+			t.Fatalf("answer to %v %q %q: %v", r.Op, r.Path, r.Path2, err)
+		}
+		resp, err := decodeResponse(buf)
+		if err != nil {
+			t.Fatalf("answer to %v: %v", r.Op, err)
+		}
+		return resp, true
+	}
+	if resp, _ := send(request{Op: opHello, Off: Version}); resp.err() != nil {
+		t.Fatalf("hello: %v", resp.err())
+	}
+	return send
+}
+
+// Paths escaping the root, sent as raw frames in every path-carrying op,
+// are refused with ErrInvalidPath and create nothing, inside the root or
+// out of it. A symlink's target is data, not a path: any is accepted.
+func TestRawFramesInvalidPaths(t *testing.T) {
+	parent := t.TempDir()
+	root := filepath.Join(parent, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "ok"), []byte("ok"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	send := rawAgent(t, root)
+	now := time.Now().UnixNano()
+	for _, bad := range []string{"../x", "/abs", "a/../../b", "..", "ok/../../c"} {
+		reqs := []request{
+			{Op: opLstat, Path: bad},
+			{Op: opReadDir, Path: bad},
+			{Op: opReadlink, Path: bad},
+			{Op: opMkdir, Path: bad, Mode: 0o755},
+			{Op: opRemove, Path: bad},
+			{Op: opRmdir, Path: bad},
+			{Op: opRename, Path: bad, Path2: "new"},
+			{Op: opRename, Path: "ok", Path2: bad},
+			{Op: opSymlink, Path: bad, Path2: "ok"},
+			{Op: opLink, Path: bad, Path2: "new"},
+			{Op: opLink, Path: "ok", Path2: bad},
+			{Op: opChmod, Path: bad, Mode: 0o777},
+			{Op: opChown, Path: bad, UID: 1, GID: 1},
+			{Op: opChtimes, Path: bad, Atime: now, Mtime: now},
+			{Op: opLchown, Path: bad, UID: 1, GID: 1},
+			{Op: opLchtimes, Path: bad, Atime: now, Mtime: now},
+			{Op: opListXattrs, Path: bad},
+			{Op: opSetXattr, Path: bad, Path2: "user.k", Data: []byte("v")},
+			{Op: opRemoveXattr, Path: bad, Path2: "user.k"},
+			{Op: opMknod, Path: bad, Mode: uint32(fs.ModeNamedPipe | 0o644)},
+			{Op: opHash, Path: bad},
+		}
+		for _, r := range reqs {
+			resp, _ := send(r)
+			if err := resp.err(); !errors.Is(err, replicate.ErrInvalidPath) {
+				t.Errorf("op %d path %q path2 %q: %v, want ErrInvalidPath", r.Op, r.Path, r.Path2, err)
+			}
+		}
+		// A write: WriteBegin is answered at WriteEnd.
+		send(request{Op: opWriteBegin, Path: bad, Mode: 0o644, UID: -1, GID: -1, Atime: noTime, Mtime: noTime})
+		send(request{Op: opWriteData, Off: 0, Data: []byte("escaped")})
+		resp, _ := send(request{Op: opWriteEnd, Off: 7})
+		if err := resp.err(); !errors.Is(err, replicate.ErrInvalidPath) {
+			t.Errorf("write %q: %v, want ErrInvalidPath", bad, err)
+		}
+	}
+	// Symlink targets are data: any target is stored as given, inside the root.
+	for i, target := range []string{"../x", "/abs", "a/../../b"} {
+		name := fmt.Sprintf("link%d", i)
+		if resp, _ := send(request{Op: opSymlink, Path: name, Path2: target}); resp.err() != nil {
+			t.Errorf("symlink %s -> %s: %v", name, target, resp.err())
+			continue
+		}
+		if got, err := os.Readlink(filepath.Join(root, name)); err != nil || got != target {
+			t.Errorf("link%d -> %q (%v), want %q", i, got, err, target)
+		}
+	}
+	// The agent is still in step: a valid request works.
+	if resp, _ := send(request{Op: opLstat, Path: "ok"}); resp.err() != nil || len(resp.Infos) != 1 {
+		t.Fatalf("lstat ok after the refusals: %v", resp.err())
+	}
+	ents, err := os.ReadDir(parent)
+	if err != nil || len(ents) != 1 || ents[0].Name() != "root" {
+		t.Fatalf("parent of the root holds %v (%v), want only root", ents, err)
+	}
+	ents, err = os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if want := []string{"link0", "link1", "link2", "ok"}; !reflect.DeepEqual(names, want) {
+		t.Fatalf("root holds %v, want %v", names, want)
+	}
+	if _, err := os.Lstat("/abs"); err == nil {
+		t.Fatal("/abs exists")
+	}
 }

@@ -24,6 +24,12 @@ var (
 	// ErrForeign means the directory exists, is not empty, and is not a
 	// mirrorfs journal. Open refuses it without writing anything to it.
 	ErrForeign = errors.New("directory is not empty and is not a mirrorfs journal")
+	// ErrCorrupt means the directory holds a mirrorfs journal that fails
+	// its checks (a checksum, a record cut short after a clean stop, data
+	// where the journal never writes any). Open refuses it before Badger
+	// could "repair" it by cutting off what follows the damage, and leaves
+	// every file as it was.
+	ErrCorrupt = errors.New("journal is damaged")
 	// ErrClosed is returned by every method called after Close.
 	ErrClosed = errors.New("journal is closed")
 	// ErrReadOnly is returned by Append, SetCursor and Trim on a journal
@@ -145,7 +151,8 @@ func Open(dir string, opts Options) (*Journal, error) {
 		return openReadOnly(dir, log)
 	}
 
-	if _, err := inspectDir(dir, true); err != nil {
+	state, err := inspectDir(dir, true)
+	if err != nil {
 		return nil, err
 	}
 	lock, err := lockDir(dir, true)
@@ -156,6 +163,12 @@ func Open(dir string, opts Options) (*Journal, error) {
 	if err != nil {
 		_ = lock.release()
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
+	}
+	if state == dirJournal {
+		if err := verifyBeforeOpen(dir, unclean, log); err != nil {
+			_ = lock.release()
+			return nil, err
+		}
 	}
 	db, err := badger.Open(badgerOptions(dir, false, log))
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"github.com/mirrorfs/mirrorfs/agent"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -83,12 +85,30 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	} else if !st.IsDir() {
 		return fmt.Errorf("mount point %s: not a directory", cfg.Mount)
 	}
+	// A web root that cannot be deployed to is a misconfiguration: refuse
+	// it now rather than mount and fail every write with EROFS.
+	if ro, err := readOnlyFS(store); err != nil {
+		return fmt.Errorf("store %s: %w", storeName(cfg), err)
+	} else if ro {
+		return fmt.Errorf("store %s is on a read-only filesystem: mirrorfs needs to write to it (remount it read-write or configure another store)", storeName(cfg))
+	}
+	if ro, err := readOnlyFS(existingAncestor(cfg.Journal)); err != nil {
+		return fmt.Errorf("journal %s: %w", cfg.Journal, err)
+	} else if ro {
+		return fmt.Errorf("journal %s is on a read-only filesystem: the journal must be writable (remount it read-write or configure another journal directory)", cfg.Journal)
+	}
 
 	j, err := journal.Open(cfg.Journal, journal.Options{Logger: log})
-	if errors.Is(err, journal.ErrLocked) {
+	switch {
+	case errors.Is(err, journal.ErrLocked):
 		return fmt.Errorf("journal %s is held by another process (is another mirrorfs mount running?): %w", cfg.Journal, err)
-	}
-	if err != nil {
+	case errors.Is(err, journal.ErrForeign):
+		return fmt.Errorf("journal %s is not a mirrorfs journal; refusing to touch it (journal: must name an empty or new directory, or an existing journal): %w", cfg.Journal, err)
+	case errors.Is(err, journal.ErrCorrupt):
+		return fmt.Errorf("journal %s is damaged; it was left exactly as found (restore it from a backup, or move it aside and start with an empty journal: every worker is then compared with the store once): %w", cfg.Journal, err)
+	case err != nil && !strings.Contains(err.Error(), cfg.Journal):
+		return fmt.Errorf("journal %s: %w", cfg.Journal, err)
+	case err != nil:
 		return err
 	}
 	defer j.Close()
@@ -156,6 +176,40 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 func reconcileAfterCrash(cfg *config.Config, j *journal.Journal, log *slog.Logger) error {
 	log.Warn("the previous mirrorfs did not stop cleanly: every worker is compared with the store once (only differences are sent)")
 	return markAllForFullSync(cfg, j)
+}
+
+// storeName is the store as the configuration names it.
+func storeName(cfg *config.Config) string {
+	if cfg.InPlace {
+		return cfg.Mount
+	}
+	return cfg.Store
+}
+
+// readOnlyFS reports whether p is on a filesystem mounted read-only
+// (statfs ST_RDONLY). It only looks: nothing is written to find out.
+func readOnlyFS(p string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(p, &st); err != nil {
+		return false, err
+	}
+	return st.Flags&unix.ST_RDONLY != 0, nil
+}
+
+// existingAncestor is p, or its nearest existing parent when p does not
+// exist yet (journal.Open creates a missing journal directory).
+func existingAncestor(p string) string {
+	p = filepath.Clean(p)
+	for {
+		if _, err := os.Lstat(p); err == nil {
+			return p
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return p
+		}
+		p = parent
+	}
 }
 
 func startShippers(ctx context.Context, wg *sync.WaitGroup, cfg *config.Config, store string, j *journal.Journal, mnt *fs.Mount, log *slog.Logger) ([]*replicate.Shipper, error) {
