@@ -28,7 +28,8 @@ const cacheDir = ".cache/mirrorfs"
 func Dial(ctx context.Context, o replicate.SFTPOptions) (replicate.Transport, error) {
 	sc, err := replicate.DialSSH(ctx, o)
 	if err != nil {
-		return nil, fmt.Errorf("agent %w", err)
+		// LoginError names the user when the login is refused.
+		return nil, fmt.Errorf("agent %w", replicate.LoginError(err, o.User))
 	}
 	c, err := start(ctx, sc, o.Root)
 	if err == nil {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,7 +72,7 @@ func DialSFTP(ctx context.Context, o SFTPOptions) (Transport, error) {
 func dialSFTP(ctx context.Context, o SFTPOptions) (*SFTP, error) {
 	sc, err := DialSSH(ctx, o)
 	if err != nil {
-		return nil, fmt.Errorf("sftp %w", err)
+		return nil, fmt.Errorf("sftp %w", LoginError(err, o.User))
 	}
 	t, err := newSFTP(sc, o)
 	if err != nil {
@@ -118,7 +119,21 @@ func newSFTP(sc *SSHConn, o SFTPOptions) (*SFTP, error) {
 	if !t.fsync {
 		log.Info("server lacks fsync@openssh.com: relying on the server to sync files when they are closed (mirrorfs worker does)")
 	}
-	fi, err := c.Stat(t.root)
+	// Lstat: a root that is itself a symlink (to / or ../..) is refused
+	// rather than followed; the message names what it points to.
+	fi, err := c.Lstat(t.root)
+	if err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		target, terr := c.ReadLink(t.root)
+		if terr != nil {
+			target = "?"
+		}
+		resolved, rerr := c.RealPath(t.root)
+		if rerr != nil {
+			resolved = "unresolvable: " + rerr.Error()
+		}
+		c.Close()
+		return nil, fmt.Errorf("sftp %s: root %s is a symlink to %s (resolves to %s): a worker root must be a real directory; configure the resolved path instead", addr, t.root, target, resolved)
+	}
 	if err != nil || !fi.IsDir() {
 		c.Close()
 		if err == nil {
@@ -128,6 +143,17 @@ func newSFTP(sc *SSHConn, o SFTPOptions) (*SFTP, error) {
 	}
 	go sc.KeepAlive(t.done)
 	return t, nil
+}
+
+// LoginError names the user in a refused login: x/crypto/ssh only says
+// "unable to authenticate, attempted methods [...]", which tells the
+// operator neither which account refused the key nor where to look. Any
+// other error is returned unchanged.
+func LoginError(err error, user string) error {
+	if err == nil || !strings.Contains(err.Error(), "ssh: unable to authenticate") {
+		return err
+	}
+	return fmt.Errorf("%w (the worker refused the login as user %q: is the daemon's key in that user's authorized_keys there?)", err, user)
 }
 
 func hasExt(c *sftp.Client, name string) bool {
@@ -164,6 +190,37 @@ func (t *SFTP) call(ctx context.Context, f func() error) error {
 	err := f()
 	if !stop() && ctx.Err() != nil {
 		return ctx.Err()
+	}
+	if _, bare := err.(*sftp.StatusError); bare {
+		err = t.explainFailure(err, t.root)
+	}
+	return err
+}
+
+// statvfsReadOnly is SSH2_FXE_STATVFS_ST_RDONLY of statvfs@openssh.com.
+const statvfsReadOnly = 0x1
+
+// explainFailure makes a bare SSH_FX_FAILURE status say what is wrong
+// when the worker's file system shows it: SFTP v3 has no status for a
+// full disk or a read-only file system (OpenSSH's sftp-server reports
+// ENOSPC, EROFS and more as "Failure"), which left `mirrorfs status` with
+// nothing but `sftp: "Failure"`. It asks statvfs@openssh.com about dir
+// (on the worker) and adds "read-only file system" or "no space left on
+// device" when that is what the answer shows; otherwise err is unchanged.
+func (t *SFTP) explainFailure(err error, dir string) error {
+	var se *sftp.StatusError
+	if !errors.As(err, &se) || se.FxCode() != sftp.ErrSSHFxFailure || !hasExt(t.c, "statvfs@openssh.com") {
+		return err
+	}
+	vfs, verr := t.c.StatVFS(dir)
+	if verr != nil {
+		return err
+	}
+	switch free := vfs.Bavail * vfs.Frsize; {
+	case vfs.Flag&statvfsReadOnly != 0:
+		return fmt.Errorf("%w: read-only file system (%s on the worker is mounted read-only)", err, dir)
+	case free < 1<<20 || vfs.Favail == 0:
+		return fmt.Errorf("%w: no space left on device (the file system of %s on the worker has %d bytes and %d inodes free)", err, dir, free, vfs.Favail)
 	}
 	return err
 }
@@ -441,14 +498,18 @@ func (t *SFTP) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Att
 	tmpRel := joinPath(parentDir(p), TempName())
 	tmp := t.root + "/" + tmpRel
 	var ownerErr error
-	err = t.call(ctx, func() error {
+	dir := path.Dir(tmp)
+	err = t.call(ctx, func() (err error) {
 		f, err := t.c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
 		if err != nil {
-			return err
+			return t.explainFailure(err, dir)
 		}
 		ok := false
 		defer func() {
 			if !ok {
+				// Explained before the temp file goes: removing it
+				// frees the space a full disk lacked.
+				err = t.explainFailure(err, dir)
 				f.Close()
 				_ = t.c.Remove(tmp)
 			}

@@ -77,7 +77,7 @@ func DialSSH(ctx context.Context, o SFTPOptions) (*SSHConn, error) {
 	_ = conn.SetDeadline(time.Time{})
 	if err != nil {
 		raw.Close()
-		return nil, fmt.Errorf("%s: ssh: %w", addr, err)
+		return nil, fmt.Errorf("%s: %w", addr, err) // x/crypto/ssh says "ssh: ..." itself
 	}
 	client := ssh.NewClient(sc, chans, reqs)
 	if !stopped {
