@@ -1,14 +1,11 @@
 package integration
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -94,57 +91,6 @@ func mountTmpfs(t *testing.T, fill func(dir string)) string {
 	return dir
 }
 
-// treeSums maps every entry below dir to its type, size and, for regular
-// files, SHA-256.
-func treeSums(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		v := fmt.Sprintf("%v %d", fi.Mode(), fi.Size())
-		if fi.Mode().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			s := sha256.Sum256(b)
-			v += " " + hex.EncodeToString(s[:])
-		}
-		rel, _ := filepath.Rel(dir, p)
-		out[rel] = v
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func sameSums(t *testing.T, what string, before, after map[string]string) {
-	t.Helper()
-	var diffs []string
-	for k, v := range before {
-		if after[k] != v {
-			diffs = append(diffs, fmt.Sprintf("%s: %q -> %q", k, v, after[k]))
-		}
-	}
-	for k, v := range after {
-		if _, ok := before[k]; !ok {
-			diffs = append(diffs, fmt.Sprintf("%s: new: %q", k, v))
-		}
-	}
-	sort.Strings(diffs)
-	if len(diffs) > 0 {
-		t.Errorf("%s changed:\n  %s", what, strings.Join(diffs, "\n  "))
-	}
-}
-
 // TestBadInputReadOnlyStore: a store on a read-only filesystem is refused
 // at start, naming the store; nothing in it changes.
 func TestBadInputReadOnlyStore(t *testing.T) {
@@ -154,11 +100,11 @@ func TestBadInputReadOnlyStore(t *testing.T) {
 		mkdirAll(t, dir+"/assets")
 		writeFile(t, dir+"/assets/site.css", "body{}")
 	})
-	before := treeSums(t, store)
+	before := treeFingerprint(t, store, false)
 	set := spareMount(t, c)
 	set["store"] = store
 	refuseMount(t, c, badConfig(t, c, set), set["mount"], store, "read-only")
-	sameSums(t, "read-only store", before, treeSums(t, store))
+	requireUnchanged(t, "read-only store", store, before, false)
 	c.Stop(t)
 }
 
@@ -227,7 +173,7 @@ func TestBadInputCorruptJournal(t *testing.T) {
 			j := filepath.Join(t.TempDir(), "journal")
 			mustRun(t, "cp", "-a", "--sparse=always", c.Journal, j)
 			tc.corrupt(t, j)
-			before := treeSums(t, j)
+			before := treeFingerprint(t, j, false)
 			set := spareMount(t, c)
 			set["journal"] = j
 			want := []string{j}
@@ -235,7 +181,7 @@ func TestBadInputCorruptJournal(t *testing.T) {
 				want = append(want, tc.want)
 			}
 			refuseMount(t, c, badConfig(t, c, set), set["mount"], want...)
-			sameSums(t, "journal", before, treeSums(t, j))
+			requireUnchanged(t, "journal", j, before, false)
 		})
 	}
 	t.Run("foreign directory", func(t *testing.T) {
@@ -243,11 +189,11 @@ func TestBadInputCorruptJournal(t *testing.T) {
 		mkdirAll(t, j+"/img")
 		writeFile(t, j+"/index.html", "<h1>not a journal</h1>")
 		writeFile(t, j+"/img/a.png", "png")
-		before := treeSums(t, j)
+		before := treeFingerprint(t, j, false)
 		set := spareMount(t, c)
 		set["journal"] = j
 		refuseMount(t, c, badConfig(t, c, set), set["mount"], j, "not a mirrorfs journal")
-		sameSums(t, "foreign directory", before, treeSums(t, j))
+		requireUnchanged(t, "foreign directory", j, before, false)
 	})
 	// The original journal was never touched: it starts and still ships.
 	c.Start(t)
@@ -279,7 +225,7 @@ func TestBadInputSymlinkWorkerRoot(t *testing.T) {
 				}
 				w.Root = root
 			}})
-			before := treeSums(t, sandbox)
+			before := treeFingerprint(t, sandbox, false)
 			writeFile(t, c.Mount+"/index.html", "must not escape")
 			mkdirAll(t, c.Mount+"/dir")
 			var last string
@@ -304,7 +250,7 @@ func TestBadInputSymlinkWorkerRoot(t *testing.T) {
 					t.Errorf("daemon log lacks the agent's refusal:\n%s", logTail(c.LogPath, 40))
 				}
 			}
-			sameSums(t, "the symlink's target "+sandbox, before, treeSums(t, sandbox))
+			requireUnchanged(t, "the symlink's target "+sandbox, sandbox, before, false)
 			c.Stop(t)
 		})
 	}

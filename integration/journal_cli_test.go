@@ -1,12 +1,9 @@
 package integration
 
 import (
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"maps"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -84,37 +81,6 @@ func pendingOf(t *testing.T, st journalStatsJSON, name string) (pending uint64, 
 	}
 	t.Fatalf("journal stats has no worker %s: %+v", name, st)
 	return 0, 0
-}
-
-// dirFingerprint maps every entry under dir (and dir itself) to its type,
-// size, mode, mtime and, for files, content hash: equal fingerprints mean
-// nothing in dir was created, removed or changed.
-func dirFingerprint(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	fp := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		v := fmt.Sprintf("%v %d %d", fi.Mode(), fi.Size(), fi.ModTime().UnixNano())
-		if fi.Mode().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			v += fmt.Sprintf(" %x", sha256.Sum256(b))
-		}
-		fp[p] = v
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fp
 }
 
 // TestJournalCLI: with one worker's sshd down, files written through the
@@ -251,7 +217,7 @@ func TestJournalCLI(t *testing.T) {
 	// The daemon stops: the same answers, read from the journal itself,
 	// which stays exactly as the daemon left it.
 	c.Stop(t)
-	before := dirFingerprint(t, c.Journal)
+	before := treeFingerprint(t, c.Journal, true)
 	var off journalStatsJSON
 	c.journalJSON(t, &off, "stats")
 	if off.FirstSeq != live.FirstSeq || off.LastSeq != live.LastSeq || off.Stored != live.Stored || len(off.Workers) != 2 {
@@ -292,7 +258,7 @@ func TestJournalCLI(t *testing.T) {
 		t.Fatalf("offline show %s: %v\n%s", beyond, err, out)
 	}
 	badWorker("no daemon")
-	if after := dirFingerprint(t, c.Journal); !maps.Equal(before, after) {
+	if after := treeFingerprint(t, c.Journal, true); !maps.Equal(before, after) {
 		var diff []string
 		for p := range maps.Keys(before) {
 			if before[p] != after[p] {
