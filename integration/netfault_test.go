@@ -268,3 +268,41 @@ func TestLinkDropMidTransfer(t *testing.T) {
 		t.Fatal("big.bin on the worker is not the new version")
 	}
 }
+
+// TestSlowLossyWorker: one worker behind a slow, lossy link (netem 100 ms
+// and 5 % loss where the kernel has it, else a 2 Mbit/s cap) while a
+// deploy of a few megabytes goes through the mount: the other worker is
+// not held back, and the slow one gets everything, intact.
+func TestSlowLossyWorker(t *testing.T) {
+	c := newCluster(t, clusterOptions{Workers: 2, NetNS: true})
+	writeFile(t, c.Mount+"/index.html", "before\n")
+	c.waitConverged(t, converge)
+	slow, fast := c.Workers[0], c.Workers[1]
+	shape := shaping{Rate: "2mbit"}
+	if slow.NetNS.netemSupported() {
+		shape = shaping{Delay: 100 * time.Millisecond, Loss: 5}
+	} else {
+		t.Logf("the kernel has no sch_netem: %s is rate-limited (tbf) instead of delayed and lossy", slow.Name)
+	}
+	slow.NetNS.Shape(t, shape)
+
+	// About 3 MB: several seconds at 2 Mbit/s.
+	mkdirAll(t, c.Mount+"/assets")
+	page := strings.Repeat("a line of a page\n", 600)
+	for i := range 300 {
+		writeFile(t, fmt.Sprintf("%s/assets/p%03d.html", c.Mount, i), fmt.Sprintf("%d\n%s", i, page))
+	}
+	mustRename(t, c.Mount+"/index.html", c.Mount+"/old-index.html")
+	writeFile(t, c.Mount+"/index.html", "after\n")
+
+	waitFor(t, converge, fast.Name+" to converge beside the slow worker", func() error {
+		if d := c.compare(c.Store, fast.Root); len(d) > 0 {
+			return fmt.Errorf("%v", d[:min(len(d), 3)])
+		}
+		return nil
+	})
+	slowBehind := len(c.compare(c.Store, slow.Root)) > 0
+	t.Logf("%s converged; %s still behind then: %v", fast.Name, slow.Name, slowBehind)
+	c.waitConverged(t, 2*converge)
+	slow.NetNS.Unshape(t)
+}
