@@ -191,7 +191,7 @@ func TestCompareUnlinkedWhileOpen(t *testing.T) {
 		s.e("fsync", f.Sync())
 		buf := make([]byte, 64)
 		n, err = f.ReadAt(buf, 0)
-		s.logf("read after unlink %q", buf[:n])
+		s.e(fmt.Sprintf("read after unlink %q", buf[:n]), err)
 		s.fstat("unlinked", int(f.Fd()), false)
 		s.e("ftruncate", f.Truncate(3))
 		s.e("fchmod", f.Chmod(0o600))

@@ -325,10 +325,6 @@ func partition(paths []string, ino map[string]inodeKey) string {
 
 func perm(mode uint32) uint32 { return mode & 0o7777 }
 
-func fmtTime(ts syscall.Timespec) string {
-	return time.Unix(ts.Sec, ts.Nsec).UTC().Format("2006-01-02T15:04:05.000000000Z")
-}
-
 func typeName(mode uint32) string {
 	switch mode & syscall.S_IFMT {
 	case syscall.S_IFREG:

@@ -420,22 +420,6 @@ func (w *sshWorker) sshArgs(t testing.TB, knownHosts string) []string {
 	}
 }
 
-// sshCommand returns an ssh client command running remoteCmd on the worker.
-func (w *sshWorker) sshCommand(t testing.TB, remoteCmd ...string) *exec.Cmd {
-	return exec.Command("ssh", append(w.sshArgs(t, w.KnownHosts), remoteCmd...)...)
-}
-
-// ssh runs remoteCmd on the worker and returns its output; it fails the test
-// if the command fails.
-func (w *sshWorker) ssh(t testing.TB, remoteCmd ...string) string {
-	t.Helper()
-	out, err := w.sshCommand(t, remoteCmd...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ssh %s %q: %v\n%s", w.Name, remoteCmd, err, out)
-	}
-	return string(out)
-}
-
 // sshBanner connects to addr and reads the SSH identification line.
 func sshBanner(addr string, timeout time.Duration) error {
 	conn, err := net.DialTimeout("tcp", addr, timeout)
