@@ -46,6 +46,7 @@ lint:
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=30s ./journal/
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=30s ./agent/
+	$(GO) test -run='^$$' -fuzz=FuzzPatch -fuzztime=30s ./delta/
 
 bench: deps
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
