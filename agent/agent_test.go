@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mirrorfs/mirrorfs/delta"
 	"github.com/mirrorfs/mirrorfs/replicate"
 	"github.com/mirrorfs/mirrorfs/replicate/transporttest"
 )
@@ -210,7 +211,7 @@ func rawAgent(t *testing.T, root string) func(request) (response, bool) {
 		if err := writeFrame(fromMaster, r.encode()); err != nil {
 			t.Fatalf("send %v: %v", r.Op, err)
 		}
-		if r.Op == opWriteBegin || r.Op == opWriteData {
+		if r.Op == opWriteBegin || r.Op == opWriteData || r.Op == opPatchBegin {
 			return response{}, false
 		}
 		var err error
@@ -314,5 +315,151 @@ func TestRawFramesInvalidPaths(t *testing.T) {
 	}
 	if _, err := os.Lstat("/abs"); err == nil {
 		t.Fatal("/abs exists")
+	}
+}
+
+// randomBytes returns n deterministic pseudo-random bytes.
+func randomBytes(n int, seed byte) []byte {
+	b := make([]byte, n)
+	x := uint32(seed)*2654435761 + 1
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b[i] = byte(x)
+	}
+	return b
+}
+
+// noTemp fails if dir holds a temp file.
+func noTemp(t *testing.T, dir string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), replicate.TempPrefix) {
+			t.Errorf("temp file %s left behind", e.Name())
+		}
+	}
+}
+
+func TestWriteFileDelta(t *testing.T) {
+	dir := t.TempDir()
+	c := pipeClient(t, dir)
+	old := randomBytes(1<<20, 1)
+	if err := os.WriteFile(filepath.Join(dir, "f"), old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	next := bytes.Clone(old)
+	copy(next[500<<10:], randomBytes(1<<10, 2))
+	mtime := time.Unix(1700000000, 123456789)
+	a := replicate.Attrs{Perm: 0o640, UID: -1, GID: -1, Mtime: mtime}
+	lit, err := c.WriteFileDelta(t.Context(), "f", bytes.NewReader(next), a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lit >= 16<<10 {
+		t.Errorf("literal = %d bytes for a 1 KiB change, want < 16 KiB", lit)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, next) {
+		t.Error("worker content differs after the delta")
+	}
+	fi, err := os.Stat(filepath.Join(dir, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o640 || !fi.ModTime().Equal(mtime) {
+		t.Errorf("attributes %v %v, want 0640 %v", fi.Mode(), fi.ModTime(), mtime)
+	}
+	noTemp(t, dir)
+
+	// No basis, a small basis, a directory: the caller sends whole.
+	if _, err := c.WriteFileDelta(t.Context(), "missing", bytes.NewReader(next), a); !errors.Is(err, replicate.ErrUnsupported) {
+		t.Errorf("missing basis: %v, want ErrUnsupported", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "small"), old[:1000], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteFileDelta(t.Context(), "small", bytes.NewReader(next), a); !errors.Is(err, replicate.ErrUnsupported) {
+		t.Errorf("small basis: %v, want ErrUnsupported", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteFileDelta(t.Context(), "d", bytes.NewReader(next), a); !errors.Is(err, replicate.ErrUnsupported) {
+		t.Errorf("directory basis: %v, want ErrUnsupported", err)
+	}
+	// The client stays usable.
+	if _, err := c.Lstat(t.Context(), "f"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A delta computed against another basis than the worker's file fails
+// with ErrMismatch and leaves the file and no temp file.
+func TestPatchMismatch(t *testing.T) {
+	dir := t.TempDir()
+	send := rawAgent(t, dir)
+	worker := randomBytes(1<<20, 3)
+	if err := os.WriteFile(filepath.Join(dir, "f"), worker, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	other := bytes.Clone(worker)
+	copy(other[300<<10:], randomBytes(4<<10, 4)) // the master's idea of the basis
+	sig, err := delta.NewSignature(bytes.NewReader(other), delta.BlockSize(int64(len(other))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := bytes.Clone(other)
+	copy(next[700<<10:], randomBytes(1<<10, 5))
+	var d bytes.Buffer
+	if _, err := delta.NewDelta(sig, bytes.NewReader(next), &d); err != nil {
+		t.Fatal(err)
+	}
+	send(request{Op: opPatchBegin, Path: "f", Mode: 0o644, UID: -1, GID: -1, Atime: noTime, Mtime: noTime, Off: int64(len(other))})
+	stream := d.Bytes()
+	for off := 0; off < len(stream); off += dataChunk {
+		send(request{Op: opWriteData, Off: int64(off), Data: stream[off:min(off+dataChunk, len(stream))]})
+	}
+	resp, _ := send(request{Op: opWriteEnd, Off: int64(len(stream))})
+	if err := resp.err(); !errors.Is(err, delta.ErrMismatch) {
+		t.Fatalf("patch against another basis: %v, want delta.ErrMismatch", err)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, worker) {
+		t.Error("worker file changed by a failed patch")
+	}
+	noTemp(t, dir)
+
+	// A corrupt delta: ErrCorrupt, nothing changed; the agent goes on.
+	send(request{Op: opPatchBegin, Path: "f", Mode: 0o644, UID: -1, GID: -1, Atime: noTime, Mtime: noTime, Off: int64(len(worker))})
+	send(request{Op: opWriteData, Data: []byte("garbage that is no delta")})
+	resp, _ = send(request{Op: opWriteEnd, Off: 24})
+	if err := resp.err(); !errors.Is(err, delta.ErrCorrupt) {
+		t.Errorf("corrupt delta: %v, want delta.ErrCorrupt", err)
+	}
+	// A basis of another size than the master expects: ErrMismatch.
+	send(request{Op: opPatchBegin, Path: "f", Mode: 0o644, UID: -1, GID: -1, Atime: noTime, Mtime: noTime, Off: 5})
+	send(request{Op: opWriteData, Data: stream[:min(len(stream), 1000)]})
+	resp, _ = send(request{Op: opWriteEnd, Off: 1000})
+	if err := resp.err(); !errors.Is(err, delta.ErrMismatch) {
+		t.Errorf("basis of another size: %v, want delta.ErrMismatch", err)
+	}
+	got, _ = os.ReadFile(filepath.Join(dir, "f"))
+	if !bytes.Equal(got, worker) {
+		t.Error("worker file changed by a failed patch")
+	}
+	noTemp(t, dir)
+	if resp, _ := send(request{Op: opLstat, Path: "f"}); resp.err() != nil {
+		t.Errorf("agent unusable after failed patches: %v", resp.err())
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mirrorfs/mirrorfs/delta"
 	"github.com/mirrorfs/mirrorfs/replicate"
 )
 
@@ -36,11 +37,12 @@ type Client struct {
 }
 
 var (
-	_ replicate.Transport = (*Client)(nil)
-	_ linkAttrs           = (*Client)(nil)
-	_ xattrs              = (*Client)(nil)
-	_ special             = (*Client)(nil)
-	_ replicate.Hasher    = (*Client)(nil)
+	_ replicate.Transport   = (*Client)(nil)
+	_ linkAttrs             = (*Client)(nil)
+	_ xattrs                = (*Client)(nil)
+	_ special               = (*Client)(nil)
+	_ replicate.Hasher      = (*Client)(nil)
+	_ replicate.DeltaWriter = (*Client)(nil)
 )
 
 // NewClient greets the agent on r/w and returns the client. kill must make
@@ -364,4 +366,155 @@ func (c *Client) stream(r io.Reader) (int64, error) {
 			return 0, err
 		}
 	}
+}
+
+// deltaMinSize: below it a file is sent whole, a delta would not pay.
+const deltaMinSize = 64 << 10
+
+// errHoles: the content has holes, which a delta would fill; it is sent
+// whole (by segments) instead.
+var errHoles = fmt.Errorf("%w: sparse content is sent whole", replicate.ErrUnsupported)
+
+// WriteFileDelta implements replicate.DeltaWriter: the agent sends the
+// signature of its current file p, the delta of r against it is streamed
+// in WriteData frames after a PatchBegin, and the agent patches it into a
+// temp file renamed over p. A missing, non-regular or small basis, and
+// sparse content, give an error wrapping replicate.ErrUnsupported before
+// anything is written; a patched result that does not match gives one
+// wrapping delta.ErrMismatch. The caller then sends the file whole.
+func (c *Client) WriteFileDelta(ctx context.Context, p string, r io.Reader, a replicate.Attrs) (int64, error) {
+	sr, sparse := r.(replicate.SparseReader)
+	if sparse && sr.Size() < deltaMinSize {
+		return 0, fmt.Errorf("%w: %s: too small for a delta", replicate.ErrUnsupported, p)
+	}
+	resp, err := c.call(ctx, request{Op: opSignature, Path: p})
+	if err != nil {
+		var re *RemoteError
+		if errors.As(err, &re) {
+			return 0, fmt.Errorf("%w: %s: no basis: %w", replicate.ErrUnsupported, p, err)
+		}
+		return 0, err
+	}
+	// resp.Data is at most one frame (maxFrame): UnmarshalBinary
+	// allocates no more than its input.
+	var sig delta.Signature
+	if err := sig.UnmarshalBinary(resp.Data); err != nil {
+		return 0, fmt.Errorf("%w: %s: %w", replicate.ErrUnsupported, p, err)
+	}
+	if sig.FileSize() < deltaMinSize {
+		return 0, fmt.Errorf("%w: %s: basis too small for a delta", replicate.ErrUnsupported, p)
+	}
+	src := r
+	if sparse {
+		src = &denseReader{sr: sr}
+	}
+
+	if err := c.usable(ctx); err != nil {
+		return 0, err
+	}
+	stop := c.watch(ctx)
+	defer stop()
+	begin := request{Op: opPatchBegin, Path: p, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
+		Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime), Off: sig.FileSize()}
+	if err := c.send(begin); err != nil {
+		return 0, c.ctxErr(ctx, err)
+	}
+	fw := &frameWriter{c: c, buf: make([]byte, 0, dataChunk)}
+	st, derr := delta.NewDelta(&sig, src, fw)
+	if derr == nil {
+		derr = fw.flush()
+	}
+	if err := c.brokenErr(); err != nil {
+		return 0, c.ctxErr(ctx, err)
+	}
+	end := request{Op: opWriteEnd, Off: fw.sent}
+	if derr != nil {
+		end = request{Op: opWriteAbort, Path2: derr.Error()}
+	}
+	if err := c.send(end); err != nil {
+		return 0, c.ctxErr(ctx, err)
+	}
+	resp, err = c.receive()
+	if err != nil {
+		return 0, c.ctxErr(ctx, err)
+	}
+	if derr != nil {
+		return 0, derr // the source failed: the agent removed its temp file
+	}
+	return st.Literal, resp.err()
+}
+
+// frameWriter cuts the delta stream into WriteData frames of at most
+// dataChunk bytes.
+type frameWriter struct {
+	c    *Client
+	buf  []byte
+	sent int64 // bytes of the stream sent so far
+}
+
+func (f *frameWriter) Write(b []byte) (int, error) {
+	n := len(b)
+	for len(b) > 0 {
+		k := min(len(b), dataChunk-len(f.buf))
+		f.buf = append(f.buf, b[:k]...)
+		b = b[k:]
+		if len(f.buf) == dataChunk {
+			if err := f.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (f *frameWriter) flush() error {
+	if len(f.buf) == 0 {
+		return nil
+	}
+	if err := f.c.send(request{Op: opWriteData, Off: f.sent, Data: f.buf}); err != nil {
+		return err
+	}
+	f.sent += int64(len(f.buf))
+	f.buf = f.buf[:0]
+	return nil
+}
+
+// denseReader reads a SparseReader by its segments (so that its checks for
+// a changing source apply) and fails with errHoles at the first hole.
+type denseReader struct {
+	sr  replicate.SparseReader
+	cur io.Reader
+	pos int64
+	err error
+}
+
+func (d *denseReader) Read(b []byte) (int, error) {
+	for d.err == nil {
+		if d.cur == nil {
+			off, data, err := d.sr.NextData()
+			switch {
+			case err == io.EOF && d.pos != d.sr.Size():
+				d.err = errHoles // a trailing hole
+			case err != nil:
+				d.err = err
+			case off != d.pos:
+				d.err = errHoles
+			default:
+				d.cur = data
+			}
+			continue
+		}
+		n, err := d.cur.Read(b)
+		d.pos += int64(n)
+		switch {
+		case err == io.EOF:
+			d.cur = nil
+		case err != nil:
+			d.err = err
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+	return 0, d.err
 }

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mirrorfs/mirrorfs/delta"
 	"github.com/mirrorfs/mirrorfs/replicate"
 )
 
@@ -318,8 +319,110 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 		s.w = w
 		go func() { w.done <- l.WriteFileAtomic(ctx, r.Path, w, a) }()
 		return response{}, false
+	case opSignature:
+		sig, err := s.signature(ctx, r.Path)
+		if err != nil {
+			return errorResponse(err), true
+		}
+		return response{Data: sig}, true
+	case opPatchBegin:
+		a := replicate.Attrs{Perm: fs.FileMode(r.Mode), UID: int(r.UID), GID: int(r.GID),
+			Atime: decodeTime(r.Atime), Mtime: decodeTime(r.Mtime)}
+		w := &pendingWrite{segs: make(chan segment), done: make(chan error, 1)}
+		s.w = w
+		go func() { w.done <- s.patch(ctx, r.Path, r.Off, w, a) }()
+		return response{}, false
 	}
 	return errorResponse(fmt.Errorf("agent protocol: unknown op %d", r.Op)), true
+}
+
+// signature returns the marshalled delta.Signature of the regular file p.
+// A file that cannot serve as a basis (missing, not regular, or whose
+// signature would not fit in a frame) is refused with an error wrapping
+// replicate.ErrUnsupported.
+func (s *server) signature(ctx context.Context, p string) ([]byte, error) {
+	f, err := s.l.OpenRead(ctx, p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, replicate.ErrSymlink) {
+			err = fmt.Errorf("%w: no basis: %w", replicate.ErrUnsupported, err)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	bs := delta.BlockSize(fi.Size())
+	if blocks := fi.Size()/int64(bs) + 1; blocks*(4+delta.StrongSize) > maxFrame-4096 {
+		return nil, fmt.Errorf("%w: %s: signature too large for one frame", replicate.ErrUnsupported, p)
+	}
+	sig, err := delta.NewSignature(replicate.ContextReader(ctx, f), bs)
+	if err != nil {
+		return nil, err
+	}
+	return sig.MarshalBinary()
+}
+
+// patch serves opPatchBegin: the delta stream w's segments carry is
+// applied by delta.Patch to the worker's current file p (of basisSize
+// bytes, as the master expects) and the patched bytes are written by
+// Local.WriteFileAtomic through a pipe, so that a failed patch discards
+// the temp file and leaves p unchanged. A mismatch or malformed delta is
+// returned wrapping delta.ErrMismatch or delta.ErrCorrupt.
+func (s *server) patch(ctx context.Context, p string, basisSize int64, w *pendingWrite, a replicate.Attrs) error {
+	basis, err := s.l.OpenRead(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer basis.Close()
+	fi, err := basis.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() != basisSize {
+		return fmt.Errorf("%w: %s: basis is %d bytes, the master expected %d", delta.ErrMismatch, p, fi.Size(), basisSize)
+	}
+	pr, pw := io.Pipe()
+	quit := make(chan struct{})
+	patched := make(chan struct{})
+	go func() {
+		defer close(patched)
+		perr := delta.Patch(basis, &deltaReader{w: w, quit: quit}, pw)
+		pw.CloseWithError(perr) // nil: EOF
+	}()
+	err = s.l.WriteFileAtomic(ctx, p, pr, a)
+	// Unblock a Patch still writing or reading before the basis closes.
+	pr.CloseWithError(errors.New("agent: patch target closed"))
+	close(quit)
+	<-patched
+	return err
+}
+
+// deltaReader reads the delta stream from the segments of the transfer in
+// progress; quit ends it once the write is over.
+type deltaReader struct {
+	w    *pendingWrite
+	quit chan struct{}
+	cur  []byte
+	err  error // sticky: io.EOF at the end, or the master's abort
+}
+
+func (d *deltaReader) Read(b []byte) (int, error) {
+	for len(d.cur) == 0 {
+		if d.err != nil {
+			return 0, d.err
+		}
+		select {
+		case s := <-d.w.segs:
+			d.cur, d.err = s.data, s.err
+		case <-d.quit:
+			d.err = errors.New("agent: patch ended")
+		}
+	}
+	n := copy(b, d.cur)
+	d.cur = d.cur[n:]
+	return n, nil
 }
 
 // finishWrite waits for the WriteFileAtomic in progress.

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mirrorfs/mirrorfs/delta"
 	"github.com/mirrorfs/mirrorfs/replicate"
 )
 
@@ -52,7 +53,16 @@ const (
 	opWriteEnd   // Off = total size: answered with the outcome
 	opWriteAbort // Path2 = why: the master's source failed; answered
 	opHash       // Path: answered with the SHA-256 of the file's content in Data
-	opLast       // not an op: bound for validation
+	// Path: answered with the delta.Signature (MarshalBinary) of the
+	// worker's regular file in Data; ErrUnsupported when it cannot serve
+	// as a basis.
+	opSignature
+	// Like opWriteBegin, Off = the basis size the master expects: the
+	// WriteData frames that follow carry a delta stream against the
+	// worker's current file (their Off is ignored), rebuilt with
+	// delta.Patch; WriteEnd/WriteAbort finish as for a write.
+	opPatchBegin
+	opLast // not an op: bound for validation
 )
 
 // request is one frame from master to agent. One shape for every op keeps
@@ -99,7 +109,9 @@ const (
 	classSymlink
 	classOwner
 	classUnsupported
-	classFailed // any error
+	classFailed   // any error
+	classMismatch // delta.ErrMismatch: the patched result differs
+	classCorrupt  // delta.ErrCorrupt: a malformed delta or signature
 )
 
 // response answers one request (every op but WriteData).
@@ -338,6 +350,8 @@ func errorResponse(err error) response {
 		{replicate.ErrSymlink, classSymlink},
 		{replicate.ErrOwner, classOwner},
 		{replicate.ErrUnsupported, classUnsupported},
+		{delta.ErrMismatch, classMismatch},
+		{delta.ErrCorrupt, classCorrupt},
 	} {
 		if errors.Is(err, c.target) {
 			r.Class |= c.class
@@ -375,6 +389,8 @@ func (e *RemoteError) Unwrap() []error {
 		{classSymlink, replicate.ErrSymlink},
 		{classOwner, replicate.ErrOwner},
 		{classUnsupported, replicate.ErrUnsupported},
+		{classMismatch, delta.ErrMismatch},
+		{classCorrupt, delta.ErrCorrupt},
 	} {
 		if e.Class&c.class != 0 {
 			errs = append(errs, c.target)

@@ -576,6 +576,7 @@ type workerStatus struct {
 	LagSeconds  float64 `json:"lag_seconds"`
 	Applied     int64   `json:"applied"`
 	InitialCopy bool    `json:"initial_copy"`
+	BytesSent   uint64  `json:"bytes_sent"`
 }
 
 // worker returns the status of the named worker.

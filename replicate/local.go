@@ -322,6 +322,10 @@ func (l *Local) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a At
 // Close implements Transport.
 func (l *Local) Close() error { return l.root.Close() }
 
+// ContextReader returns a reader of r that fails with ctx's error once
+// ctx is done: a long copy stops at the next read.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
+
 // ctxReader stops a copy when its context is done.
 type ctxReader struct {
 	ctx context.Context
@@ -680,4 +684,41 @@ func (l *Local) Hash(ctx context.Context, p string) ([]byte, error) {
 		return nil, &fs.PathError{Op: "hash", Path: p, Err: err}
 	}
 	return h.Sum(nil), nil
+}
+
+// OpenRead opens the regular file p read-only for the agent (the basis of
+// a delta), with Hash's rules: p is validated, a symlink is refused with
+// [ErrSymlink] (also one swapped in after the check) and any other
+// non-regular file with an error, without opening it.
+func (l *Local) OpenRead(ctx context.Context, p string) (*os.File, error) {
+	if err := l.prep(ctx, p); err != nil {
+		return nil, err
+	}
+	notRegular := func(m fs.FileMode) error {
+		return &fs.PathError{Op: "open", Path: p, Err: fmt.Errorf("not a regular file (%s): %w", m.Type(), ErrUnsupported)}
+	}
+	if fi, err := l.root.Lstat(rootName(p)); err != nil {
+		return nil, err
+	} else if fi.Mode()&fs.ModeSymlink != 0 {
+		return nil, fmt.Errorf("%s: %w", p, ErrSymlink)
+	} else if !fi.Mode().IsRegular() {
+		return nil, notRegular(fi.Mode())
+	}
+	f, err := l.root.OpenFile(rootName(p), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%s: %w", p, ErrSymlink)
+	}
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, notRegular(fi.Mode())
+	}
+	return f, nil
 }

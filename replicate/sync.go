@@ -528,6 +528,37 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64) (int64, er
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !s.chownOff {
 		a.UID, a.GID = int(st.Uid), int(st.Gid)
 	}
+	// A replaced file goes as an rsync-style delta against the worker's
+	// copy when the transport can (DeltaWriter) and the store file is
+	// large and not sparse (a delta would fill its holes). Any failure but
+	// a cancellation or a changing source falls back to the whole file
+	// below, from the start of the store file.
+	const deltaMinSize = 64 << 10
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	dense := st != nil && st.Blocks*512 >= fi.Size() // no holes
+	if dw, ok := unwrap(s.t).(DeltaWriter); ok && fi.Size() >= deltaMinSize && dense {
+		if d, ok := s.t.(*dirTracker); ok {
+			d.changes(p) // as its WriteFileAtomic notes
+		}
+		literal, derr := dw.WriteFileDelta(ctx, p, &storeReader{f: f, before: fi}, a)
+		if errors.Is(derr, ErrOwner) {
+			s.ownerRefused(p, derr)
+			derr = nil
+		}
+		switch {
+		case derr == nil:
+			s.log.Debug("shipped as delta", "path", p, "bytes", fi.Size(), "literal", literal)
+			return fi.Size(), s.syncXattrs(ctx, p, f, false)
+		case errors.Is(derr, errSourceChanged):
+			return 0, derr
+		case ctx.Err() != nil:
+			return 0, s.errf(p, fmt.Errorf("write: %w", derr))
+		}
+		s.log.Debug("delta not used, sending whole", "path", p, "err", derr)
+		if _, serr := f.Seek(0, io.SeekStart); serr != nil {
+			return 0, s.errf(p, fmt.Errorf("store: %w", serr))
+		}
+	}
 	vr := &storeReader{f: f, before: fi}
 	err = s.t.WriteFileAtomic(ctx, p, vr, a)
 	if errors.Is(err, ErrOwner) {

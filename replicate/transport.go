@@ -122,6 +122,19 @@ type Hasher interface {
 	Hash(ctx context.Context, p string) ([]byte, error)
 }
 
+// DeltaWriter is an optional Transport capability: rsync-style transfer of
+// a replaced file. WriteFileDelta is WriteFileAtomic (temp file beside p,
+// fsync, attributes a, rename over p: a reader never sees a mixed version)
+// whose content crosses the wire as a delta against the worker's current
+// regular file at p. It returns the literal bytes the delta carried. When
+// there is no usable basis (p missing, not a regular file, too small to be
+// worth it) it fails with an error wrapping [ErrUnsupported], and when the
+// patched result does not match (delta.ErrMismatch) with that error: the
+// caller then sends the file whole with WriteFileAtomic.
+type DeltaWriter interface {
+	WriteFileDelta(ctx context.Context, p string, r io.Reader, a Attrs) (literal int64, err error)
+}
+
 // FileInfo describes one worker entry.
 type FileInfo struct {
 	Name  string      // base name
