@@ -119,11 +119,17 @@ func TestHarnessSSHD(t *testing.T) {
 			long.Process.Kill()
 			t.Fatal("an open ssh session survived Stop")
 		}
-		for _, p := range append(sessions, listener) {
-			if _, state, ok := procStat(p); ok && state != 'Z' {
-				t.Errorf("process %d of the stopped sshd still alive (state %c)", p, state)
+		// Stop waits for the listener; its session processes got the
+		// signal too and may still be on their way out on a loaded
+		// machine (seen: state R right after Stop in CI).
+		waitFor(t, 5*time.Second, "every process of the stopped sshd to exit", func() error {
+			for _, p := range append(sessions, listener) {
+				if _, state, ok := procStat(p); ok && state != 'Z' {
+					return fmt.Errorf("process %d still alive (state %c)", p, state)
+				}
 			}
-		}
+			return nil
+		})
 		if _, err := net.DialTimeout("tcp", w.Addr(), time.Second); !isConnRefused(err) {
 			t.Fatalf("dial stopped worker: %v, want connection refused", err)
 		}
