@@ -10,6 +10,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/pkg/sftp"
 
@@ -168,8 +169,17 @@ func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (*Clie
 	defer cancel()
 	c, err := NewClient(hctx, stdout, stdin, sc.Kill, closeFn, sc)
 	if err != nil {
+		// The agent's own words say most (exec format error, bad root),
+		// but its stderr arrives on its own: wait for the session to end
+		// (briefly: a wedged worker must not stall the fallback).
+		stdin.Close()
+		ended := make(chan struct{})
+		go func() { sess.Wait(); close(ended) }()
+		select {
+		case <-ended:
+		case <-time.After(2 * time.Second):
+		}
 		sess.Close()
-		// The agent's own words say most (exec format error, bad root).
 		if msg := strings.TrimSpace(stderr.String()); msg != "" {
 			err = fmt.Errorf("%w; agent said: %s", err, msg)
 		}
