@@ -324,7 +324,13 @@ func mapKeys[V any](m map[string]V) func(func(string) bool) {
 
 // storeReadDir lists a store directory with lstat information, sorted.
 func (s *Shipper) storeReadDir(p string) ([]fs.FileInfo, error) {
-	d, err := s.store.Open(rootName(p))
+	return ReadRootDir(s.store, p)
+}
+
+// ReadRootDir lists directory p ("" for the root) below root with lstat
+// information, sorted by name; entries removed meanwhile are left out.
+func ReadRootDir(root *os.Root, p string) ([]fs.FileInfo, error) {
+	d, err := root.Open(rootName(p))
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,6 @@
 package verify
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -382,27 +381,14 @@ func (c *comparer) fmtTime(t time.Time) string {
 
 // storeDir lists the store directory p, sorted by name.
 func (c *comparer) storeDir(p string) ([]replicate.FileInfo, error) {
-	d, err := c.store.Open(displayPath(p))
+	fis, err := replicate.ReadRootDir(c.store, p)
 	if err != nil {
 		return nil, err
 	}
-	defer d.Close()
-	ents, err := d.ReadDir(-1)
-	if err != nil {
-		return nil, err
+	out := make([]replicate.FileInfo, len(fis))
+	for i, fi := range fis {
+		out[i] = storeEntry(fi)
 	}
-	out := make([]replicate.FileInfo, 0, len(ents))
-	for _, e := range ents {
-		fi, err := e.Info()
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, storeEntry(fi))
-	}
-	slices.SortFunc(out, func(a, b replicate.FileInfo) int { return cmp.Compare(a.Name, b.Name) })
 	return out, nil
 }
 

@@ -215,29 +215,11 @@ func existingAncestor(p string) string {
 func startShippers(ctx context.Context, wg *sync.WaitGroup, cfg *config.Config, store string, j *journal.Journal, mnt *fs.Mount, log *slog.Logger) ([]*replicate.Shipper, error) {
 	var out []*replicate.Shipper
 	for _, w := range cfg.Workers {
-		user := w.User
-		if user == "" {
-			user = cfg.SSH.User
-		}
-		sftpOpts := replicate.SFTPOptions{
-			Addr:           w.Addr(),
-			User:           user,
-			Root:           w.Root,
-			IdentityFiles:  cfg.SSH.Identity,
-			KnownHosts:     cfg.SSH.KnownHosts,
-			ConnectTimeout: cfg.SSH.ConnectTimeout,
-			Logger:         log.With("worker", w.Name),
-		}
 		s, err := replicate.NewShipper(replicate.Options{
 			Name:    w.Name,
 			Store:   store,
 			Journal: j,
-			Dial: func(ctx context.Context) (replicate.Transport, error) {
-				if w.Transport == config.TransportSFTP {
-					return replicate.DialSFTP(ctx, sftpOpts)
-				}
-				return agent.Dial(ctx, sftpOpts)
-			},
+			Dial:    workerDialer(cfg, w, log),
 			// The full copy skips files a writer still has open; their
 			// Close record ships them.
 			OpenForWrite: mnt.OpenForWrite,
@@ -296,4 +278,28 @@ func daemonStatus(cfg *config.Config, j *journal.Journal, shippers []*replicate.
 		st.Workers = append(st.Workers, ws)
 	}
 	return st
+}
+
+// workerDialer connects to worker w with its transport: the agent (falling
+// back to SFTP when it cannot run there) or SFTP.
+func workerDialer(cfg *config.Config, w config.Worker, log *slog.Logger) func(context.Context) (replicate.Transport, error) {
+	user := w.User
+	if user == "" {
+		user = cfg.SSH.User
+	}
+	o := replicate.SFTPOptions{
+		Addr:           w.Addr(),
+		User:           user,
+		Root:           w.Root,
+		IdentityFiles:  cfg.SSH.Identity,
+		KnownHosts:     cfg.SSH.KnownHosts,
+		ConnectTimeout: cfg.SSH.ConnectTimeout,
+		Logger:         log.With("worker", w.Name),
+	}
+	return func(ctx context.Context) (replicate.Transport, error) {
+		if w.Transport == config.TransportSFTP {
+			return replicate.DialSFTP(ctx, o)
+		}
+		return agent.Dial(ctx, o)
+	}
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/mirrorfs/mirrorfs/agent"
 	"github.com/mirrorfs/mirrorfs/config"
 	"github.com/mirrorfs/mirrorfs/replicate"
 	"github.com/mirrorfs/mirrorfs/verify"
@@ -290,28 +289,9 @@ func compareStore(cfg *config.Config) string {
 	return cfg.Store
 }
 
-// dialWorker connects to w as the daemon does (see startShippers).
+// dialWorker connects to w as the daemon does (workerDialer).
 func dialWorker(ctx context.Context, cfg *config.Config, w config.Worker, log *slog.Logger) (replicate.Transport, error) {
-	user := w.User
-	if user == "" {
-		user = cfg.SSH.User
-	}
-	o := replicate.SFTPOptions{
-		Addr:           w.Addr(),
-		User:           user,
-		Root:           w.Root,
-		IdentityFiles:  cfg.SSH.Identity,
-		KnownHosts:     cfg.SSH.KnownHosts,
-		ConnectTimeout: cfg.SSH.ConnectTimeout,
-		Logger:         log.With("worker", w.Name),
-	}
-	var t replicate.Transport
-	var err error
-	if w.Transport == config.TransportSFTP {
-		t, err = replicate.DialSFTP(ctx, o)
-	} else {
-		t, err = agent.Dial(ctx, o)
-	}
+	t, err := workerDialer(cfg, w, log)(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
