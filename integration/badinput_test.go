@@ -124,7 +124,7 @@ func TestBadInputReadOnlyJournal(t *testing.T) {
 }
 
 // TestBadInputCorruptJournal: after a clean stop, a journal with a damaged
-// MANIFEST, table index or value log is refused at start naming it, and not
+// MANIFEST, table index, table data block or value log is refused at start naming it, and not
 // one byte of it changes; a web root given as the journal is refused as
 // foreign and left alone. The undamaged journal still starts afterwards.
 func TestBadInputCorruptJournal(t *testing.T) {
@@ -165,6 +165,7 @@ func TestBadInputCorruptJournal(t *testing.T) {
 		{"manifest checksum", overwrite("MANIFEST", func(size int64) int64 { return 16 }), "damaged"},
 		{"manifest header", overwrite("MANIFEST", func(size int64) int64 { return 0 }), ""},
 		{"table index", overwrite("*.sst", func(size int64) int64 { return size - 300 }), "damaged"},
+		{"table data block", overwrite("*.sst", func(size int64) int64 { return 64 }), "damaged"},
 		{"value log header", overwrite("*.vlog", func(size int64) int64 { return 0 }), "damaged"},
 		{"value log data", overwrite("*.vlog", func(size int64) int64 { return 20 }), "damaged"},
 	}

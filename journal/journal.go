@@ -211,6 +211,11 @@ func openReadOnly(dir string, log *slog.Logger) (*Journal, error) {
 	}
 	dbDir, snapshot := dir, false
 	unclean, err := uncleanShutdown(dir)
+	if err == nil {
+		// A reader is refused a damaged journal as a writer is: better
+		// than pending lists that silently miss what a damaged block held.
+		err = verifyBeforeOpen(dir, unclean, log)
+	}
 	var db *badger.DB
 	if err == nil && !unclean {
 		db, err = badger.Open(badgerOptions(dir, true, log))

@@ -829,3 +829,43 @@ func TestStoppedAt(t *testing.T) {
 		j.Close()
 	}
 }
+
+// TestDamagedTableBlockRefused: a data block of a table overwritten after a
+// clean stop makes Open refuse with ErrCorrupt naming the table, for a
+// writer and a reader alike, and no byte of the journal changes. Badger
+// alone would open it and fail (or crash) only when it read that block.
+func TestDamagedTableBlockRefused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "j")
+	j, err := Open(dir, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, j, 2000)
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tables, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
+	if len(tables) == 0 {
+		t.Fatal("no table after a clean stop")
+	}
+	// The first block starts at offset 0; the index sits at the end.
+	f, err := os.OpenFile(tables[0], os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("\xde\xad\xbe\xef damaged block \x00\xff"), 64); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	before := fingerprint(t, dir)
+	for _, ro := range []bool{false, true} {
+		_, err := Open(dir, Options{ReadOnly: ro, Logger: testLogger(t)})
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tables[0]) {
+			t.Fatalf("Open(ReadOnly: %v) with a damaged block: %v, want ErrCorrupt naming %s", ro, err, tables[0])
+		}
+		t.Logf("refused: %v", err)
+	}
+	if after := fingerprint(t, dir); !maps.Equal(before, after) {
+		t.Fatalf("refused journal changed:\n%v\n%v", before, after)
+	}
+}
