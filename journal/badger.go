@@ -179,13 +179,10 @@ const vlogHeaderSize = 20
 //   - the MANIFEST must replay completely; after a clean stop it must end
 //     with a whole record (only a crash leaves a torn one, which Badger then
 //     cuts off as designed);
-//
 //   - value logs must hold their header and nothing else: the journal never
 //     stores a value there (valueThreshold), so any other byte is damage;
-//
 //   - after a clean stop, Badger opened read-only must accept the directory
-//     (key registry, every table's index checksum, value log headers).
-//
+//     (key registry, every table's index checksum, value log headers);
 //   - every table the MANIFEST names must pass its block checksums
 //     (verifyTable), which Badger itself checks only when it reads a block.
 //
