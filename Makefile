@@ -8,8 +8,9 @@ VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 # Debian packages the tests and the demo use: FUSE, real OpenSSH workers,
 # the real tools the integration suite runs through the mount, nginx + wrk,
-# network namespaces for fault tests.
-DEB_PKGS  := fuse3 openssh-server openssh-client iproute2 \
+# network namespaces for fault tests (iptables drops packets at random where
+# the kernel has no netem).
+DEB_PKGS  := fuse3 openssh-server openssh-client iproute2 iptables \
              vim git tar rsync attr nginx-light wrk
 TEST_TIMEOUT ?= 14m
 

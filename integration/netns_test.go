@@ -46,8 +46,9 @@ type netNS struct {
 	lock net.Listener // holds the subnet index for this process
 
 	mu     sync.Mutex
-	cut    bool
-	shaped bool
+	cut      bool
+	shaped   bool // a qdisc on HostIf
+	dropping bool // random-drop rules inside the namespace
 }
 
 var netnsSeq atomic.Int64
@@ -276,15 +277,19 @@ func (n *netNS) Restore(t testing.TB) {
 
 // shaping is what Shape does to the traffic towards the worker.
 type shaping struct {
-	Delay time.Duration // added to every packet (netem); at most 1 s
-	Loss  float64       // percent of packets dropped (netem); at most 50
+	Delay time.Duration // added to every packet (netem only); at most 1 s
+	Loss  float64       // percent of packets dropped; at most 50
 	Rate  string        // bandwidth cap in tc's syntax, e.g. "40mbit"
 }
 
 // Shape sets the qdisc of the host end of the veth (traffic from the
 // daemon to the worker): netem when Delay or Loss is set (with Rate too),
 // else a tbf rate limit. Shape again replaces it; Unshape removes it.
-// A kernel without sch_netem skips (fails in CI) a test asking for netem.
+//
+// A kernel without sch_netem still gets Loss: a random-drop rule
+// (iptables' statistic match) inside the worker's namespace, on packets in
+// both directions, with Rate as a tbf cap. Delay has no such substitute: a
+// test asking for it there skips (fails in CI); check netemSupported first.
 func (n *netNS) Shape(t testing.TB, s shaping) {
 	t.Helper()
 	if s.Delay < 0 || s.Delay > time.Second || s.Loss < 0 || s.Loss > 50 {
@@ -293,9 +298,17 @@ func (n *netNS) Shape(t testing.TB, s shaping) {
 	if _, err := exec.LookPath("tc"); err != nil {
 		requireReal(t, "tc in PATH (Debian: apt-get install iproute2)")
 	}
+	n.Unshape(t)
+	if s.Delay == 0 && s.Loss == 0 && s.Rate == "" {
+		return
+	}
+	netem := n.netemSupported()
+	if !netem && s.Delay > 0 {
+		requireReal(t, fmt.Sprintf("sch_netem in the kernel, to delay packets by %v", s.Delay))
+	}
 	args := []string{"qdisc", "replace", "dev", n.HostIf, "root"}
 	switch {
-	case s.Delay > 0 || s.Loss > 0:
+	case netem && (s.Delay > 0 || s.Loss > 0):
 		args = append(args, "netem", "delay", fmt.Sprintf("%dus", s.Delay.Microseconds()),
 			"loss", strconv.FormatFloat(s.Loss, 'f', -1, 64)+"%", "limit", "10000")
 		if s.Rate != "" {
@@ -304,19 +317,57 @@ func (n *netNS) Shape(t testing.TB, s shaping) {
 	case s.Rate != "":
 		args = append(args, "tbf", "rate", s.Rate, "burst", "64kb", "latency", "500ms")
 	default:
-		n.Unshape(t)
-		return
+		args = nil
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	out, err := exec.Command("tc", args...).CombinedOutput()
-	if err != nil {
-		if strings.Contains(string(out), "qdisc kind is unknown") {
-			requireReal(t, fmt.Sprintf("tc %s: the kernel lacks that qdisc: %s", strings.Join(args, " "), strings.TrimSpace(string(out))))
+	if args != nil {
+		if out, err := exec.Command("tc", args...).CombinedOutput(); err != nil {
+			t.Fatalf("tc %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
-		t.Fatalf("tc %s: %v\n%s", strings.Join(args, " "), err, out)
+		n.shaped = true
 	}
-	n.shaped = true
+	if !netem && s.Loss > 0 {
+		if _, err := exec.LookPath(iptables); err != nil {
+			requireReal(t, iptables+" in PATH, to drop packets without netem (Debian: apt-get install iptables)")
+		}
+		p := strconv.FormatFloat(s.Loss/100, 'f', -1, 64)
+		for _, rule := range [][]string{
+			{"INPUT", "-i", n.PeerIf},
+			{"OUTPUT", "-o", n.PeerIf},
+		} {
+			cmd := append([]string{"netns", "exec", n.Name, iptables, "-w", "-A"}, rule...)
+			cmd = append(cmd, "-m", "statistic", "--mode", "random", "--probability", p, "-j", "DROP")
+			if out, err := exec.Command("ip", cmd...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %s: %v\n%s", strings.Join(cmd, " "), err, out)
+			}
+		}
+		n.dropping = true
+	}
+}
+
+// iptables is the legacy (x_tables) front end: the kernels these tests run
+// on have x_tables built in but not always nf_tables.
+const iptables = "iptables-legacy"
+
+// Dropped is how many packets the random-drop rules of Shape have dropped
+// (0 where netem does the dropping: its count is not kept here).
+func (n *netNS) Dropped(t testing.TB) int {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", n.Name, iptables, "-w", "-L", "-n", "-v", "-x").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s -L in %s: %v\n%s", iptables, n.Name, err, out)
+	}
+	total := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 2 && f[2] == "DROP" {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				total += v
+			}
+		}
+	}
+	return total
 }
 
 // Unshape removes what Shape set.
@@ -324,11 +375,14 @@ func (n *netNS) Unshape(t testing.TB) {
 	t.Helper()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if !n.shaped {
-		return
+	if n.shaped {
+		mustRun(t, "tc", "qdisc", "del", "dev", n.HostIf, "root")
+		n.shaped = false
 	}
-	mustRun(t, "tc", "qdisc", "del", "dev", n.HostIf, "root")
-	n.shaped = false
+	if n.dropping {
+		mustRun(t, "ip", "netns", "exec", n.Name, iptables, "-w", "-F")
+		n.dropping = false
+	}
 }
 
 // netemSupported reports whether the kernel has sch_netem, by setting and
