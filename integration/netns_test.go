@@ -45,7 +45,7 @@ type netNS struct {
 
 	lock net.Listener // holds the subnet index for this process
 
-	mu     sync.Mutex
+	mu       sync.Mutex
 	cut      bool
 	shaped   bool // a qdisc on HostIf
 	dropping bool // random-drop rules inside the namespace
