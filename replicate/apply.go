@@ -87,7 +87,7 @@ func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
 	lost := map[string]int64{}
 	now := time.Now().UnixNano()
 	for _, p := range sortedKeys(plan.Attrs) {
-		if err := s.copyAttrs(ctx, p, false, lost, now); err != nil {
+		if err := s.copyAttrs(ctx, p, plan.Attrs[p], false, lost, now); err != nil {
 			return err
 		}
 	}
@@ -95,10 +95,10 @@ func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
 	// last, when nothing changes their entries any more. (A directory
 	// whose attributes were just copied as a plan attribute is done.)
 	for _, p := range sortedKeys(dirs) {
-		if plan.Attrs[p] {
+		if _, ok := plan.Attrs[p]; ok {
 			continue
 		}
-		if err := s.copyAttrs(ctx, p, true, lost, now); err != nil {
+		if err := s.copyAttrs(ctx, p, 0, true, lost, now); err != nil {
 			return err
 		}
 	}
@@ -255,8 +255,10 @@ func (d *dirTracker) WriteFileAtomic(ctx context.Context, p string, r io.Reader,
 // copyAttrs copies the store's attributes of p to the worker; an excluded
 // path is skipped, and so is a path the store no longer has: it is added
 // to lost (with the time now), to be copied again by the next plan at the
-// name the op that moved it gives (see Plan.Lost).
-func (s *Shipper) copyAttrs(ctx context.Context, p string, dirOnly bool, lost map[string]int64, now int64) error {
+// name the op that moved it gives (see Plan.Lost). With ino set, a p the
+// store has meanwhile given to another file (not a directory) is skipped
+// too, see Plan.Attrs.
+func (s *Shipper) copyAttrs(ctx context.Context, p string, ino uint64, dirOnly bool, lost map[string]int64, now int64) error {
 	sfi, err := s.storeLstat(p)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) && lost != nil {
@@ -265,6 +267,10 @@ func (s *Shipper) copyAttrs(ctx context.Context, p string, dirOnly bool, lost ma
 		return nil
 	}
 	if (dirOnly && !sfi.IsDir()) || s.excl.Excluded(p, sfi.IsDir()) {
+		return nil
+	}
+	if ino != 0 && !sfi.IsDir() && inode(sfi) != ino {
+		s.log.Debug("not copying attributes: the store holds another file there now", "path", p, "inode", inode(sfi), "want", ino)
 		return nil
 	}
 	return s.setAttrs(ctx, p, sfi, nil)

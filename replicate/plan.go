@@ -99,8 +99,14 @@ type Plan struct {
 	// Carry are identities whose data is held back (still open, or
 	// unresolved): carried into the next plan; they pin the durable cursor.
 	Carry map[uint64]*ident
-	// Attrs are paths whose attributes are copied from the store.
-	Attrs map[string]bool
+	// Attrs are paths whose attributes are copied from the store, each
+	// with the store inode whose attributes they are (0: any). A path the
+	// store has since given to another inode is skipped: the op that did
+	// so is journaled after this plan and brings that file's data and
+	// attributes itself, whereas copying them now would put the new
+	// version's mtime on the old version's content, which a later
+	// comparison by size and mtime would then take for the new version.
+	Attrs map[string]uint64
 	// Dirs are directories whose content changed: their mtime and mode
 	// are copied from the store.
 	Dirs map[string]bool
@@ -167,7 +173,7 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 	f := folder{
 		pl:      pl,
 		ids:     make(map[uint64]*ident, len(carried)),
-		attrs:   map[string]bool{},
+		attrs:   map[string]uint64{},
 		dirs:    map[string]bool{},
 		refresh: map[string]bool{},
 		xattrs:  map[string]bool{},
@@ -183,7 +189,7 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 	f.lostSince = map[string]int64{}
 	for p, t := range lost {
 		if now.Sub(time.Unix(0, t)) < lostMemory {
-			f.attrs[p] = true
+			f.attrs[p] = 0
 			f.lostSince[p] = t
 		}
 	}
@@ -230,7 +236,7 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 	plan.Xattrs = f.xattrs
 	plan.Lost = map[string]int64{}
 	for p, t := range f.lostSince {
-		if f.attrs[p] {
+		if _, ok := f.attrs[p]; ok {
 			plan.Lost[p] = t
 		}
 	}
@@ -241,7 +247,7 @@ type folder struct {
 	pl      *planner
 	ids     map[uint64]*ident
 	steps   []step
-	attrs   map[string]bool
+	attrs   map[string]uint64 // see Plan.Attrs
 	dirs    map[string]bool
 	refresh map[string]bool
 	xattrs  map[string]bool
@@ -294,7 +300,12 @@ func (f *folder) dropName(p string) {
 			f.dead[k] = f.now
 		}
 	}
-	for _, set := range []map[string]bool{f.attrs, f.refresh, f.xattrs} {
+	for k := range f.attrs {
+		if under(k, p) {
+			delete(f.attrs, k)
+		}
+	}
+	for _, set := range []map[string]bool{f.refresh, f.xattrs} {
 		for k := range set {
 			if under(k, p) {
 				delete(set, k)
@@ -332,7 +343,17 @@ func (f *folder) move(from, to string) {
 		}
 		id.Free = free
 	}
-	for _, set := range []map[string]bool{f.attrs, f.dirs, f.refresh, f.xattrs} {
+	// An entry keeps its identity when it moves (names under a moved
+	// directory too: the identity is the file's, not the directory's).
+	movedAttrs := map[string]uint64{}
+	for k, ino := range f.attrs {
+		if under(k, from) {
+			delete(f.attrs, k)
+			movedAttrs[reparent(k, from, to)] = ino
+		}
+	}
+	maps.Copy(f.attrs, movedAttrs)
+	for _, set := range []map[string]bool{f.dirs, f.refresh, f.xattrs} {
 		moved := map[string]bool{}
 		for k := range set {
 			if under(k, from) {
@@ -373,7 +394,12 @@ func (f *folder) exchange(a, b string) {
 			}
 		}
 	}
-	for _, set := range []map[string]bool{f.attrs, f.dirs, f.refresh, f.xattrs} {
+	nextAttrs := make(map[string]uint64, len(f.attrs))
+	for k, ino := range f.attrs {
+		nextAttrs[swap(k)] = ino
+	}
+	f.attrs = nextAttrs
+	for _, set := range []map[string]bool{f.dirs, f.refresh, f.xattrs} {
 		next := make(map[string]bool, len(set))
 		for k := range set {
 			next[swap(k)] = true
@@ -471,10 +497,10 @@ func (f *folder) op(op journal.Op) {
 		if op.Mask&^journal.AttrSize != 0 {
 			if id := f.ids[op.File]; id != nil && op.File != 0 {
 				for _, n := range id.Names {
-					f.attrs[n] = true
+					f.attrs[n] = op.File
 				}
 			} else if f.valid(op, op.Path) && !f.excludedUnknown(op.Path) {
-				f.attrs[op.Path] = true
+				f.attrs[op.Path] = op.File
 			}
 		}
 
@@ -500,7 +526,7 @@ func (f *folder) op(op journal.Op) {
 		}
 		f.dropName(op.Path)
 		f.steps = append(f.steps, step{Kind: stepMkdir, Seq: op.Seq, Path: op.Path})
-		f.attrs[op.Path] = true
+		f.attrs[op.Path] = 0
 		f.changedDir(op.Path)
 
 	case journal.KindMknod:
@@ -618,7 +644,8 @@ func (f *folder) rename(op journal.Op) {
 		f.steps = append(f.steps, step{Kind: stepExchange, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
 			SrcPending: f.pending(op.Path), DstPending: f.pending(op.NewPath)})
 		f.exchange(op.Path, op.NewPath)
-		f.attrs[op.Path], f.attrs[op.NewPath] = true, true
+		// Each name now holds the other's entry; identities unknown here.
+		f.attrs[op.Path], f.attrs[op.NewPath] = 0, 0
 		return
 	}
 	f.steps = append(f.steps, step{Kind: stepRename, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
@@ -633,11 +660,11 @@ func (f *folder) rename(op journal.Op) {
 	// (copyAttrs skips a path the store lacks), as with rsync's
 	// write-temp, chmod, utimes, rename: nothing else would fix the
 	// worker's mode and mtime. (Dropped in fold when the data ships.)
-	f.attrs[op.NewPath] = true
+	f.attrs[op.NewPath] = op.File
 }
 
 // sortedKeys returns the keys of a set in order (parents before children).
-func sortedKeys(m map[string]bool) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	ks := slices.Collect(maps.Keys(m))
 	sort.Strings(ks)
 	return ks

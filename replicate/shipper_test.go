@@ -1021,3 +1021,70 @@ func TestShipperLinkSurvivesUnlinkRightAfterSend(t *testing.T) {
 	}
 	compareTrees(t, f.store, worker, nil)
 }
+
+// Save-by-rename twice in a row, with a batch boundary between the first
+// rename and the second save: the batch holding only the first rename
+// finds the store's name already holding the second version. It must not
+// copy that version's mtime onto the first version's content on the
+// worker: a full comparison (after a kill -9, or a resync) compares size
+// and mtime and would then keep the old content for good. Found by
+// TestKillKeepsPathOrder.
+func TestShipperRenameDoesNotCopyNewerVersionsAttrs(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile(".a.swp", "version 1")
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	time.Sleep(storeAheadSlack + 50*time.Millisecond) // not suspect: see above
+
+	// The store runs ahead of the journal: the first rename, then the whole
+	// second save (same size, another mtime), journaled only partly.
+	first := f.renameStore(".a.swp", "a")
+	f.must(os.WriteFile(f.abs(".a.swp"), []byte("version 2"), 0o644))
+	tm := time.Now().Add(time.Hour)
+	f.must(os.Chtimes(f.abs(".a.swp"), tm, tm))
+	f.must(os.Rename(f.abs(".a.swp"), f.abs("a")))
+	f.j.Append(first)
+	waitSynced(t, s, f.j)
+	if got, _ := readWorker(t, worker, "a"); got != "version 1" {
+		t.Fatalf("worker a = %q after the first rename, want version 1", got)
+	}
+	wfi, err := os.Lstat(filepath.Join(worker, "a"))
+	f.must(err)
+	if wfi.ModTime().Equal(tm) {
+		t.Fatal("the worker's version 1 got version 2's mtime")
+	}
+
+	// A full comparison now (the rest of the journal superseded) must find
+	// the worker's a different from the store's and send it.
+	s.Resync(false)
+	waitFor(t, "the resync", 10*time.Second, func() bool { return s.Status().ResyncDone >= 1 })
+	if got, _ := readWorker(t, worker, "a"); got != "version 2" {
+		t.Fatalf("worker a = %q after a full comparison, want version 2", got)
+	}
+}
+
+// A full comparison over a transport that keeps nanosecond mtimes tells
+// apart two versions of the same size saved within the same second: the
+// quick check used to compare whole seconds, then copied the store's mtime
+// onto the worker's old content.
+func TestFullCopyComparesNanosecondMtimes(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("a", "version 1")
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+
+	sec := time.Now().Truncate(time.Second).Add(-time.Minute)
+	f.must(os.Chtimes(filepath.Join(worker, "a"), sec.Add(100), sec.Add(100)))
+	f.must(os.WriteFile(f.abs("a"), []byte("version 2"), 0o644)) // not journaled: drift to find
+	f.must(os.Chtimes(f.abs("a"), sec.Add(900), sec.Add(900)))
+
+	s.Resync(false)
+	waitFor(t, "the resync", 10*time.Second, func() bool { return s.Status().ResyncDone >= 1 })
+	if got, _ := readWorker(t, worker, "a"); got != "version 2" {
+		t.Fatalf("worker a = %q after a full comparison, want version 2", got)
+	}
+}

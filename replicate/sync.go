@@ -213,7 +213,13 @@ func (sy *syncer) syncEntry(ctx context.Context, p string, sfi fs.FileInfo, wfi 
 		if first, ok := sy.links[ino]; ok && nlink(sfi) > 1 {
 			return s.relink(ctx, first, p)
 		}
-		if wfi != nil && wfi.Mode.IsRegular() && wfi.Size == sfi.Size() && wfi.Mtime.Unix() == sfi.ModTime().Unix() {
+		// The quick check, as rsync's: same size and mtime is the same
+		// file. At the grain the transport keeps: a file saved twice
+		// within one second, same size, differs only in nanoseconds, and
+		// setAttrs below would then give the old content the new mtime,
+		// hiding it from every later comparison.
+		_, nanos := s.linkAttrs()
+		if wfi != nil && wfi.Mode.IsRegular() && wfi.Size == sfi.Size() && sameMtime(sfi.ModTime(), wfi.Mtime, nanos) {
 			sy.links[ino] = p
 			return s.setAttrs(ctx, p, sfi, wfi)
 		}
