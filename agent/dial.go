@@ -57,7 +57,7 @@ func start(ctx context.Context, sc *replicate.SSHConn, root string) (*Client, er
 	if err != nil {
 		return nil, err
 	}
-	remote, fresh, err := install(ctx, sc, exe, id, false)
+	remote, fresh, err := install(ctx, sc, exe, id, root, false)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +65,7 @@ func start(ctx context.Context, sc *replicate.SSHConn, root string) (*Client, er
 	if err == nil && c.BuildID() != id && !fresh {
 		// Same name, other content (a damaged upload): replace it.
 		c.Close()
-		if remote, _, err = install(ctx, sc, exe, id, true); err != nil {
+		if remote, _, err = install(ctx, sc, exe, id, root, true); err != nil {
 			return nil, err
 		}
 		c, err = run(ctx, sc, remote, root)
@@ -81,8 +81,11 @@ func start(ctx context.Context, sc *replicate.SSHConn, root string) (*Client, er
 }
 
 // install makes sure the worker has this binary at its cache path and
-// returns that path, and whether it was uploaded now.
-func install(ctx context.Context, sc *replicate.SSHConn, exe, id string, force bool) (remote string, uploaded bool, err error) {
+// returns that path, and whether it was uploaded now. It refuses when that
+// path lies inside the worker root (an account whose home is the web root,
+// or `mirrorfs worker`, whose SFTP root is the worker root): the binary
+// would be served, and every full comparison would delete it again.
+func install(ctx context.Context, sc *replicate.SSHConn, exe, id, root string, force bool) (remote string, uploaded bool, err error) {
 	c, err := sftp.NewClient(sc.Client)
 	if err != nil {
 		return "", false, fmt.Errorf("sftp for the agent upload: %w", err)
@@ -95,6 +98,9 @@ func install(ctx context.Context, sc *replicate.SSHConn, exe, id string, force b
 		return "", false, fmt.Errorf("home directory: %w", err)
 	}
 	dir := path.Join(home, cacheDir)
+	if within(dir, root) {
+		return "", false, fmt.Errorf("the agent's cache %s would be inside the worker root %s (the SSH account's home is %s): not uploading it there", dir, root, home)
+	}
 	remote = path.Join(dir, "mirrorfs-"+id[:16])
 	local, err := os.Stat(exe)
 	if err != nil {
@@ -132,6 +138,12 @@ func install(ctx context.Context, sc *replicate.SSHConn, exe, id string, force b
 	}
 	sc.Logger().Info("uploaded the agent", "path", remote, "bytes", local.Size())
 	return remote, true, nil
+}
+
+// within reports whether the slash path p is root or below it.
+func within(p, root string) bool {
+	p, root = path.Clean(p), path.Clean(root)
+	return p == root || root == "/" || strings.HasPrefix(p, root+"/")
 }
 
 // run starts the agent at remote on an exec channel and greets it.
