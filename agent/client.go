@@ -408,19 +408,40 @@ func (c *Client) WriteFileDelta(ctx context.Context, p string, r io.Reader, a re
 	if sparse {
 		src = &denseReader{sr: sr}
 	}
+	return c.sendPatch(ctx, p, sig.FileSize(), a, func(w io.Writer) (delta.Stats, error) {
+		return delta.NewDelta(&sig, src, w)
+	})
+}
 
+// WriteFileRanges implements replicate.RangeWriter: the delta is made from
+// the ranges the master knows changed (delta.RangeDelta), with no
+// signature and no round trip before the data.
+func (c *Client) WriteFileRanges(ctx context.Context, p string, basisSize, keep int64, ranges []delta.Range, r io.Reader, a replicate.Attrs) (int64, error) {
+	src := r
+	if sr, ok := r.(replicate.SparseReader); ok {
+		src = &denseReader{sr: sr}
+	}
+	return c.sendPatch(ctx, p, basisSize, a, func(w io.Writer) (delta.Stats, error) {
+		return delta.RangeDelta(basisSize, keep, ranges, src, w)
+	})
+}
+
+// sendPatch streams the delta that makeDelta writes to the agent, which
+// patches the worker's p (of basisSize bytes) into a temp file, checks the
+// result's SHA-256, fsyncs, sets a and renames it over p.
+func (c *Client) sendPatch(ctx context.Context, p string, basisSize int64, a replicate.Attrs, makeDelta func(io.Writer) (delta.Stats, error)) (int64, error) {
 	if err := c.usable(ctx); err != nil {
 		return 0, err
 	}
 	stop := c.watch(ctx)
 	defer stop()
 	begin := request{Op: opPatchBegin, Path: p, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
-		Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime), Off: sig.FileSize()}
+		Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime), Off: basisSize}
 	if err := c.send(begin); err != nil {
 		return 0, c.ctxErr(ctx, err)
 	}
 	fw := &frameWriter{c: c, buf: make([]byte, 0, dataChunk)}
-	st, derr := delta.NewDelta(&sig, src, fw)
+	st, derr := makeDelta(fw)
 	if derr == nil {
 		derr = fw.flush()
 	}
@@ -434,7 +455,7 @@ func (c *Client) WriteFileDelta(ctx context.Context, p string, r io.Reader, a re
 	if err := c.send(end); err != nil {
 		return 0, c.ctxErr(ctx, err)
 	}
-	resp, err = c.receive()
+	resp, err := c.receive()
 	if err != nil {
 		return 0, c.ctxErr(ctx, err)
 	}

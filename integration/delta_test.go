@@ -2,9 +2,14 @@ package integration
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -62,4 +67,139 @@ func TestDeltaSaveByRename(t *testing.T) {
 	if !bytes.Equal(got, store) || !bytes.Equal(got, v2) {
 		t.Error("worker content differs from the store's after the delta")
 	}
+}
+
+// A file modified in place (1 KiB overwritten in the middle of 16 MiB, as a
+// database or an editor writing in place does) crosses the wire as just the
+// bytes written: the journal knows the range, so no signature is asked for.
+// A reader on the worker polls the file the whole time and only ever sees
+// whole versions. Then the worker's copy is damaged behind mirrorfs's back
+// and the file written in place again: the ranges no longer fit the
+// worker's copy, the agent's SHA-256 check refuses the result, and the file
+// goes another way; the worker still ends equal to the store.
+func TestRangesInPlace(t *testing.T) {
+	c := newCluster(t, clusterOptions{Workers: 1})
+	w := c.Workers[0]
+	const size = 16 << 20
+	rng := rand.New(rand.NewPCG(3, 4))
+	v1 := make([]byte, size)
+	for i := range v1 {
+		v1[i] = byte(rng.Uint32())
+	}
+	p := filepath.Join(c.Mount, "data.bin")
+	if err := os.WriteFile(p, v1, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.waitConverged(t, converge)
+
+	// Every version the worker may legitimately show, by SHA-256.
+	var mu sync.Mutex
+	versions := map[[32]byte]string{sha256.Sum256(v1): "v1"}
+	addVersion := func(name string, b []byte) {
+		mu.Lock()
+		versions[sha256.Sum256(b)] = name
+		mu.Unlock()
+	}
+	var reads atomic.Int64
+	stop := make(chan struct{})
+	torn := make(chan string, 1)
+	var reader sync.WaitGroup
+	reader.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b, err := os.ReadFile(filepath.Join(w.Root, "data.bin"))
+			if err != nil {
+				continue
+			}
+			sum := sha256.Sum256(b)
+			mu.Lock()
+			_, ok := versions[sum]
+			mu.Unlock()
+			if !ok {
+				select {
+				case torn <- fmt.Sprintf("%d bytes, SHA-256 %x", len(b), sum[:8]):
+				default:
+				}
+			}
+			reads.Add(1)
+		}
+	})
+	defer func() { close(stop); reader.Wait() }()
+
+	writeAt := func(b []byte, off int64) {
+		t.Helper()
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	patch := make([]byte, 1024)
+	for i := range patch {
+		patch[i] = byte(rng.Uint32())
+	}
+	v2 := bytes.Clone(v1)
+	copy(v2[size/2:], patch)
+	addVersion("v2", v2)
+	before, _ := c.status(t).worker(w.Name)
+	logFrom := fileSize(c.LogPath)
+	writeAt(patch, size/2)
+	c.waitConverged(t, converge)
+	after, _ := c.status(t).worker(w.Name)
+	sent := after.BytesSent - before.BytesSent
+	t.Logf("1 KiB written in place in 16 MiB: %d bytes sent on the SSH connection", sent)
+	if sent > 16<<10 {
+		t.Errorf("sent %d bytes for a 1 KiB write in place, want at most 16 KiB", sent)
+	}
+	if log := readFrom(c.LogPath, logFrom); !strings.Contains(log, "shipped as ranges") {
+		t.Errorf("the daemon log does not say the file went as ranges:\n%s", lastLines(log, 20))
+	}
+
+	// Drift behind mirrorfs's back, then another write in place.
+	drifted := bytes.Clone(v2)
+	drifted[100] ^= 0xff
+	addVersion("drifted", drifted)
+	// (atomically, so that the reader does not see the test's own write)
+	if err := os.WriteFile(filepath.Join(w.Root, "drift.tmp"), drifted, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustRename(t, filepath.Join(w.Root, "drift.tmp"), filepath.Join(w.Root, "data.bin"))
+	v3 := bytes.Clone(v2)
+	copy(v3[size/4:], patch)
+	addVersion("v3", v3)
+	logFrom = fileSize(c.LogPath)
+	writeAt(patch, size/4)
+	c.waitConverged(t, converge)
+	if log := readFrom(c.LogPath, logFrom); !strings.Contains(log, "ranges not used") {
+		t.Errorf("the damaged worker copy was not noticed:\n%s", lastLines(log, 20))
+	}
+	if got := readFile(t, filepath.Join(w.Root, "data.bin")); got != string(v3) {
+		t.Error("worker content differs from v3")
+	}
+	select {
+	case what := <-torn:
+		t.Errorf("a reader on the worker saw a mixed version: %s", what)
+	default:
+	}
+	t.Logf("%d whole reads of the file on the worker", reads.Load())
+	if reads.Load() < 10 {
+		t.Errorf("only %d reads: the reader did not watch the updates", reads.Load())
+	}
+}
+
+func fileSize(p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }

@@ -498,7 +498,7 @@ func (s *Shipper) shipIdent(ctx context.Context, plan *Plan, id *ident) error {
 		s.holdOpen(plan, id)
 		return nil
 	}
-	err := s.shipFile(ctx, primary, id.ID, id.Names, id.Born)
+	err := s.shipFile(ctx, primary, id.ID, id.Names, id.Born, id)
 	if errors.Is(err, errNotIdentity) || errors.Is(err, errSourceChanged) {
 		s.unresolved(plan, id, err.Error())
 		return nil
@@ -509,8 +509,9 @@ func (s *Shipper) shipIdent(ctx context.Context, plan *Plan, id *ident) error {
 // shipFile sends the store file at primary, which must be inode ino, and
 // makes its other names hard links to it. names are the names the journal
 // told; unless complete, names of older links are looked up in the store.
-func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, names []string, complete bool) error {
-	n, err := s.sendFile(ctx, primary, ino)
+// changes is the identity the journal told of, if any (see sendFile).
+func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, names []string, complete bool, changes *ident) error {
+	n, err := s.sendFile(ctx, primary, ino, changes)
 	if err != nil {
 		return err
 	}
@@ -552,7 +553,7 @@ func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, name
 				return err
 			}
 			// Without hard links on the worker, send a copy.
-			if _, err := s.sendFile(ctx, other, ino); err != nil && !errors.Is(err, errNotIdentity) && !errors.Is(err, errSourceChanged) {
+			if _, err := s.sendFile(ctx, other, ino, nil); err != nil && !errors.Is(err, errNotIdentity) && !errors.Is(err, errSourceChanged) {
 				return err
 			}
 		}

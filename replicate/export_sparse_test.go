@@ -17,7 +17,7 @@ func SendStoreFile(t *testing.T, store, p string, tr Transport) (int64, error) {
 	}
 	defer s.store.Close()
 	s.t = tr
-	return s.sendFile(t.Context(), p, 0)
+	return s.sendFile(t.Context(), p, 0, nil)
 }
 
 // ErrSourceChanged is errSourceChanged, for the external tests.

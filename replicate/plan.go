@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"github.com/mirrorfs/mirrorfs/delta"
 	"log/slog"
 	"maps"
 	"slices"
@@ -71,6 +72,15 @@ type ident struct {
 	FirstSeq  uint64 // first data op since the last ship
 	FirstTime int64  // Op.Time of that op
 	Open      bool   // a data op without a later Close
+	// Ranged: Ranges (merged) hold every byte its data ops since the last
+	// ship touched, and Cut (when Truncated) the smallest size a truncate
+	// gave it meanwhile; the worker's copy is the version before them. Only
+	// for a file written in place: not Born, nothing but writes, copy
+	// ranges, fallocates and truncates, at most maxRanges ranges.
+	Ranged    bool
+	Ranges    []delta.Range
+	Truncated bool
+	Cut       int64
 	// Unresolved: its data could not be read from the store at its names
 	// (moved or removed by an op not yet journaled); retried later.
 	Unresolved      bool
@@ -81,8 +91,36 @@ type ident struct {
 	Free map[string]bool
 }
 
+// maxRanges bounds the ranges an identity tracks; past it the file is
+// shipped by signature delta or whole.
+const maxRanges = 1024
+
+// noteData records the byte ranges of a data op (see Ranged).
+func (id *ident) noteData(op journal.Op) {
+	if !id.Ranged {
+		return
+	}
+	switch op.Kind {
+	case journal.KindWrite, journal.KindCopyRange, journal.KindFallocate:
+		id.Ranges = append(id.Ranges, delta.Range{Off: op.Offset, Len: op.Length})
+		if len(id.Ranges) > 2*maxRanges {
+			id.Ranges = delta.MergeRanges(id.Ranges)
+		}
+		if len(id.Ranges) > maxRanges {
+			id.Ranged, id.Ranges = false, nil
+		}
+	case journal.KindSetattr: // a truncate
+		if !id.Truncated || op.Size < id.Cut {
+			id.Truncated, id.Cut = true, op.Size
+		}
+	default:
+		id.Ranged, id.Ranges = false, nil
+	}
+}
+
 func (id *ident) clone() *ident {
 	c := *id
+	c.Ranges = slices.Clone(id.Ranges)
 	c.Names = slices.Clone(id.Names)
 	c.Free = maps.Clone(id.Free)
 	return &c
@@ -454,9 +492,12 @@ func (f *folder) dirty(op journal.Op, opens bool) {
 		if !f.valid(op, op.Path) || f.excluded(op.Path, false) {
 			return
 		}
-		id = &ident{ID: op.File, Names: []string{op.Path}}
+		// A file the worker has (in the version before this op): its
+		// changes can go as byte ranges.
+		id = &ident{ID: op.File, Names: []string{op.Path}, Ranged: true}
 		f.ids[op.File] = id
 	}
+	id.noteData(op)
 	if !id.Dirty {
 		id.Dirty = true
 		id.FirstSeq, id.FirstTime = op.Seq, op.Time

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mirrorfs/mirrorfs/delta"
 )
 
 // errSourceChanged: a store file changed while it was being sent.
@@ -53,7 +55,7 @@ func (s *Shipper) newSyncer(skip map[string]bool) *syncer {
 // usually settled by the next attempt.
 func (s *Shipper) sendSettled(ctx context.Context, p string, ino uint64) (int64, error) {
 	for i := 1; ; i++ {
-		n, err := s.sendFile(ctx, p, ino)
+		n, err := s.sendFile(ctx, p, ino, nil)
 		if !errors.Is(err, errSourceChanged) || i >= sendAttempts || ctx.Err() != nil {
 			return n, err
 		}
@@ -165,7 +167,7 @@ func (sy *syncer) syncPath(ctx context.Context, p string) error {
 		}
 		var err error
 		for i := 1; ; i++ {
-			err = s.shipFile(ctx, p, inode(sfi), []string{p}, false)
+			err = s.shipFile(ctx, p, inode(sfi), []string{p}, false, nil)
 			if !errors.Is(err, errSourceChanged) || i >= sendAttempts || ctx.Err() != nil {
 				break
 			}
@@ -519,8 +521,10 @@ var errNotIdentity = errors.New("store file is not the expected file")
 // sendFile sends the store file p to the worker's p atomically with its
 // attributes. If ino is not 0 the store file must be that inode. The
 // transport gets a SparseReader: holes of the store file are not sent, and
-// the bytes returned count data only.
-func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64) (int64, error) {
+// the bytes returned count data only. changes, if not nil, is the
+// identity whose data ops the journal told: a file written in place goes
+// as its changed byte ranges where the transport can (RangeWriter).
+func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64, changes *ident) (int64, error) {
 	f, err := s.store.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ELOOP) {
@@ -548,6 +552,9 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64) (int64, er
 	const deltaMinSize = 64 << 10
 	st, _ := fi.Sys().(*syscall.Stat_t)
 	dense := st != nil && st.Blocks*512 >= fi.Size() // no holes
+	if n, done, err := s.sendRanges(ctx, p, f, fi, a, changes, dense); done {
+		return n, err
+	}
 	if dw, ok := unwrap(s.t).(DeltaWriter); ok && fi.Size() >= deltaMinSize && dense {
 		if d, ok := s.t.(*dirTracker); ok {
 			d.changes(p) // as its WriteFileAtomic notes
@@ -604,6 +611,57 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64) (int64, er
 		return 0, s.errf(p, fmt.Errorf("write: %w", err))
 	}
 	return vr.n, s.syncXattrs(ctx, p, f, false)
+}
+
+// sendRanges sends the store file f (p, stat fi) as the byte ranges that
+// changes says were written, when the transport can (RangeWriter), the
+// file has no holes (the old version's copy would fill them) and the
+// ranges are less than half of it. done reports whether the file was sent
+// or must not be sent now (errSourceChanged, a cancellation); otherwise f
+// is back at its start for the next way of sending it.
+func (s *Shipper) sendRanges(ctx context.Context, p string, f *os.File, fi fs.FileInfo, a Attrs, changes *ident, dense bool) (n int64, done bool, err error) {
+	rw, ok := unwrap(s.t).(RangeWriter)
+	if !ok || changes == nil || !changes.Ranged || !dense {
+		return 0, false, nil
+	}
+	wfi, err := s.wlstat(ctx, p)
+	if err != nil || wfi == nil || !wfi.Mode.IsRegular() {
+		return 0, false, nil // let the other ways find out
+	}
+	keep := min(fi.Size(), wfi.Size)
+	if changes.Truncated {
+		keep = min(keep, changes.Cut)
+	}
+	ranges := delta.MergeRanges(slices.Clone(changes.Ranges))
+	literal := fi.Size() - keep
+	for _, r := range ranges {
+		literal += max(0, min(r.End(), keep)-r.Off)
+	}
+	if literal*2 > fi.Size() {
+		return 0, false, nil // mostly new: a signature may still find old blocks
+	}
+	if d, ok := s.t.(*dirTracker); ok {
+		d.changes(p) // as its WriteFileAtomic notes
+	}
+	sent, rerr := rw.WriteFileRanges(ctx, p, wfi.Size, keep, ranges, &storeReader{f: f, before: fi}, a)
+	if errors.Is(rerr, ErrOwner) {
+		s.ownerRefused(p, rerr)
+		rerr = nil
+	}
+	switch {
+	case rerr == nil:
+		s.log.Debug("shipped as ranges", "path", p, "bytes", fi.Size(), "ranges", len(ranges), "literal", sent)
+		return fi.Size(), true, s.syncXattrs(ctx, p, f, false)
+	case errors.Is(rerr, errSourceChanged):
+		return 0, true, rerr
+	case ctx.Err() != nil:
+		return 0, true, s.errf(p, fmt.Errorf("write: %w", rerr))
+	}
+	s.log.Debug("ranges not used, trying a delta", "path", p, "err", rerr)
+	if _, serr := f.Seek(0, io.SeekStart); serr != nil {
+		return 0, true, s.errf(p, fmt.Errorf("store: %w", serr))
+	}
+	return 0, false, nil
 }
 
 // sameVersion compares size, mtime and ctime of two stats of one file.

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/mirrorfs/mirrorfs/delta"
 	"io"
 	"io/fs"
 	"strings"
@@ -133,6 +134,20 @@ type Hasher interface {
 // caller then sends the file whole with WriteFileAtomic.
 type DeltaWriter interface {
 	WriteFileDelta(ctx context.Context, p string, r io.Reader, a Attrs) (literal int64, err error)
+}
+
+// RangeWriter is an optional Transport capability: WriteFileAtomic (temp
+// file beside p, fsync, attributes a, rename over p) of a file changed in
+// place, whose changed bytes the master knows from the journal. The
+// worker's regular file p, of basisSize bytes, is the old version: equal to
+// the new one r except in ranges and at or past keep. Only those bytes
+// cross the wire; the rest is copied from the old version on the worker.
+// The result's SHA-256 is checked against r's, so a worker copy that is not
+// the old version fails (wrapping delta.ErrMismatch) and nothing changes:
+// the caller then sends the file another way. It returns the literal bytes
+// sent.
+type RangeWriter interface {
+	WriteFileRanges(ctx context.Context, p string, basisSize, keep int64, ranges []delta.Range, r io.Reader, a Attrs) (literal int64, err error)
 }
 
 // FileInfo describes one worker entry.
