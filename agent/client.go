@@ -416,13 +416,9 @@ func (c *Client) WriteFileDelta(ctx context.Context, p string, r io.Reader, a re
 // WriteFileRanges implements replicate.RangeWriter: the delta is made from
 // the ranges the master knows changed (delta.RangeDelta), with no
 // signature and no round trip before the data.
-func (c *Client) WriteFileRanges(ctx context.Context, p string, basisSize, keep int64, ranges []delta.Range, r io.Reader, a replicate.Attrs) (int64, error) {
-	src := r
-	if sr, ok := r.(replicate.SparseReader); ok {
-		src = &denseReader{sr: sr}
-	}
+func (c *Client) WriteFileRanges(ctx context.Context, p string, basisSize, keep int64, ranges []delta.Range, r replicate.RangeSource, a replicate.Attrs) (int64, error) {
 	return c.sendPatch(ctx, p, basisSize, a, func(w io.Writer) (delta.Stats, error) {
-		return delta.RangeDelta(basisSize, keep, ranges, src, w)
+		return delta.RangeDelta(basisSize, keep, ranges, r, r, w)
 	})
 }
 
@@ -487,6 +483,10 @@ func (f *frameWriter) Write(b []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// Flush sends what is buffered now: delta.RangeDelta flushes its
+// instructions so that the agent starts copying while the master hashes.
+func (f *frameWriter) Flush() error { return f.flush() }
 
 func (f *frameWriter) flush() error {
 	if len(f.buf) == 0 {

@@ -42,95 +42,101 @@ func MergeRanges(rs []Range) []Range {
 	return out
 }
 
-// RangeDelta writes to w a delta that rebuilds newVersion from a basis of
-// basisSize bytes which equals newVersion everywhere except in ranges and
-// at or past keep: those bytes go as LITERAL, all others as COPY of the
-// same offset in the basis. It is what a writer that knows which bytes it
-// changed sends instead of computing a signature: no round trip, and only
-// the changed bytes on the wire.
+// RangeDelta writes to w a delta that rebuilds the new version from a basis
+// of basisSize bytes which equals it everywhere except in ranges and at or
+// past keep: those bytes go as LITERAL, read from at, all others as COPY of
+// the same offset in the basis. It is what a writer that knows which bytes
+// it changed sends instead of computing a signature: no round trip, and
+// only the changed bytes on the wire.
 //
-// newVersion is read once, whole, to hash it: the delta ends with the
-// SHA-256 of the new version like any other, so Patch still proves the
-// result (a basis that is not the expected old version gives ErrMismatch,
-// and the caller sends the file whole). The delta uses blocks of one byte,
-// so its COPYs address any byte range. ranges must be merged (MergeRanges).
-func RangeDelta(basisSize, keep int64, ranges []Range, newVersion io.Reader, w io.Writer) (Stats, error) {
+// The instructions go first, and w is flushed (if it has a Flush method) so
+// that the receiver copies while the sender reads whole, the new version
+// again, for its SHA-256: the delta ends with it like any other, so Patch
+// still proves the result (a basis that is not the expected old version,
+// or literals read before a change the hash saw, give ErrMismatch, and the
+// caller sends the file whole). The delta uses blocks of one byte, so its
+// COPYs address any byte range. ranges must be merged (MergeRanges).
+func RangeDelta(basisSize, keep int64, ranges []Range, at io.ReaderAt, whole io.Reader, w io.Writer) (Stats, error) {
 	if basisSize < 0 {
 		return Stats{}, errors.New("delta: negative basis size")
 	}
+	// The new version's size, as far as the instructions go: its last
+	// written byte, or the basis bytes kept. A file that is longer gets
+	// the rest as LITERAL; the hash pass finds its real size.
 	keep = min(max(keep, 0), basisSize)
 	dw := &deltaWriter{w: bufio.NewWriterSize(w, 64<<10), runStart: -1}
 	hdr := append([]byte(deltaMagic), deltaVersion)
 	hdr = binary.AppendUvarint(hdr, 1)
 	hdr = binary.AppendUvarint(hdr, uint64(basisSize))
 	dw.write(hdr)
-
-	whole := sha256.New()
-	buf := make([]byte, MaxLiteral)
-	var pos int64 // offset in newVersion of buf[0]
-	copyFrom := int64(-1)
-	flushCopy := func(to int64) {
-		if copyFrom < 0 || to <= copyFrom {
-			copyFrom = -1
+	copyRun := func(off, n int64) {
+		if n <= 0 {
 			return
 		}
 		b := append(dw.tmp[:0], opCopy)
-		b = binary.AppendUvarint(b, uint64(copyFrom))
-		b = binary.AppendUvarint(b, uint64(to-copyFrom))
+		b = binary.AppendUvarint(b, uint64(off))
+		b = binary.AppendUvarint(b, uint64(n))
 		dw.write(b)
-		dw.stats.Copied += to - copyFrom
+		dw.stats.Copied += n
 		dw.stats.Ops++
-		copyFrom = -1
 	}
-	// literal reports whether the byte at off goes as LITERAL, and up to
-	// where (exclusive) that answer holds.
-	ri := 0
-	literal := func(off int64) (bool, int64) {
-		if off >= keep {
-			return true, 1<<63 - 1
+	buf := make([]byte, MaxLiteral)
+	// literalRun sends [off, end) of the new version, or up to its end
+	// when end < 0; it returns where the new version ended, if it did.
+	literalRun := func(off, end int64) (eof bool, err error) {
+		for end < 0 || off < end {
+			n := int64(len(buf))
+			if end >= 0 {
+				n = min(n, end-off)
+			}
+			got, err := at.ReadAt(buf[:n], off)
+			dw.literal(buf[:got])
+			off += int64(got)
+			if err == io.EOF {
+				return true, nil
+			}
+			if err != nil {
+				return false, fmt.Errorf("delta: reading new version: %w", err)
+			}
 		}
-		for ri < len(ranges) && ranges[ri].End() <= off {
-			ri++
-		}
-		if ri < len(ranges) && ranges[ri].Off <= off {
-			return true, ranges[ri].End()
-		}
-		next := keep
-		if ri < len(ranges) {
-			next = min(next, ranges[ri].Off)
-		}
-		return false, next
+		return false, nil
 	}
-	for {
-		n, err := io.ReadFull(newVersion, buf)
-		chunk := buf[:n]
-		whole.Write(chunk)
-		for i := 0; i < len(chunk); {
-			off := pos + int64(i)
-			lit, until := literal(off)
-			j := len(chunk)
-			if until-pos < int64(j) {
-				j = int(until - pos)
-			}
-			if lit {
-				flushCopy(off)
-				dw.literal(chunk[i:j])
-			} else if copyFrom < 0 {
-				copyFrom = off
-			}
-			i = j
-		}
-		pos += int64(n)
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
+	var pos int64
+	ended := false
+	for _, r := range ranges {
+		if ended || r.Off >= keep {
 			break
 		}
+		copyRun(pos, r.Off-pos)
+		eof, err := literalRun(r.Off, min(r.End(), keep))
 		if err != nil {
-			return dw.stats, fmt.Errorf("delta: reading new version: %w", err)
+			return dw.stats, err
+		}
+		pos, ended = min(r.End(), keep), eof
+	}
+	if !ended {
+		copyRun(pos, keep-pos)
+		if _, err := literalRun(keep, -1); err != nil {
+			return dw.stats, err
 		}
 	}
-	flushCopy(pos)
-	trailer := append([]byte{opEnd}, binary.AppendUvarint(nil, uint64(pos))...)
-	trailer = whole.Sum(trailer)
+	if dw.err == nil {
+		dw.err = dw.w.Flush()
+	}
+	if f, ok := w.(interface{ Flush() error }); ok && dw.err == nil {
+		dw.err = f.Flush()
+	}
+	if dw.err != nil {
+		return dw.stats, dw.err
+	}
+
+	h := sha256.New()
+	size, err := io.CopyBuffer(h, whole, buf)
+	if err != nil {
+		return dw.stats, fmt.Errorf("delta: reading new version: %w", err)
+	}
+	trailer := append([]byte{opEnd}, binary.AppendUvarint(nil, uint64(size))...)
+	trailer = h.Sum(trailer)
 	dw.write(trailer)
 	if dw.err == nil {
 		dw.err = dw.w.Flush()

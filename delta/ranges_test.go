@@ -64,7 +64,7 @@ func TestRangeDeltaProperty(t *testing.T) {
 		}
 
 		var d bytes.Buffer
-		st, err := RangeDelta(oldSize, keep, rs, bytes.NewReader(nv), &d)
+		st, err := RangeDelta(oldSize, keep, rs, bytes.NewReader(nv), bytes.NewReader(nv), &d)
 		if err != nil {
 			t.Fatalf("iter %d: RangeDelta: %v", iter, err)
 		}
@@ -97,7 +97,7 @@ func TestRangeDeltaIsSmall(t *testing.T) {
 	nv := bytes.Clone(old)
 	copy(nv[32<<20:], bytes.Repeat([]byte("X"), 1024))
 	var d bytes.Buffer
-	st, err := RangeDelta(int64(len(old)), int64(len(old)), []Range{{32 << 20, 1024}}, bytes.NewReader(nv), &d)
+	st, err := RangeDelta(int64(len(old)), int64(len(old)), []Range{{32 << 20, 1024}}, bytes.NewReader(nv), bytes.NewReader(nv), &d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestRangeDeltaWrongBasis(t *testing.T) {
 	nv := bytes.Clone(old)
 	copy(nv[50_000:], "changed")
 	var d bytes.Buffer
-	if _, err := RangeDelta(int64(len(old)), int64(len(old)), []Range{{50_000, 7}}, bytes.NewReader(nv), &d); err != nil {
+	if _, err := RangeDelta(int64(len(old)), int64(len(old)), []Range{{50_000, 7}}, bytes.NewReader(nv), bytes.NewReader(nv), &d); err != nil {
 		t.Fatal(err)
 	}
 	drifted := bytes.Clone(old)
@@ -139,5 +139,23 @@ func TestMergeRanges(t *testing.T) {
 		if got[i] != want[i] {
 			t.Fatalf("MergeRanges = %v, want %v", got, want)
 		}
+	}
+}
+
+// Literals read before the file changed again (the hash pass sees the
+// newer bytes) make a delta that Patch refuses, never a mix of the two.
+func TestRangeDeltaSourceChangedBetweenPasses(t *testing.T) {
+	old := bytes.Repeat([]byte("b"), 200_000)
+	first := bytes.Clone(old)
+	copy(first[1000:], "first write")
+	second := bytes.Clone(first)
+	copy(second[1000:], "later write")
+	var d bytes.Buffer
+	if _, err := RangeDelta(int64(len(old)), int64(len(old)), []Range{{1000, 11}}, bytes.NewReader(first), bytes.NewReader(second), &d); err != nil {
+		t.Fatal(err)
+	}
+	err := Patch(bytes.NewReader(old), bytes.NewReader(d.Bytes()), &bytes.Buffer{})
+	if !errors.Is(err, ErrMismatch) {
+		t.Fatalf("Patch: %v, want ErrMismatch", err)
 	}
 }

@@ -268,11 +268,12 @@ func (l *Local) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a At
 			_ = l.root.Remove(tmp)
 		}
 	}()
+	wb := &writebackFile{f: f}
 	if sr, ok := r.(SparseReader); ok {
-		if err := writeSparse(ctx, f, sr); err != nil {
+		if err := writeSparse(ctx, wb, sr); err != nil {
 			return err
 		}
-	} else if _, err := io.Copy(f, ctxReader{ctx, r}); err != nil {
+	} else if _, err := io.CopyBuffer(wb, ctxReader{ctx, r}, make([]byte, 256<<10)); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {

@@ -88,6 +88,10 @@ func (v *storeReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// ReadAt reads the store file where it is (RangeSource); Read's check at
+// the end covers these reads too.
+func (v *storeReader) ReadAt(b []byte, off int64) (int, error) { return v.f.ReadAt(b, off) }
+
 // check fails with errSourceChanged if the file is not the version before.
 func (v *storeReader) check() error {
 	after, err := v.f.Stat()

@@ -147,7 +147,15 @@ type DeltaWriter interface {
 // the caller then sends the file another way. It returns the literal bytes
 // sent.
 type RangeWriter interface {
-	WriteFileRanges(ctx context.Context, p string, basisSize, keep int64, ranges []delta.Range, r io.Reader, a Attrs) (literal int64, err error)
+	WriteFileRanges(ctx context.Context, p string, basisSize, keep int64, ranges []delta.Range, r RangeSource, a Attrs) (literal int64, err error)
+}
+
+// RangeSource is the new version for RangeWriter: the changed bytes are
+// read with ReadAt, then the whole file with Read for its hash; Read
+// reports a file that changed meanwhile at its end (errSourceChanged).
+type RangeSource interface {
+	io.Reader
+	io.ReaderAt
 }
 
 // FileInfo describes one worker entry.
