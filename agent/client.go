@@ -413,6 +413,53 @@ func (c *Client) WriteFileDelta(ctx context.Context, p string, r io.Reader, a re
 	})
 }
 
+// keepBatch bounds the KeepIfSame requests in flight: their answers (a few
+// bytes each) must fit the stream's buffers while the master is still
+// sending requests.
+const keepBatch = 1024
+
+var _ replicate.Keeper = (*Client)(nil)
+
+// KeepIfSame implements replicate.Keeper: the requests of a batch go out
+// together, then their answers are read, so a batch costs one round trip.
+func (c *Client) KeepIfSame(ctx context.Context, items []replicate.KeepItem) ([]bool, error) {
+	if err := c.usable(ctx); err != nil {
+		return nil, err
+	}
+	stop := c.watch(ctx)
+	defer stop()
+	out := make([]bool, 0, len(items))
+	for len(items) > 0 {
+		batch := items[:min(len(items), keepBatch)]
+		items = items[len(batch):]
+		for _, it := range batch {
+			a := it.Attrs
+			req := request{Op: opKeepIfSame, Path: it.Path, Off: it.Size, Data: it.Hash, Mode: uint32(a.Perm),
+				UID: int64(a.UID), GID: int64(a.GID), Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime)}
+			if err := c.send(req); err != nil {
+				return nil, c.ctxErr(ctx, err)
+			}
+		}
+		// Every answer is read, also after a failed one: the stream
+		// stays in step for the next request.
+		var first error
+		for range batch {
+			resp, err := c.receive()
+			if err != nil {
+				return nil, c.ctxErr(ctx, err)
+			}
+			if err := resp.err(); err != nil && first == nil {
+				first = err
+			}
+			out = append(out, len(resp.Data) == 1 && resp.Data[0] == 1)
+		}
+		if first != nil {
+			return nil, first
+		}
+	}
+	return out, nil
+}
+
 // WriteFileRanges implements replicate.RangeWriter: the delta is made from
 // the ranges the master knows changed (delta.RangeDelta), with no
 // signature and no round trip before the data.

@@ -319,6 +319,17 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 		s.w = w
 		go func() { w.done <- l.WriteFileAtomic(ctx, r.Path, w, a) }()
 		return response{}, false
+	case opKeepIfSame:
+		a := replicate.Attrs{Perm: fs.FileMode(r.Mode), UID: int(r.UID), GID: int(r.GID),
+			Atime: decodeTime(r.Atime), Mtime: decodeTime(r.Mtime)}
+		same, err := l.KeepIfSame(ctx, []replicate.KeepItem{{Path: r.Path, Size: r.Off, Hash: r.Data, Attrs: a}})
+		if err != nil {
+			return errorResponse(err), true
+		}
+		if same[0] {
+			return response{Data: []byte{1}}, true
+		}
+		return response{Data: []byte{0}}, true
 	case opSignature:
 		sig, err := s.signature(ctx, r.Path)
 		if err != nil {

@@ -62,6 +62,11 @@ const (
 	// worker's current file (their Off is ignored), rebuilt with
 	// delta.Patch; WriteEnd/WriteAbort finish as for a write.
 	opPatchBegin
+	// Path, Off = size, Data = SHA-256, Mode, UID, GID, Atime, Mtime:
+	// replicate.Keeper for one file; answered with Data = {1} when the
+	// worker's file was the same and now has these attributes, {0} when
+	// not. The master sends a batch of them before reading the answers.
+	opKeepIfSame
 	opLast // not an op: bound for validation
 )
 

@@ -203,3 +203,39 @@ func fileSize(p string) int64 {
 	}
 	return fi.Size()
 }
+
+// 300 pages of 8 KiB saved again with the same content, half rewritten in
+// place and half by save-by-rename (a deploy that rewrites everything): the
+// worker keeps its files and gets the new mtimes, and far less than the
+// 2.4 MB of content crosses the wire.
+func TestUnchangedResaveSendsAlmostNothing(t *testing.T) {
+	c := newCluster(t, clusterOptions{Workers: 1, Exclude: []string{"*.swp"}})
+	w := c.Workers[0]
+	const n, size = 300, 8 << 10
+	page := func(i int) []byte {
+		b := bytes.Repeat([]byte(fmt.Sprintf("page %d ", i)), size)
+		return b[:size]
+	}
+	mkdirAll(t, c.Mount+"/site")
+	for i := range n {
+		writeFile(t, fmt.Sprintf("%s/site/p%03d.html", c.Mount, i), string(page(i)))
+	}
+	c.waitConverged(t, converge)
+	before, _ := c.status(t).worker(w.Name)
+	for i := range n {
+		p := fmt.Sprintf("%s/site/p%03d.html", c.Mount, i)
+		if i%2 == 0 {
+			writeFile(t, p, string(page(i)))
+			continue
+		}
+		writeFile(t, p+".swp", string(page(i)))
+		mustRename(t, p+".swp", p)
+	}
+	c.waitConverged(t, converge) // mtimes to the nanosecond included
+	after, _ := c.status(t).worker(w.Name)
+	sent := after.BytesSent - before.BytesSent
+	t.Logf("%d unchanged pages of %d bytes saved again: %d bytes sent", n, size, sent)
+	if sent > n*size/10 {
+		t.Errorf("sent %d bytes to re-save %d unchanged pages (%d bytes of content), want under a tenth", sent, n, n*size)
+	}
+}

@@ -2,14 +2,17 @@ package replicate
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -59,7 +62,14 @@ func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
 		}
 		sy.holdSkipped(plan.Carry)
 	}
+	kept, err := s.keepUnchanged(ctx, plan)
+	if err != nil {
+		return err
+	}
 	for _, id := range slices.Clone(plan.Ship) {
+		if kept[id.ID] {
+			continue
+		}
 		if err := s.shipIdent(ctx, plan, id); err != nil {
 			return err
 		}
@@ -123,7 +133,14 @@ func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
 }
 
 func (s *Shipper) refreshPaths(ctx context.Context, sy *syncer, paths []string) error {
+	kept, err := s.keepRefreshed(ctx, sy, paths)
+	if err != nil {
+		return err
+	}
 	for _, p := range paths {
+		if kept[p] {
+			continue
+		}
 		if err := sy.syncPath(ctx, p); err != nil {
 			return err
 		}
@@ -481,6 +498,118 @@ func (s *Shipper) applyExchange(ctx context.Context, st step, suspect bool, refr
 		}
 	}
 	return nil
+}
+
+// keepMaxSize bounds the files keepUnchanged checks: larger ones go by
+// ranges or signature delta, which find unchanged content themselves.
+const keepMaxSize = 64 << 10
+
+// keepUnchanged finds, among the small files the plan ships whose worker
+// copy may exist (not a name the worker certainly lacks), those whose
+// content the worker has already (a rewrite or a save-by-rename with the
+// same bytes): the transport (Keeper) checks their SHA-256s in one round
+// trip and gives them their new attributes. It returns the identities kept,
+// which need no data. Files with user.* xattrs in the store, hard links
+// and files open for writing go the usual way.
+func (s *Shipper) keepUnchanged(ctx context.Context, plan *Plan) (map[uint64]bool, error) {
+	k, ok := unwrap(s.t).(Keeper)
+	if !ok {
+		return nil, nil
+	}
+	var items []KeepItem
+	var ids []uint64
+	for _, id := range plan.Ship {
+		if len(id.Names) != 1 || id.Free[id.Names[0]] || s.openForWrite(id.ID) {
+			continue
+		}
+		if it, ok := s.keepItem(id.Names[0], id.ID); ok {
+			items = append(items, it)
+			ids = append(ids, id.ID)
+		}
+	}
+	if len(items) == 0 {
+		return nil, nil
+	}
+	same, err := k.KeepIfSame(ctx, items)
+	if err != nil {
+		return nil, s.errf(items[0].Path, fmt.Errorf("comparing %d file(s) with the worker's: %w", len(items), err))
+	}
+	kept := map[uint64]bool{}
+	for i, ok := range same {
+		if ok {
+			kept[ids[i]] = true
+		}
+	}
+	s.log.Debug("kept unchanged", "files", len(kept), "of", len(items))
+	return kept, nil
+}
+
+// keepRefreshed is keepUnchanged for paths to refresh (a file moved in
+// from an excluded name, as a save-by-rename through an excluded temp file
+// is): small regular files whose content the worker has need no data. It
+// returns the paths kept.
+func (s *Shipper) keepRefreshed(ctx context.Context, sy *syncer, paths []string) (map[string]bool, error) {
+	k, ok := unwrap(s.t).(Keeper)
+	if !ok {
+		return nil, nil
+	}
+	var items []KeepItem
+	for _, p := range paths {
+		if sy.skip[p] || p == "" {
+			continue
+		}
+		sfi, err := s.storeLstat(p)
+		if err != nil || !sfi.Mode().IsRegular() || sfi.Size() > keepMaxSize || s.excl.Excluded(p, false) || s.openForWrite(inode(sfi)) {
+			continue
+		}
+		if it, ok := s.keepItem(p, inode(sfi)); ok {
+			items = append(items, it)
+		}
+	}
+	if len(items) == 0 {
+		return nil, nil
+	}
+	same, err := k.KeepIfSame(ctx, items)
+	if err != nil {
+		return nil, s.errf(items[0].Path, fmt.Errorf("comparing %d file(s) with the worker's: %w", len(items), err))
+	}
+	kept := map[string]bool{}
+	for i, ok := range same {
+		if ok {
+			kept[items[i].Path] = true
+		}
+	}
+	s.log.Debug("kept unchanged", "files", len(kept), "of", len(items), "refreshed", true)
+	return kept, nil
+}
+
+// keepItem describes the store file p (inode ino) for Keeper, reading it
+// for its hash; ok is false for anything keepUnchanged leaves alone.
+func (s *Shipper) keepItem(p string, ino uint64) (KeepItem, bool) {
+	f, err := s.store.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return KeepItem{}, false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || inode(fi) != ino || fi.Size() > keepMaxSize || nlink(fi) > 1 {
+		return KeepItem{}, false
+	}
+	if x, err := storeXattrs(f); err != nil || len(x) > 0 {
+		return KeepItem{}, false
+	}
+	h := sha256.New()
+	if n, err := io.Copy(h, f); err != nil || n != fi.Size() {
+		return KeepItem{}, false
+	}
+	if after, err := f.Stat(); err != nil || !sameVersion(fi, after) {
+		return KeepItem{}, false // changing: its next op ships it
+	}
+	a := Attrs{Perm: permBits(fi.Mode()), UID: -1, GID: -1, Mtime: fi.ModTime(), Atime: atime(fi)}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !s.chownOff {
+		a.UID, a.GID = int(st.Uid), int(st.Gid)
+	}
+	return KeepItem{Path: p, Size: fi.Size(), Hash: h.Sum(nil), Attrs: a}, true
 }
 
 // shipIdent sends the data of one identity to its primary name, then makes

@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -650,6 +651,69 @@ func (l *Local) RemoveXattr(ctx context.Context, p, name string) error {
 }
 
 var _ Hasher = (*Local)(nil)
+
+var _ Keeper = (*Local)(nil)
+
+// KeepIfSame implements Keeper.
+func (l *Local) KeepIfSame(ctx context.Context, items []KeepItem) ([]bool, error) {
+	out := make([]bool, len(items))
+	for i, it := range items {
+		same, err := l.keepIfSame(ctx, it)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = same
+	}
+	return out, nil
+}
+
+// keepIfSame is KeepIfSame for one item: false, not an error, for anything
+// that is not the same content in a regular file (missing, another type,
+// another size or hash, user.* xattrs, an owner it may not set).
+func (l *Local) keepIfSame(ctx context.Context, it KeepItem) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	fi, err := l.Lstat(ctx, it.Path)
+	if err != nil || !fi.Mode.IsRegular() || fi.Size != it.Size {
+		return false, nil
+	}
+	sum, err := l.Hash(ctx, it.Path)
+	if err != nil || !bytes.Equal(sum, it.Hash) {
+		return false, nil
+	}
+	if x, err := l.ListXattrs(ctx, it.Path); err != nil {
+		return false, nil
+	} else {
+		for name := range x {
+			if strings.HasPrefix(name, "user.") {
+				return false, nil
+			}
+		}
+	}
+	perm := it.Attrs.Perm & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	if (it.Attrs.UID >= 0 && uint32(it.Attrs.UID) != fi.UID) || (it.Attrs.GID >= 0 && uint32(it.Attrs.GID) != fi.GID) {
+		if err := l.Chown(ctx, it.Path, it.Attrs.UID, it.Attrs.GID); err != nil {
+			return false, nil
+		}
+		fi.Mode = 0 // chown cleared setuid/setgid: set the mode below
+	}
+	if fi.Mode.Perm() != perm.Perm() || fi.Mode&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != perm&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) {
+		if err := l.Chmod(ctx, it.Path, perm); err != nil {
+			return false, nil
+		}
+	}
+	if !it.Attrs.Mtime.IsZero() && !it.Attrs.Mtime.Equal(fi.Mtime) {
+		at := it.Attrs.Atime
+		if at.IsZero() {
+			at = it.Attrs.Mtime
+		}
+		if err := l.Chtimes(ctx, it.Path, at, it.Attrs.Mtime); err != nil {
+			return false, nil
+		}
+	}
+	return true, nil
+}
 
 // Hash implements Hasher: the SHA-256 of the regular file p, opened
 // without following a final symlink (and without blocking on a FIFO).

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"os"
 	"path/filepath"
@@ -1087,4 +1088,64 @@ func TestFullCopyComparesNanosecondMtimes(t *testing.T) {
 	if got, _ := readWorker(t, worker, "a"); got != "version 2" {
 		t.Fatalf("worker a = %q after a full comparison, want version 2", got)
 	}
+}
+
+// Files saved again with the content the worker has (a rewrite in place,
+// a save-by-rename) are not sent: the worker keeps its file (same inode)
+// and gets the new mtime. A file of the same size with other content is
+// sent, and so is one whose worker copy has a user.* xattr the store's
+// lacks.
+func TestShipperKeepsUnchangedFiles(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("same.html", "<p>same</p>")
+	f.writeFile("renamed.html", "<p>renamed</p>")
+	f.writeFile("other.html", "<p>one</p>")
+	f.writeFile("tagged.html", "<p>tagged</p>")
+	var writes atomic.Int32
+	s := newShipper(t, f, worker, nil, func(tr Transport) Transport {
+		return &countingLocal{Local: tr.(*Local), writes: &writes}
+	})
+	start(t, s)
+	waitSynced(t, s, f.j)
+	workerIno := func(p string) uint64 {
+		fi, err := os.Lstat(filepath.Join(worker, p))
+		f.must(err)
+		return inode(fi)
+	}
+	inoSame, inoRenamed := workerIno("same.html"), workerIno("renamed.html")
+	f.must(unix.Setxattr(filepath.Join(worker, "tagged.html"), "user.drift", []byte("x"), 0))
+	writes.Store(0)
+
+	time.Sleep(20 * time.Millisecond) // a visibly later mtime
+	f.writeFile("same.html", "<p>same</p>")
+	f.writeFile(".renamed.html.swp", "<p>renamed</p>")
+	f.rename(".renamed.html.swp", "renamed.html")
+	f.writeFile("other.html", "<p>two</p>")
+	f.writeFile("tagged.html", "<p>tagged</p>")
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil) // mtimes included
+	if _, err := unix.Getxattr(filepath.Join(worker, "tagged.html"), "user.drift", make([]byte, 8)); err == nil {
+		t.Error("tagged.html kept a user.* xattr the store's file lacks")
+	}
+	if workerIno("same.html") != inoSame || workerIno("renamed.html") != inoRenamed {
+		t.Error("an unchanged file was written again on the worker")
+	}
+	if got, _ := readWorker(t, worker, "other.html"); got != "<p>two</p>" {
+		t.Errorf("other.html = %q on the worker", got)
+	}
+	if n := writes.Load(); n != 2 {
+		t.Errorf("%d files written whole, want 2 (other.html, tagged.html)", n)
+	}
+}
+
+// countingLocal is Local (with all its capabilities) counting whole writes.
+type countingLocal struct {
+	*Local
+	writes *atomic.Int32
+}
+
+func (c *countingLocal) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Attrs) error {
+	c.writes.Add(1)
+	return c.Local.WriteFileAtomic(ctx, p, r, a)
 }

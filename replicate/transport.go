@@ -158,6 +158,26 @@ type RangeSource interface {
 	io.ReaderAt
 }
 
+// Keeper is an optional Transport capability, for files saved again with
+// the content the worker already has (a deploy that rewrites everything,
+// an editor's save without changes). KeepIfSame answers, for each item,
+// whether the worker's regular file Path has Size bytes whose SHA-256 is
+// Hash and no user.* extended attributes; where it has, the file is given
+// the item's attributes (mode, owner, times, as WriteFileAtomic sets them)
+// and needs nothing else. A worker that cannot set the owner answers false
+// for that item. All items share one round trip.
+type Keeper interface {
+	KeepIfSame(ctx context.Context, items []KeepItem) ([]bool, error)
+}
+
+// KeepItem is one file for Keeper.KeepIfSame.
+type KeepItem struct {
+	Path  string
+	Size  int64
+	Hash  []byte // SHA-256 of the content
+	Attrs Attrs
+}
+
 // FileInfo describes one worker entry.
 type FileInfo struct {
 	Name  string      // base name
