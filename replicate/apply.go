@@ -67,7 +67,7 @@ func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
 		return err
 	}
 	for _, id := range slices.Clone(plan.Ship) {
-		if kept[id.ID] {
+		if len(id.Names) == 1 && kept[id.Names[0]] {
 			continue
 		}
 		if err := s.shipIdent(ctx, plan, id); err != nil {
@@ -508,25 +508,29 @@ const keepMaxSize = 64 << 10
 // copy may exist (not a name the worker certainly lacks), those whose
 // content the worker has already (a rewrite or a save-by-rename with the
 // same bytes): the transport (Keeper) checks their SHA-256s in one round
-// trip and gives them their new attributes. It returns the identities kept,
-// which need no data. Files with user.* xattrs in the store, hard links
+// trip and gives them their new attributes. It returns the names kept,
+// whose identities need no data. Files with user.* xattrs in the store, hard links
 // and files open for writing go the usual way.
-func (s *Shipper) keepUnchanged(ctx context.Context, plan *Plan) (map[uint64]bool, error) {
+func (s *Shipper) keepUnchanged(ctx context.Context, plan *Plan) (map[string]bool, error) {
 	k, ok := unwrap(s.t).(Keeper)
 	if !ok {
 		return nil, nil
 	}
 	var items []KeepItem
-	var ids []uint64
 	for _, id := range plan.Ship {
 		if len(id.Names) != 1 || id.Free[id.Names[0]] || s.openForWrite(id.ID) {
 			continue
 		}
 		if it, ok := s.keepItem(id.Names[0], id.ID); ok {
 			items = append(items, it)
-			ids = append(ids, id.ID)
 		}
 	}
+	return s.askKeep(ctx, k, items)
+}
+
+// askKeep asks the worker which of items it has already (Keeper) and
+// returns their paths.
+func (s *Shipper) askKeep(ctx context.Context, k Keeper, items []KeepItem) (map[string]bool, error) {
 	if len(items) == 0 {
 		return nil, nil
 	}
@@ -534,10 +538,10 @@ func (s *Shipper) keepUnchanged(ctx context.Context, plan *Plan) (map[uint64]boo
 	if err != nil {
 		return nil, s.errf(items[0].Path, fmt.Errorf("comparing %d file(s) with the worker's: %w", len(items), err))
 	}
-	kept := map[uint64]bool{}
+	kept := map[string]bool{}
 	for i, ok := range same {
 		if ok {
-			kept[ids[i]] = true
+			kept[items[i].Path] = true
 		}
 	}
 	s.log.Debug("kept unchanged", "files", len(kept), "of", len(items))
@@ -566,21 +570,7 @@ func (s *Shipper) keepRefreshed(ctx context.Context, sy *syncer, paths []string)
 			items = append(items, it)
 		}
 	}
-	if len(items) == 0 {
-		return nil, nil
-	}
-	same, err := k.KeepIfSame(ctx, items)
-	if err != nil {
-		return nil, s.errf(items[0].Path, fmt.Errorf("comparing %d file(s) with the worker's: %w", len(items), err))
-	}
-	kept := map[string]bool{}
-	for i, ok := range same {
-		if ok {
-			kept[items[i].Path] = true
-		}
-	}
-	s.log.Debug("kept unchanged", "files", len(kept), "of", len(items), "refreshed", true)
-	return kept, nil
+	return s.askKeep(ctx, k, items)
 }
 
 // keepItem describes the store file p (inode ino) for Keeper, reading it
