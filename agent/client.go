@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/klauspost/compress/s2"
 	"io"
 	"io/fs"
 	"sync"
@@ -27,6 +28,7 @@ type Client struct {
 	r      *bufio.Reader
 	w      *bufio.Writer
 	buf    []byte
+	zbuf   []byte // sendData's compression buffer
 	kill   func() // closes the stream so that blocked calls return
 	close  func() error
 	stats  replicate.Stats // may be nil
@@ -329,6 +331,22 @@ func (c *Client) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a r
 	return resp.err()
 }
 
+// sendData sends one WriteData frame (at most dataChunk bytes), compressed
+// with S2 when that saves at least an eighth: web roots are mostly text,
+// which S2 shrinks two- to fourfold at several hundred MB/s, and it gives up
+// on incompressible data (images, archives) at several GB/s.
+func (c *Client) sendData(off int64, data []byte) error {
+	if len(data) >= 512 {
+		if n := s2.MaxEncodedLen(len(data)); cap(c.zbuf) < n {
+			c.zbuf = make([]byte, n)
+		}
+		if z := s2.Encode(c.zbuf[:cap(c.zbuf)], data); len(z) <= len(data)-len(data)/8 {
+			return c.send(request{Op: opWriteData, Off: off, Mode: dataS2, Data: z})
+		}
+	}
+	return c.send(request{Op: opWriteData, Off: off, Data: data})
+}
+
 // stream sends r's data frames and returns the content's size, or the
 // error that made the source unusable.
 func (c *Client) stream(r io.Reader) (int64, error) {
@@ -337,7 +355,7 @@ func (c *Client) stream(r io.Reader) (int64, error) {
 		for {
 			n, err := io.ReadFull(src, buf)
 			if n > 0 {
-				if serr := c.send(request{Op: opWriteData, Off: off, Data: buf[:n]}); serr != nil {
+				if serr := c.sendData(off, buf[:n]); serr != nil {
 					return off, serr
 				}
 				off += int64(n)
@@ -539,7 +557,7 @@ func (f *frameWriter) flush() error {
 	if len(f.buf) == 0 {
 		return nil
 	}
-	if err := f.c.send(request{Op: opWriteData, Off: f.sent, Data: f.buf}); err != nil {
+	if err := f.c.sendData(f.sent, f.buf); err != nil {
 		return err
 	}
 	f.sent += int64(len(f.buf))

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/klauspost/compress/s2"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -210,8 +211,13 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 	if s.w != nil {
 		switch r.Op {
 		case opWriteData:
-			// The frame's buffer is reused for the next frame: copy.
-			s.w.feed(segment{off: r.Off, data: bytes.Clone(r.Data)})
+			data, err := frameData(r)
+			if err != nil {
+				// The write fails with it; WriteEnd answers with that.
+				s.w.feed(segment{err: err})
+				return response{}, false
+			}
+			s.w.feed(segment{off: r.Off, data: data})
 			return response{}, false
 		case opWriteEnd:
 			s.w.size = r.Off
@@ -441,4 +447,26 @@ func (s *server) finishWrite() response {
 	w := s.w
 	s.w = nil
 	return result(w.wait())
+}
+
+// frameData is the content of a WriteData frame, decompressed if it is (a
+// copy either way: the frame's buffer is reused for the next frame). A
+// compressed frame may not decode to more than dataChunk bytes.
+func frameData(r request) ([]byte, error) {
+	switch r.Mode {
+	case 0:
+		return bytes.Clone(r.Data), nil
+	case dataS2:
+		n, err := s2.DecodedLen(r.Data)
+		if err != nil || n > dataChunk {
+			return nil, fmt.Errorf("agent protocol: bad compressed data frame (%d bytes decoded, at most %d): %v", n, dataChunk, err)
+		}
+		out, err := s2.Decode(make([]byte, n), r.Data)
+		if err != nil {
+			return nil, fmt.Errorf("agent protocol: bad compressed data frame: %w", err)
+		}
+		return out, nil
+	default:
+		return nil, fmt.Errorf("agent protocol: data frame with unknown encoding %d", r.Mode)
+	}
 }

@@ -49,7 +49,7 @@ const (
 	opRemoveXattr
 	opMknod
 	opWriteBegin // Path, Mode, UID, GID, Atime, Mtime: starts a WriteFileAtomic
-	opWriteData  // Off, Data: no answer
+	opWriteData  // Off, Data, Mode (dataS2: Data is compressed): no answer
 	opWriteEnd   // Off = total size: answered with the outcome
 	opWriteAbort // Path2 = why: the master's source failed; answered
 	opHash       // Path: answered with the SHA-256 of the file's content in Data
@@ -69,6 +69,11 @@ const (
 	opKeepIfSame
 	opLast // not an op: bound for validation
 )
+
+// dataS2 in a WriteData frame's Mode: Data is one S2 block (Snappy's
+// successor, github.com/klauspost/compress/s2) of at most dataChunk bytes
+// decoded. The master compresses a frame only when that saves an eighth.
+const dataS2 = 1
 
 // request is one frame from master to agent. One shape for every op keeps
 // the codec small; unused fields cost a byte each.
