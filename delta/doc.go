@@ -12,10 +12,9 @@
 // The basis is cut into blocks of BlockSize(size) bytes (≈√size, multiple
 // of 8, in [700, 128 KiB]); the last block may be shorter. Per block the
 // signature holds rsync's weak checksum (s1 = Σ bytes, s2 = Σ prefix sums,
-// each mod 2^16) and the first 16 bytes of its SHA-256 (stdlib, hardware
-// accelerated where available; 128 bits make a false match across 2^40
-// positions × 2^30 blocks ≤ 2^-58 likely, and the whole-file hash backs it
-// up). NewDelta slides a window of one block over the new version, rolling
+// each mod 2^16) and its 128-bit XXH3 hash (as rsync 3.2's XXH128; 128
+// bits make a false match across 2^40 positions × 2^30 blocks ≤ 2^-58
+// likely, and the whole-file SHA-256 backs it up). NewDelta slides a window of one block over the new version, rolling
 // the weak sum in O(1) per byte, looks it up in a hash table keyed on the
 // weak sum and confirms candidates with the strong hash. On a match it
 // emits COPY and jumps a whole block; otherwise the byte joins a pending
@@ -27,9 +26,9 @@
 // hash table over the signature plus one buffer of about
 // MaxLiteral + 2 blocks; Patch a few 64 KiB buffers whatever the delta says.
 //
-// # Signature format (version 1)
+// # Signature format (version 2)
 //
-//	"MFSG" | 0x01 | strong size (16) | uvarint block size | uvarint file size |
+//	"MFSG" | 0x02 | strong size (16) | uvarint block size | uvarint file size |
 //	per block: weak sum (uint32 little-endian) | strong hash (16 bytes)
 //
 // The block count is implied by the sizes; the record area must match it
