@@ -258,7 +258,7 @@ func findMatch(ix *index, weak uint32, window []byte, lastBlk int) int {
 			return false
 		}
 		if !have {
-			strong, have = strongSum(window), true
+			strong, have = truncate(strongSum(window), sig.strongLen), true
 		}
 		return sig.strong[c] == strong
 	}

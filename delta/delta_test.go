@@ -296,7 +296,7 @@ func TestSignatureEncoding(t *testing.T) {
 		t.Fatal(err)
 	}
 	enc, _ := sig.MarshalBinary()
-	if want := 6 + 2 + 2 + 8*sigRecord; len(enc) != want {
+	if want := 6 + 2 + 2 + 8*(4+minStrongLen); len(enc) != want {
 		t.Errorf("encoded %d bytes, want %d", len(enc), want)
 	}
 	var s Signature
@@ -309,12 +309,38 @@ func TestSignatureEncoding(t *testing.T) {
 		t.Error("trailing byte accepted")
 	}
 	// A lying file size must not allocate: 2^62 bytes in blocks of 1.
-	lie := []byte("MFSG\x01\x10\x01\x80\x80\x80\x80\x80\x80\x80\x80\x40")
+	lie := []byte("MFSG\x02\x10\x01\x80\x80\x80\x80\x80\x80\x80\x80\x40")
 	if err := s.UnmarshalBinary(lie); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("lying size: %v", err)
 	}
 	if err := s.UnmarshalBinary(enc); err != nil || s.Blocks() != 8 || s.FileSize() != 5000 || s.BlockSize() != 700 {
 		t.Errorf("decode: %v %d %d %d", err, s.Blocks(), s.FileSize(), s.BlockSize())
+	}
+}
+
+// The strong hash prefix grows with the file: rsync-like sizes, never
+// below 4 bytes nor above 16.
+func TestStrongLen(t *testing.T) {
+	for _, tc := range []struct {
+		size int64
+		want int
+	}{
+		{0, 4}, {5000, 4}, {1 << 20, 4}, {256 << 20, 5}, {16 << 30, 7}, {1 << 50, 11},
+	} {
+		bs := int64(BlockSize(tc.size))
+		blocks := int((tc.size + bs - 1) / bs)
+		if got := strongLen(tc.size, blocks); got != tc.want {
+			t.Errorf("strongLen(%d, %d) = %d, want %d", tc.size, blocks, got, tc.want)
+		}
+	}
+	// A signature with a bad strong size is refused.
+	for _, n := range []byte{0, 3, 17} {
+		enc := []byte("MFSG\x02")
+		enc = append(enc, n, 1, 0)
+		var s Signature
+		if err := s.UnmarshalBinary(enc); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("strong size %d: %v", n, err)
+		}
 	}
 }
 
@@ -390,7 +416,7 @@ func FuzzSignature(f *testing.F) {
 		enc, _ := sig.MarshalBinary()
 		f.Add(enc)
 	}
-	f.Add([]byte("MFSG\x01\x10\x01\x80\x80\x80\x80\x80\x80\x80\x80\x40"))
+	f.Add([]byte("MFSG\x02\x10\x01\x80\x80\x80\x80\x80\x80\x80\x80\x40"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var s Signature
 		if err := s.UnmarshalBinary(data); err != nil {
@@ -399,7 +425,7 @@ func FuzzSignature(f *testing.F) {
 			}
 			return
 		}
-		if len(s.weak)*sigRecord > len(data) {
+		if len(s.weak)*(4+s.strongLen) > len(data) {
 			t.Fatalf("%d blocks from %d bytes", len(s.weak), len(data))
 		}
 		enc, err := s.MarshalBinary()

@@ -12,9 +12,9 @@
 // The basis is cut into blocks of BlockSize(size) bytes (≈√size, multiple
 // of 8, in [700, 128 KiB]); the last block may be shorter. Per block the
 // signature holds rsync's weak checksum (s1 = Σ bytes, s2 = Σ prefix sums,
-// each mod 2^16) and its 128-bit XXH3 hash (as rsync 3.2's XXH128; 128
-// bits make a false match across 2^40 positions × 2^30 blocks ≤ 2^-58
-// likely, and the whole-file SHA-256 backs it up). NewDelta slides a window of one block over the new version, rolling
+// each mod 2^16) and a prefix of its 128-bit XXH3 hash (as rsync 3.2's
+// XXH128), 4 to 16 bytes chosen from the file's size so that a false match
+// in a file is less likely than 2^-30; the whole-file SHA-256 backs it up). NewDelta slides a window of one block over the new version, rolling
 // the weak sum in O(1) per byte, looks it up in a hash table keyed on the
 // weak sum and confirms candidates with the strong hash. On a match it
 // emits COPY and jumps a whole block; otherwise the byte joins a pending
@@ -28,8 +28,8 @@
 //
 // # Signature format (version 2)
 //
-//	"MFSG" | 0x02 | strong size (16) | uvarint block size | uvarint file size |
-//	per block: weak sum (uint32 little-endian) | strong hash (16 bytes)
+//	"MFSG" | 0x02 | strong size n (4..16) | uvarint block size | uvarint file size |
+//	per block: weak sum (uint32 little-endian) | strong hash prefix (n bytes)
 //
 // The block count is implied by the sizes; the record area must match it
 // exactly, so a lying length cannot make UnmarshalBinary allocate more than

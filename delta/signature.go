@@ -24,19 +24,14 @@ const (
 	MinBlockSize = 700
 	MaxBlockSize = 128 << 10
 
-	// StrongSize is the length of the strong hash kept per block: XXH3's
-	// 128-bit hash (github.com/zeebo/xxh3), as rsync 3.2 uses XXH128 for its
-	// block checksums. It runs at memory speed where SHA-256 ran at 1.4 GB/s,
-	// which made signature and delta slower than rsync's own.
-	//
-	// A false match needs a weak-checksum collision followed by a collision of
-	// the strong hash. Even counting every (position, block) pair as a
-	// comparison — 2^40 positions × 2^30 blocks = 2^70 — the chance that one
-	// of them collides on 128 well-mixed bits is ≤ 2^70/2^128 = 2^-58. XXH3
-	// is not built to resist a crafted collision, and need not be: the
-	// whole-file SHA-256 at the end of every delta rejects any result that
-	// is not the new version, which is then sent whole.
+	// StrongSize is the most a block's strong hash keeps: XXH3's 128-bit
+	// hash (github.com/zeebo/xxh3), as rsync 3.2 uses XXH128 for its block
+	// checksums. It runs at memory speed where SHA-256 ran at 1.4 GB/s,
+	// which made signature and delta slower than rsync's own. A signature
+	// keeps only a prefix of it, see strongLen.
 	StrongSize = 16
+	// minStrongLen is the shortest prefix a signature keeps.
+	minStrongLen = 4
 
 	// maxSigBlockSize is the largest block size NewSignature accepts (callers
 	// may pick sizes other than BlockSize's, e.g. tiny ones in tests).
@@ -75,7 +70,34 @@ type Signature struct {
 	blockSize int
 	fileSize  int64
 	weak      []uint32
-	strong    [][StrongSize]byte
+	strong    [][StrongSize]byte // bytes past strongLen are zero
+	strongLen int
+}
+
+// strongLen is how many bytes of each block's strong hash a signature of
+// size bytes in blocks blocks keeps. A false match needs a weak-checksum
+// collision (2^-32) and a collision of the kept prefix (2^-8n) for one of
+// about size × blocks (position, block) pairs; n is chosen to keep the
+// expected number of false matches in one file under 2^-30, as rsync sizes
+// its own block sums from the file's size. A false match costs no
+// correctness: the whole-file SHA-256 at the end of every delta rejects
+// the result, and the file is sent whole. XXH3 is not built to resist a
+// crafted collision and need not be, for the same reason. For 1 MiB this
+// keeps 4 bytes a block (8 on the wire with the weak sum, where 20 were
+// sent before), for 256 MiB 5.
+func strongLen(size int64, blocks int) int {
+	if size <= 0 || blocks <= 0 {
+		return minStrongLen
+	}
+	bits := math.Log2(float64(size)) + math.Log2(float64(blocks)) - 32 + 30
+	n := int(math.Ceil(bits / 8))
+	return min(max(n, minStrongLen), StrongSize)
+}
+
+// truncate keeps the first n bytes of a strong hash.
+func truncate(h [StrongSize]byte, n int) [StrongSize]byte {
+	clear(h[n:])
+	return h
 }
 
 // BlockSize returns the block size the signature was computed with.
@@ -115,6 +137,10 @@ func NewSignature(r io.Reader, blockSize int) (*Signature, error) {
 		switch err {
 		case nil:
 		case io.EOF, io.ErrUnexpectedEOF:
+			s.strongLen = strongLen(s.fileSize, len(s.weak))
+			for i := range s.strong {
+				s.strong[i] = truncate(s.strong[i], s.strongLen)
+			}
 			return s, nil
 		default:
 			return nil, fmt.Errorf("delta: reading basis: %w", err)
@@ -141,28 +167,31 @@ func strongSum(b []byte) [StrongSize]byte {
 
 // Signature encoding (version 2; version 1 kept truncated SHA-256s):
 //
-//	"MFSG" | version (1 byte) | strong size (1 byte) |
+//	"MFSG" | version (1 byte) | strong size n (1 byte, 4..16) |
 //	uvarint block size | uvarint file size |
-//	per block: weak (4 bytes little-endian) | strong (StrongSize bytes)
+//	per block: weak (4 bytes little-endian) | strong (n bytes)
 //
 // The number of blocks is implied by the sizes, so the record area must
 // have exactly that length.
 const (
 	sigMagic   = "MFSG"
 	sigVersion = 2
-	sigRecord  = 4 + StrongSize
 )
 
 // MarshalBinary encodes the signature.
 func (s *Signature) MarshalBinary() ([]byte, error) {
-	out := make([]byte, 0, 6+2*binary.MaxVarintLen64+len(s.weak)*sigRecord)
+	n := s.strongLen
+	if n < minStrongLen || n > StrongSize {
+		n = StrongSize // a Signature not made by NewSignature
+	}
+	out := make([]byte, 0, 6+2*binary.MaxVarintLen64+len(s.weak)*(4+n))
 	out = append(out, sigMagic...)
-	out = append(out, sigVersion, StrongSize)
+	out = append(out, sigVersion, byte(n))
 	out = binary.AppendUvarint(out, uint64(s.blockSize))
 	out = binary.AppendUvarint(out, uint64(s.fileSize))
 	for i, w := range s.weak {
 		out = binary.LittleEndian.AppendUint32(out, w)
-		out = append(out, s.strong[i][:]...)
+		out = append(out, s.strong[i][:n]...)
 	}
 	return out, nil
 }
@@ -179,9 +208,11 @@ func (s *Signature) UnmarshalBinary(data []byte) error {
 	if data[4] != sigVersion {
 		return bad("unsupported version %d", data[4])
 	}
-	if data[5] != StrongSize {
-		return bad("strong hash size %d, want %d", data[5], StrongSize)
+	sl := int(data[5])
+	if sl < minStrongLen || sl > StrongSize {
+		return bad("strong hash size %d out of range [%d, %d]", sl, minStrongLen, StrongSize)
 	}
+	sigRecord := uint64(4 + sl)
 	p := data[6:]
 	bs, n := binary.Uvarint(p)
 	if n <= 0 {
@@ -210,9 +241,9 @@ func (s *Signature) UnmarshalBinary(data []byte) error {
 	strong := make([][StrongSize]byte, blocks)
 	for i := range weak {
 		weak[i] = binary.LittleEndian.Uint32(p)
-		copy(strong[i][:], p[4:sigRecord])
+		copy(strong[i][:sl], p[4:sigRecord])
 		p = p[sigRecord:]
 	}
-	*s = Signature{blockSize: int(bs), fileSize: int64(size), weak: weak, strong: strong}
+	*s = Signature{blockSize: int(bs), fileSize: int64(size), weak: weak, strong: strong, strongLen: sl}
 	return nil
 }
