@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"math"
 )
@@ -146,7 +145,8 @@ func NewDelta(sig *Signature, newVersion io.Reader, w io.Writer) (Stats, error) 
 	hdr = binary.AppendUvarint(hdr, uint64(sig.fileSize))
 	dw.write(hdr)
 
-	whole := sha256.New()
+	whole := newAsyncHash()
+	defer whole.Close()
 	var total int64
 	readChunk := max(bs, 64<<10)
 	buf := make([]byte, MaxLiteral+bs+readChunk)
@@ -339,7 +339,8 @@ func Patch(basis io.ReaderAt, delta io.Reader, out io.Writer) error {
 		blocks++
 	}
 
-	whole := sha256.New()
+	whole := newAsyncHash()
+	defer whole.Close()
 	mw := &hashWriter{w: out, h: whole}
 	buf := make([]byte, MaxLiteral)
 	var total uint64
@@ -412,7 +413,7 @@ func Patch(basis io.ReaderAt, delta io.Reader, out io.Writer) error {
 
 type hashWriter struct {
 	w io.Writer
-	h hash.Hash
+	h io.Writer
 }
 
 func (hw *hashWriter) write(p []byte) error {
