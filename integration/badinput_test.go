@@ -321,6 +321,7 @@ func TestKillDuringApply(t *testing.T) {
 	}
 	c.Start(t)
 	c.waitConverged(t, converge)
+	c.verify(t)
 	// The store holds every write that returned, and so do the workers.
 	rounds, _ := filepath.Glob(c.Store + "/r*")
 	for _, r := range rounds {

@@ -15,6 +15,7 @@ func TestJournalBudget(t *testing.T) {
 	c := newCluster(t, clusterOptions{Workers: 2, JournalMaxBytes: "256KiB"})
 	writeFile(t, c.Mount+"/before.html", "before the outage\n")
 	c.waitConverged(t, converge)
+	c.verify(t)
 	down := c.Workers[0]
 	down.Stop(t)
 

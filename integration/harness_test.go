@@ -881,3 +881,23 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// verify runs the operator's own check, `mirrorfs verify --checksum`
+// (content hashes included), on the named workers or on all of them, and
+// fails the test unless it reports them in sync. Failure scenarios end with
+// it besides the harness's own tree comparison: the two are independent.
+func (c *cluster) verify(t testing.TB, workers ...string) {
+	t.Helper()
+	runs := [][]string{{"--checksum"}}
+	if len(workers) > 0 {
+		runs = nil
+		for _, w := range workers {
+			runs = append(runs, []string{"--checksum", "--worker", w})
+		}
+	}
+	for _, args := range runs {
+		if out, err := c.cli("verify", args...); err != nil {
+			t.Errorf("mirrorfs verify %s on converged workers: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}

@@ -134,6 +134,7 @@ func TestLinkCutDuringBurst(t *testing.T) {
 	down.NetNS.Restore(t)
 	restoredAt := time.Now()
 	c.waitConverged(t, converge)
+	c.verify(t)
 	t.Logf("%s converged %v after the link came back", down.Name, time.Since(restoredAt).Round(time.Millisecond))
 
 	// Files it had before the cut were not sent again: same inodes (every
@@ -187,6 +188,7 @@ func TestLinkDropMidTransfer(t *testing.T) {
 	}
 	writeFile(t, c.Mount+"/big.bin", string(oldData))
 	c.waitConverged(t, converge)
+	c.verify(t)
 	oldSum := sha256.Sum256(oldData)
 
 	// Slow the link so that the transfer takes several seconds: 40 Mbit/s
@@ -305,6 +307,7 @@ func TestSlowLossyWorker(t *testing.T) {
 	slowBehind := len(c.compare(c.Store, slow.Root)) > 0
 	t.Logf("%s converged; %s still behind then: %v", fast.Name, slow.Name, slowBehind)
 	c.waitConverged(t, 2*converge)
+	c.verify(t)
 	if !netem {
 		// Proof that the link really was lossy while the worker converged.
 		dropped := slow.NetNS.Dropped(t)

@@ -144,6 +144,7 @@ func TestKillKeepsPathOrder(t *testing.T) {
 
 	c.Start(t)
 	c.waitConverged(t, converge)
+	c.verify(t)
 	close(stopObserving)
 	observing.Wait()
 	for _, o := range observers {

@@ -226,6 +226,7 @@ func TestOutage(t *testing.T) {
 
 	down.Start(t)
 	c.waitConverged(t, converge)
+	c.verify(t)
 	// Files that did not change were not sent again: the worker still has
 	// the very same inodes (every send replaces the file by a new one).
 	after := inodes(t, down.Root)
@@ -296,6 +297,7 @@ func TestCrash(t *testing.T) {
 
 	c.Start(t)
 	c.waitConverged(t, converge)
+	c.verify(t)
 	for _, w := range c.Workers {
 		acked.Range(func(k, v any) bool {
 			data, err := os.ReadFile(filepath.Join(w.Root, k.(string)))

@@ -34,6 +34,7 @@ func TestStoreChangedWhileStopped(t *testing.T) {
 	}
 	c.Start(t)
 	c.waitConverged(t, converge)
+	c.verify(t)
 	if !strings.Contains(readFile(t, c.LogPath), notice) {
 		t.Fatalf("the daemon did not say why it compares the workers:\n%s", logTail(c.LogPath, 30))
 	}

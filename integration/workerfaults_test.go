@@ -264,6 +264,7 @@ func TestWorkerHostKeyChanged(t *testing.T) {
 	restore()
 	w1.Start(t)
 	c.waitConverged(t, converge)
+	c.verify(t)
 	if ws, _ := c.status(t).worker(w1.Name); ws.LastError != "" || !ws.Connected {
 		t.Fatalf("status of %s after recovery: %+v", w1.Name, ws)
 	}
@@ -289,6 +290,7 @@ func TestWorkerAuthRefused(t *testing.T) {
 
 	writeFile(t, w1.AuthorizedKeys, keys)
 	c.waitConverged(t, converge)
+	c.verify(t)
 }
 
 // TestWorkerRootMissing: a worker whose configured root does not exist
@@ -327,6 +329,7 @@ func testWorkerRootMissing(t *testing.T, transport string) {
 		t.Fatal(err)
 	}
 	c.waitConverged(t, converge)
+	c.verify(t)
 	assertLogged(t, c, w1, `msg="full copy done"`)
 }
 
@@ -404,6 +407,7 @@ func testWorkerRootReadOnly(t *testing.T, transport string) {
 
 	unmount()
 	c.waitConverged(t, converge)
+	c.verify(t)
 }
 
 // TestWorkerDiskFull: a worker whose disk is full shows a no-space error;
@@ -481,6 +485,7 @@ func testWorkerDiskFull(t *testing.T, transport string) {
 
 	mustRun(t, "mount", "-o", "remount,size=16m", w1.Root)
 	c.waitConverged(t, converge) // also fails on leftover temp files
+	c.verify(t)
 	filepath.WalkDir(w1.Root, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && strings.HasPrefix(d.Name(), ".mirrorfs-tmp-") {
 			t.Errorf("temp file left on w1: %s", p)

@@ -138,7 +138,9 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	wg.Go(func() {
 		d := daemonState{cfg: cfg, j: j, shippers: shippers, store: store, log: log}
 		if err := control.Serve(runCtx, cfg.Control, func() control.Status { return daemonStatus(cfg, j, shippers) }, daemonRoutes(d)...); err != nil {
-			log.Error("control socket failed; status will read the journal instead", "err", err)
+			// The daemon goes on replicating, but holds the journal:
+			// status, journal, resync cannot reach it until a restart.
+			log.Error("control socket failed: status, journal and resync cannot reach this daemon until it is restarted (replication goes on)", "socket", cfg.Control, "err", err)
 		}
 	})
 	wg.Go(func() { trimLoop(runCtx, cfg, j, shippers, log) })
