@@ -184,12 +184,10 @@ const vlogHeaderSize = 20
 //   - after a clean stop, Badger opened read-only must accept the directory
 //     (key registry, every table's index checksum, value log headers);
 //   - every table the MANIFEST names must pass its block checksums
-//     (verifyTable), which Badger itself checks only when it reads a block.
-//
-// Not covered: a write-ahead log (*.mem, present only after a crash) damaged
-// in the middle, which Badger replays up to the damage and cuts. Telling
-// that from the torn tail a power cut leaves would need the offset of the
-// last sync recorded outside the log.
+//     (verifyTable), which Badger itself checks only when it reads a block;
+//   - after a crash, a trial recovery on a copy must keep every op up to the
+//     one the DURABLE mark names (checkRecovery): Badger cuts a write-ahead
+//     log (*.mem) at its first damaged entry, and what follows is lost.
 func verifyBeforeOpen(dir string, unclean bool, log *slog.Logger) error {
 	corrupt := func(format string, args ...any) error {
 		return fmt.Errorf("open journal %s: %w: %s", dir, ErrCorrupt, fmt.Sprintf(format, args...))
@@ -237,8 +235,8 @@ func verifyBeforeOpen(dir string, unclean bool, log *slog.Logger) error {
 
 	if unclean {
 		// Badger read-only refuses a log that needs cutting, which every
-		// journal left by a crash does.
-		return nil
+		// journal left by a crash does: recover a copy instead.
+		return checkRecovery(dir, log)
 	}
 	db, err := badger.Open(badgerOptions(dir, true, log))
 	if err != nil {
@@ -344,15 +342,19 @@ func lockDir(dir string, exclusive bool) (*dirLock, error) {
 		}
 		return nil, fmt.Errorf("open journal %s: lock: %w", dir, err)
 	}
-	l := &dirLock{f: f}
-	if exclusive {
-		l.pid = filepath.Join(dir, "LOCK")
-		if err := os.WriteFile(l.pid, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o644); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("open journal %s: %w", dir, err)
-		}
+	return &dirLock{f: f}, nil
+}
+
+// writePid records this process as the holder in LOCK, as Badger does. A
+// writer calls it once the journal is accepted: a journal refused as
+// damaged or foreign keeps the LOCK file it had (a crashed holder's).
+func (l *dirLock) writePid(dir string) error {
+	p := filepath.Join(dir, "LOCK")
+	if err := os.WriteFile(p, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o644); err != nil {
+		return fmt.Errorf("open journal %s: %w", dir, err)
 	}
-	return l, nil
+	l.pid = p
+	return nil
 }
 
 func (l *dirLock) release() error {

@@ -109,7 +109,14 @@ func (j *Journal) commitTxn(txn *badger.Txn, part []*appendReq) error {
 		answer(part, err)
 		return err
 	}
-	j.last.Store(part[len(part)-1].seq)
+	last := part[len(part)-1].seq
+	if j.mark != nil {
+		if err := j.mark.set(last); err != nil {
+			// Only the check after a crash loses its reference point.
+			j.log.Warn("cannot record the last durable op", "file", durableName, "err", err)
+		}
+	}
+	j.last.Store(last)
 	j.commits.Add(1)
 	j.appends.Add(uint64(len(part)))
 	j.broadcast()

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -256,5 +257,60 @@ func TestLockedByOtherProcess(t *testing.T) {
 		if msg := err.Error(); !strings.Contains(msg, dir) || (!ro && !strings.Contains(msg, fmt.Sprint(pid))) {
 			t.Errorf("error %q should name %s and pid %d", msg, dir, pid)
 		}
+	}
+}
+
+// TestDamagedWALAfterCrashRefused: after a kill -9, the write-ahead log is
+// damaged in the middle of what it holds. Badger would replay it up to the
+// damage and cut the rest, acknowledged ops included; Open refuses instead
+// (ErrCorrupt naming the log and the ops at stake), for a writer and a
+// reader, and leaves every byte as it was.
+func TestDamagedWALAfterCrashRefused(t *testing.T) {
+	dir, acked := crashedJournal(t)
+	var maxAcked uint64
+	for seq := range acked {
+		maxAcked = max(maxAcked, seq)
+	}
+	mems, _ := filepath.Glob(filepath.Join(dir, "*.mem"))
+	if len(mems) == 0 {
+		t.Fatal("no write-ahead log after the crash")
+	}
+	slices.Sort(mems)
+	wal := mems[len(mems)-1] // the live log, holding the latest ops
+	data, err := os.ReadFile(wal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := len(data)
+	for end > 0 && data[end-1] == 0 {
+		end--
+	}
+	if end < 4096 {
+		t.Fatalf("%s holds only %d bytes of entries", wal, end)
+	}
+	f, err := os.OpenFile(wal, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("\xde\xad\xbe\xef damaged entry \x00\xff\x13\x37"), int64(end/2)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	before := fingerprint(t, dir)
+	for _, ro := range []bool{false, true} {
+		_, err := Open(dir, Options{ReadOnly: ro, Logger: testLogger(t)})
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "write-ahead log") {
+			t.Fatalf("Open(ReadOnly: %v) with a damaged log: %v, want ErrCorrupt naming the log", ro, err)
+		}
+		// The mark is set before the appends are answered: it names the
+		// last acknowledged op or a later one.
+		var kept, named uint64
+		if _, serr := fmt.Sscanf(err.Error()[strings.Index(err.Error(), "up to #"):], "up to #%d, but #%d", &kept, &named); serr != nil || named < maxAcked || kept >= maxAcked {
+			t.Fatalf("error names ops up to #%d and #%d (%v), want fewer than the acknowledged #%d and at least it", kept, named, serr, maxAcked)
+		}
+		t.Logf("refused: %v", err)
+	}
+	if after := fingerprint(t, dir); !maps.Equal(before, after) {
+		t.Fatalf("refused journal changed:\n%v\n%v", before, after)
 	}
 }

@@ -120,6 +120,7 @@ type Journal struct {
 	committed chan struct{} // closed when the committer has exited
 	failure   atomic.Pointer[error]
 	wal       *walSyncer
+	mark      *durableMark // writers: the last synced op, see durableName
 
 	trimMu sync.Mutex
 
@@ -170,6 +171,10 @@ func Open(dir string, opts Options) (*Journal, error) {
 			return nil, err
 		}
 	}
+	if err := lock.writePid(dir); err != nil {
+		_ = lock.release()
+		return nil, err
+	}
 	db, err := badger.Open(badgerOptions(dir, false, log))
 	if err != nil {
 		_ = lock.release()
@@ -178,6 +183,10 @@ func Open(dir string, opts Options) (*Journal, error) {
 	j := newJournal(dir, dir, db, log)
 	j.lock = lock
 	j.recovered = unclean
+	if j.mark, err = openDurableMark(dir); err != nil {
+		_ = j.closeDB()
+		return nil, fmt.Errorf("open journal %s: %w", dir, err)
+	}
 	if err := j.load(true); err != nil {
 		_ = j.closeDB()
 		return nil, err
@@ -730,6 +739,9 @@ func (j *Journal) Close() error {
 func (j *Journal) closeDB() error {
 	j.wal.close()
 	err := j.db.Close()
+	if j.mark != nil {
+		err = errors.Join(err, j.mark.close())
+	}
 	if j.snapshot {
 		err = errors.Join(err, os.RemoveAll(j.dbDir))
 	}
