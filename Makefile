@@ -35,6 +35,7 @@ deps:
 
 test: deps
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 race: deps
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
@@ -44,10 +45,17 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest ./...
 
+# Every fuzz target, FUZZTIME each (make test runs them briefly too: the
+# decoders of everything that arrives from disk or the wire, and the delta
+# round trip, must never panic).
+FUZZTIME ?= 30s
+TEST_FUZZTIME ?= 4s
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=30s ./journal/
-	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=30s ./agent/
-	$(GO) test -run='^$$' -fuzz=FuzzPatch -fuzztime=30s ./delta/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./journal/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./agent/
+	$(GO) test -run='^$$' -fuzz='^FuzzPatch$$' -fuzztime=$(FUZZTIME) ./delta/
+	$(GO) test -run='^$$' -fuzz='^FuzzRoundTrip$$' -fuzztime=$(FUZZTIME) ./delta/
+	$(GO) test -run='^$$' -fuzz='^FuzzSignature$$' -fuzztime=$(FUZZTIME) ./delta/
 
 bench: deps
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
