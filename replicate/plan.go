@@ -209,13 +209,15 @@ func (pl *planner) fold(carried map[uint64]*ident, dead map[uint64]int64, ops []
 // time for the next apply.
 func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lost map[string]int64, ops []journal.Op, now time.Time) *Plan {
 	f := folder{
-		pl:      pl,
-		ids:     make(map[uint64]*ident, len(carried)),
-		attrs:   map[string]uint64{},
-		dirs:    map[string]bool{},
-		refresh: map[string]bool{},
-		xattrs:  map[string]bool{},
-		dead:    map[uint64]int64{},
+		pl:        pl,
+		names:     newNameIndex(),
+		ids:       make(map[uint64]*ident, len(carried)),
+		attrs:     newPathSet[uint64](),
+		dirs:      newPathSet[bool](),
+		refresh:   newPathSet[bool](),
+		xattrs:    newPathSet[bool](),
+		lostSince: newPathSet[int64](),
+		dead:      map[uint64]int64{},
 	}
 	for k, t := range dead {
 		if now.Sub(time.Unix(0, t)) < deadMemory {
@@ -224,15 +226,15 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 	}
 	// Lost paths are tracked in attrs under their own name: move and
 	// dropName update them like any attribute; lostSince follows.
-	f.lostSince = map[string]int64{}
 	for p, t := range lost {
 		if now.Sub(time.Unix(0, t)) < lostMemory {
-			f.attrs[p] = 0
-			f.lostSince[p] = t
+			f.attrs.put(p, 0)
+			f.lostSince.put(p, t)
 		}
 	}
 	for k, v := range carried {
 		f.ids[k] = v.clone()
+		f.names.add(f.ids[k])
 	}
 	plan := &Plan{}
 	if len(ops) > 0 {
@@ -265,16 +267,16 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 		}
 	}
 	// Attributes of files whose data ships (or is held) come with the data.
-	for p := range f.attrs {
+	for p := range f.attrs.m {
 		if shipped[p] {
-			delete(f.attrs, p)
+			f.attrs.del(p)
 		}
 	}
-	plan.Attrs, plan.Dirs, plan.Refresh, plan.Dead = f.attrs, f.dirs, f.refresh, f.dead
-	plan.Xattrs = f.xattrs
+	plan.Attrs, plan.Dirs, plan.Refresh, plan.Dead = f.attrs.m, f.dirs.m, f.refresh.m, f.dead
+	plan.Xattrs = f.xattrs.m
 	plan.Lost = map[string]int64{}
-	for p, t := range f.lostSince {
-		if _, ok := f.attrs[p]; ok {
+	for p, t := range f.lostSince.m {
+		if f.attrs.has(p) {
 			plan.Lost[p] = t
 		}
 	}
@@ -285,15 +287,16 @@ type folder struct {
 	pl      *planner
 	ids     map[uint64]*ident
 	steps   []step
-	attrs   map[string]uint64 // see Plan.Attrs
-	dirs    map[string]bool
-	refresh map[string]bool
-	xattrs  map[string]bool
+	attrs   pathSet[uint64] // see Plan.Attrs
+	dirs    pathSet[bool]
+	refresh pathSet[bool]
+	xattrs  pathSet[bool]
 	dead    map[uint64]int64
-	now     int64 // Op.Time of the op being folded
+	names   nameIndex // names of ids
+	now     int64     // Op.Time of the op being folded
 	// lostSince: attrs paths taken over from a previous plan's Lost, by
 	// their current name, with the time they were first lost.
-	lostSince map[string]int64
+	lostSince pathSet[int64]
 }
 
 func (f *folder) excluded(p string, isDir bool) bool {
@@ -321,12 +324,13 @@ func (f *folder) valid(op journal.Op, paths ...string) bool {
 	return true
 }
 
-func (f *folder) changedDir(p string) { f.dirs[parentDir(p)] = true }
+func (f *folder) changedDir(p string) { f.dirs.put(parentDir(p), true) }
 
 // dropName removes the name p (and names under it) from every identity;
 // an identity left without names is forgotten: its data is not shipped.
 func (f *folder) dropName(p string) {
-	for k, id := range f.ids {
+	for _, id := range f.names.holders(p, f.ids) {
+		f.names.remove(id)
 		id.Names = slices.DeleteFunc(id.Names, func(n string) bool { return under(n, p) })
 		for n := range id.Free {
 			if under(n, p) {
@@ -334,36 +338,24 @@ func (f *folder) dropName(p string) {
 			}
 		}
 		if len(id.Names) == 0 {
-			delete(f.ids, k)
-			f.dead[k] = f.now
+			delete(f.ids, id.ID)
+			f.dead[id.ID] = f.now
+			continue
 		}
+		f.names.add(id)
 	}
-	for k := range f.attrs {
-		if under(k, p) {
-			delete(f.attrs, k)
-		}
-	}
-	for _, set := range []map[string]bool{f.refresh, f.xattrs} {
-		for k := range set {
-			if under(k, p) {
-				delete(set, k)
-			}
-		}
-	}
+	f.attrs.dropUnder(p)
+	f.refresh.dropUnder(p)
+	f.xattrs.dropUnder(p)
 }
 
 // dropDirs forgets directory mtimes to fix under p (p itself included).
-func (f *folder) dropDirs(p string) {
-	for k := range f.dirs {
-		if under(k, p) {
-			delete(f.dirs, k)
-		}
-	}
-}
+func (f *folder) dropDirs(p string) { f.dirs.dropUnder(p) }
 
 // move renames every tracked name under from to be under to.
 func (f *folder) move(from, to string) {
-	for _, id := range f.ids {
+	for _, id := range f.names.holders(from, f.ids) {
+		f.names.remove(id)
 		for i, n := range id.Names {
 			if under(n, from) {
 				id.Names[i] = reparent(n, from, to)
@@ -380,35 +372,15 @@ func (f *folder) move(from, to string) {
 			}
 		}
 		id.Free = free
+		f.names.add(id)
 	}
 	// An entry keeps its identity when it moves (names under a moved
 	// directory too: the identity is the file's, not the directory's).
-	movedAttrs := map[string]uint64{}
-	for k, ino := range f.attrs {
-		if under(k, from) {
-			delete(f.attrs, k)
-			movedAttrs[reparent(k, from, to)] = ino
-		}
-	}
-	maps.Copy(f.attrs, movedAttrs)
-	for _, set := range []map[string]bool{f.dirs, f.refresh, f.xattrs} {
-		moved := map[string]bool{}
-		for k := range set {
-			if under(k, from) {
-				delete(set, k)
-				moved[reparent(k, from, to)] = true
-			}
-		}
-		maps.Copy(set, moved)
-	}
-	moved := map[string]int64{}
-	for k, t := range f.lostSince {
-		if under(k, from) {
-			delete(f.lostSince, k)
-			moved[reparent(k, from, to)] = t
-		}
-	}
-	maps.Copy(f.lostSince, moved)
+	f.attrs.move(from, to)
+	f.dirs.move(from, to)
+	f.refresh.move(from, to)
+	f.xattrs.move(from, to)
+	f.lostSince.move(from, to)
 }
 
 // exchange swaps the names under a and b.
@@ -422,7 +394,13 @@ func (f *folder) exchange(a, b string) {
 		}
 		return n
 	}
-	for _, id := range f.ids {
+	seen := map[*ident]bool{}
+	for _, id := range append(f.names.holders(a, f.ids), f.names.holders(b, f.ids)...) {
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		f.names.remove(id)
 		for i, n := range id.Names {
 			id.Names[i] = swap(n)
 		}
@@ -431,26 +409,18 @@ func (f *folder) exchange(a, b string) {
 				delete(id.Free, n)
 			}
 		}
+		f.names.add(id)
 	}
-	nextAttrs := make(map[string]uint64, len(f.attrs))
-	for k, ino := range f.attrs {
-		nextAttrs[swap(k)] = ino
-	}
-	f.attrs = nextAttrs
-	for _, set := range []map[string]bool{f.dirs, f.refresh, f.xattrs} {
-		next := make(map[string]bool, len(set))
-		for k := range set {
-			next[swap(k)] = true
-		}
-		clear(set)
-		maps.Copy(set, next)
-	}
+	f.attrs.remap(swap)
+	f.dirs.remap(swap)
+	f.refresh.remap(swap)
+	f.xattrs.remap(swap)
 }
 
 // pending reports whether p is a name of a file created in the plan whose
 // data has not shipped (the worker may not have p).
 func (f *folder) pending(p string) bool {
-	for _, id := range f.ids {
+	for id := range f.names.at[p] {
 		if id.Born && id.hasName(p) {
 			return true
 		}
@@ -460,7 +430,7 @@ func (f *folder) pending(p string) bool {
 
 // free reports whether the worker certainly has nothing at p.
 func (f *folder) free(p string) bool {
-	for _, id := range f.ids {
+	for id := range f.names.at[p] {
 		if id.Free[p] {
 			return true
 		}
@@ -470,7 +440,7 @@ func (f *folder) free(p string) bool {
 
 // byName finds the tracked identity with name p.
 func (f *folder) byName(p string) *ident {
-	for _, id := range f.ids {
+	for id := range f.names.at[p] {
 		if id.hasName(p) {
 			return id
 		}
@@ -496,6 +466,7 @@ func (f *folder) dirty(op journal.Op, opens bool) {
 		// changes can go as byte ranges.
 		id = &ident{ID: op.File, Names: []string{op.Path}, Ranged: true}
 		f.ids[op.File] = id
+		f.names.add(id)
 	}
 	id.noteData(op)
 	if !id.Dirty {
@@ -518,9 +489,13 @@ func (f *folder) op(op journal.Op) {
 			return
 		}
 		f.dropName(op.Path)
-		delete(f.ids, op.File) // an inode number reused after its file died
+		if old := f.ids[op.File]; old != nil { // an inode number reused after its file died
+			f.names.remove(old)
+			delete(f.ids, op.File)
+		}
 		delete(f.dead, op.File)
 		f.ids[op.File] = &ident{ID: op.File, Names: []string{op.Path}, Born: true, Free: map[string]bool{op.Path: true}}
+		f.names.add(f.ids[op.File])
 		f.dirty(op, true)
 		f.changedDir(op.Path)
 
@@ -538,10 +513,10 @@ func (f *folder) op(op journal.Op) {
 		if op.Mask&^journal.AttrSize != 0 {
 			if id := f.ids[op.File]; id != nil && op.File != 0 {
 				for _, n := range id.Names {
-					f.attrs[n] = op.File
+					f.attrs.put(n, op.File)
 				}
 			} else if f.valid(op, op.Path) && !f.excludedUnknown(op.Path) {
-				f.attrs[op.Path] = op.File
+				f.attrs.put(op.Path, op.File)
 			}
 		}
 
@@ -567,7 +542,7 @@ func (f *folder) op(op journal.Op) {
 		}
 		f.dropName(op.Path)
 		f.steps = append(f.steps, step{Kind: stepMkdir, Seq: op.Seq, Path: op.Path})
-		f.attrs[op.Path] = 0
+		f.attrs.put(op.Path, 0)
 		f.changedDir(op.Path)
 
 	case journal.KindMknod:
@@ -611,7 +586,7 @@ func (f *folder) op(op journal.Op) {
 		f.dropName(op.NewPath)
 		f.changedDir(op.NewPath)
 		if f.excluded(op.Path, false) {
-			f.refresh[op.NewPath] = true
+			f.refresh.put(op.NewPath, true)
 			return
 		}
 		id := f.byName(op.Path)
@@ -621,6 +596,7 @@ func (f *folder) op(op journal.Op) {
 		st := step{Kind: stepLink, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath}
 		if id != nil {
 			st.SrcPending = id.Born
+			f.names.remove(id)
 			id.Names = append(id.Names, op.NewPath)
 			if id.Born {
 				if id.Free == nil {
@@ -628,6 +604,7 @@ func (f *folder) op(op journal.Op) {
 				}
 				id.Free[op.NewPath] = true
 			}
+			f.names.add(id)
 		}
 		f.steps = append(f.steps, st)
 
@@ -640,7 +617,7 @@ func (f *folder) op(op journal.Op) {
 		}
 		// Made equal to the store's after the batch (not over SFTP v3,
 		// which has no xattr requests: see apply).
-		f.xattrs[op.Path] = true
+		f.xattrs.put(op.Path, true)
 
 	default:
 		f.pl.log.Warn("skipping journal op of unknown kind", "op", op.String())
@@ -666,13 +643,13 @@ func (f *folder) rename(op journal.Op) {
 		// (With exchange, NewPath's old content went to the excluded path.)
 		f.dropName(op.NewPath)
 		f.dropDirs(op.NewPath)
-		f.refresh[op.NewPath] = true
+		f.refresh.put(op.NewPath, true)
 		return
 	case dstEx && exchange:
 		// Path gets content from the excluded NewPath.
 		f.dropName(op.Path)
 		f.dropDirs(op.Path)
-		f.refresh[op.Path] = true
+		f.refresh.put(op.Path, true)
 		return
 	case dstEx:
 		// Content leaves the mirrored tree: delete it on the worker.
@@ -686,7 +663,8 @@ func (f *folder) rename(op journal.Op) {
 			SrcPending: f.pending(op.Path), DstPending: f.pending(op.NewPath)})
 		f.exchange(op.Path, op.NewPath)
 		// Each name now holds the other's entry; identities unknown here.
-		f.attrs[op.Path], f.attrs[op.NewPath] = 0, 0
+		f.attrs.put(op.Path, 0)
+		f.attrs.put(op.NewPath, 0)
 		return
 	}
 	f.steps = append(f.steps, step{Kind: stepRename, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
@@ -701,7 +679,7 @@ func (f *folder) rename(op journal.Op) {
 	// (copyAttrs skips a path the store lacks), as with rsync's
 	// write-temp, chmod, utimes, rename: nothing else would fix the
 	// worker's mode and mtime. (Dropped in fold when the data ships.)
-	f.attrs[op.NewPath] = op.File
+	f.attrs.put(op.NewPath, op.File)
 }
 
 // sortedKeys returns the keys of a set in order (parents before children).
