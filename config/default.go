@@ -40,7 +40,7 @@ exclude:
   - ".git/"
 
 batch:
-  delay: 10ms      # gather changes this long before shipping a batch
+  delay: 10ms      # longest a batch gathers changes; it ships once none came for 2 ms
   max_ops: 50000   # most journal operations in one batch
   hold_open: 60s   # longest a file still open for writing is held back
 

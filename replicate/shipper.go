@@ -59,8 +59,9 @@ type Options struct {
 	// and dials again after a failure.
 	Dial    func(ctx context.Context) (Transport, error)
 	Exclude []string // gitignore-style patterns (see Excluder)
-	// Delay is how long to wait after a wake-up for a burst of ops to
-	// accumulate: 0 means DefaultDelay, a negative value no delay.
+	// Delay is the longest wait after a wake-up for a burst of ops to
+	// accumulate; the wait ends earlier once the journal is quiet for
+	// quietGap. 0 means DefaultDelay, a negative value no wait.
 	Delay    time.Duration
 	MaxOps   int           // ops per batch (DefaultMaxOps)
 	HoldOpen time.Duration // ship files still open for writing after this (DefaultHoldOpen)
@@ -629,6 +630,38 @@ func (s *Shipper) nextDeadline(now time.Time) (time.Duration, bool) {
 	return max(d, time.Millisecond), found
 }
 
+// quietGap is how long the journal must stay quiet after a wake-up before
+// a batch is read: a save through the mount (create, writes, close,
+// rename) journals its ops well within it, so a lone save ships at once as
+// one batch, while a burst keeps the batch growing until Delay.
+const quietGap = 2 * time.Millisecond
+
+// settle waits, after a wake-up, until no op was journaled for quietGap or
+// Delay has passed: batches coalesce under load, and an idle shipper ships
+// at once instead of always waiting Delay.
+func (s *Shipper) settle(ctx context.Context) error {
+	j := s.opts.Journal
+	deadline := time.Now().Add(s.opts.Delay)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		last := j.LastSeq()
+		wctx, cancel := context.WithTimeout(ctx, min(quietGap, left))
+		err := j.Wait(wctx, last)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded):
+			return nil // quiet for quietGap, or Delay is over
+		case err != nil:
+			return fmt.Errorf("%s: journal wait: %w", s.opts.Name, err)
+		}
+	}
+}
+
 // batch waits for ops (or a carried deadline), plans and applies one batch.
 func (s *Shipper) batch(ctx context.Context) error {
 	j := s.opts.Journal
@@ -664,10 +697,8 @@ func (s *Shipper) batch(ctx context.Context) error {
 			return fmt.Errorf("%s: journal wait: %w", s.opts.Name, err)
 		}
 		if j.LastSeq() >= s.readPos && s.opts.Delay > 0 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(s.opts.Delay):
+			if err := s.settle(ctx); err != nil {
+				return err
 			}
 		}
 	}

@@ -1149,3 +1149,20 @@ func (c *countingLocal) WriteFileAtomic(ctx context.Context, p string, r io.Read
 	c.writes.Add(1)
 	return c.Local.WriteFileAtomic(ctx, p, r, a)
 }
+
+// An idle shipper ships a lone change as soon as the journal is quiet,
+// not after the whole batch delay: with a 30 s delay, the change arrives
+// within waitSynced's 10 s (it used to wait the delay out).
+func TestShipperShipsAtOnceWhenQuiet(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	s := newShipper(t, f, worker, func(o *Options) { o.Delay = 30 * time.Second }, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	time.Sleep(50 * time.Millisecond) // the shipper waits for ops again
+	f.writeFile("index.html", "<h1>now</h1>")
+	waitSynced(t, s, f.j)
+	if got, _ := readWorker(t, worker, "index.html"); got != "<h1>now</h1>" {
+		t.Fatalf("worker index.html = %q", got)
+	}
+}
