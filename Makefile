@@ -12,9 +12,12 @@ LDFLAGS   := -X main.version=$(VERSION)
 # the kernel has no netem).
 DEB_PKGS  := fuse3 openssh-server openssh-client iproute2 iptables \
              vim git tar rsync attr nginx-light wrk
+# Debian packages only `make bench` needs, on top of DEB_PKGS: lsyncd, run
+# side by side with mirrorfs (integration/lsyncd_bench_test.go).
+BENCH_PKGS := lsyncd
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build deps test race lint fuzz bench demo install clean
+.PHONY: all build deps bench-deps test race lint fuzz bench demo install clean
 
 all: build
 
@@ -57,7 +60,18 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzRoundTrip$$' -fuzztime=$(FUZZTIME) ./delta/
 	$(GO) test -run='^$$' -fuzz='^FuzzSignature$$' -fuzztime=$(FUZZTIME) ./delta/
 
-bench: deps
+# As deps, for BENCH_PKGS.
+bench-deps: deps
+	@missing=""; for p in $(BENCH_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+bench: bench-deps
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
 demo: deps build
