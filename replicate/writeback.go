@@ -18,6 +18,7 @@ const writebackChunk = 8 << 20
 // A hint only: its errors are ignored, the fsync reports what matters.
 type writebackFile struct {
 	f       *os.File
+	off     int64 // where Write writes: the file is new and written in order
 	written int64 // bytes since the last writeback started
 	lo, hi  int64 // file range written since then
 }
@@ -38,9 +39,9 @@ func (w *writebackFile) note(off int64, n int) {
 }
 
 func (w *writebackFile) Write(b []byte) (int, error) {
-	off, _ := w.f.Seek(0, 1)
 	n, err := w.f.Write(b)
-	w.note(off, n)
+	w.note(w.off, n)
+	w.off += int64(n)
 	return n, err
 }
 
