@@ -1059,11 +1059,7 @@ func TestShipperRenameDoesNotCopyNewerVersionsAttrs(t *testing.T) {
 
 	// A full comparison now (the rest of the journal superseded) must find
 	// the worker's a different from the store's and send it.
-	s.Resync(false)
-	waitFor(t, "the resync", 10*time.Second, func() bool { return s.Status().ResyncDone >= 1 })
-	if got, _ := readWorker(t, worker, "a"); got != "version 2" {
-		t.Fatalf("worker a = %q after a full comparison, want version 2", got)
-	}
+	resyncExpecting(t, s, worker, "a", "version 2")
 }
 
 // A full comparison over a transport that keeps nanosecond mtimes tells
@@ -1083,11 +1079,7 @@ func TestFullCopyComparesNanosecondMtimes(t *testing.T) {
 	f.must(os.WriteFile(f.abs("a"), []byte("version 2"), 0o644)) // not journaled: drift to find
 	f.must(os.Chtimes(f.abs("a"), sec.Add(900), sec.Add(900)))
 
-	s.Resync(false)
-	waitFor(t, "the resync", 10*time.Second, func() bool { return s.Status().ResyncDone >= 1 })
-	if got, _ := readWorker(t, worker, "a"); got != "version 2" {
-		t.Fatalf("worker a = %q after a full comparison, want version 2", got)
-	}
+	resyncExpecting(t, s, worker, "a", "version 2")
 }
 
 // Files saved again with the content the worker has (a rewrite in place,
@@ -1167,5 +1159,16 @@ func TestShipperShipsAtOnceWhenQuiet(t *testing.T) {
 	waitSynced(t, s, f.j)
 	if got, _ := readWorker(t, worker, "index.html"); got != "<h1>now</h1>" {
 		t.Fatalf("worker index.html = %q", got)
+	}
+}
+
+// resyncExpecting asks s for a full comparison, waits for it and checks
+// that the worker's p then holds want.
+func resyncExpecting(t *testing.T, s *Shipper, worker, p, want string) {
+	t.Helper()
+	s.Resync(false)
+	waitFor(t, "the resync", 10*time.Second, func() bool { return s.Status().ResyncDone >= 1 })
+	if got, _ := readWorker(t, worker, p); got != want {
+		t.Fatalf("worker %s = %q after a full comparison, want %q", p, got, want)
 	}
 }
