@@ -73,18 +73,13 @@ func readDurableMark(dir string) (seq uint64, ok bool, err error) {
 	return binary.BigEndian.Uint64(b[:8]), true, nil
 }
 
-// checkRecovery is the part of verifyBeforeOpen for a journal left by a
-// crash: Badger's recovery would cut its write-ahead log, so it runs on a
-// private copy first, and the journal is refused (ErrCorrupt, untouched)
-// when the recovered journal ends before the op its DURABLE mark names: the
-// log lost acknowledged ops to damage.
+// checkRecovery is, for a writer opening a journal left by a crash, a
+// trial of Badger's recovery on a private copy: Badger would cut the
+// write-ahead log in place, so the journal is refused (ErrCorrupt,
+// untouched) when the recovered copy fails checkDurable.
 func checkRecovery(dir string, log *slog.Logger) error {
-	want, ok, err := readDurableMark(dir)
-	if err != nil {
-		return fmt.Errorf("open journal %s: %w", dir, err)
-	}
-	if !ok || want == 0 {
-		return nil
+	if _, ok, err := readDurableMark(dir); err != nil || !ok {
+		return err
 	}
 	tmp, err := copyJournal(dir)
 	if err != nil {
@@ -97,16 +92,23 @@ func checkRecovery(dir string, log *slog.Logger) error {
 	}
 	j := newJournal(dir, tmp, db, log)
 	err = j.load(false)
-	last := j.LastSeq()
-	if cerr := j.closeDB(); err == nil && cerr != nil {
-		err = cerr
+	if err == nil {
+		err = checkDurable(dir, j.LastSeq(), log)
 	}
+	return errors.Join(err, j.closeDB())
+}
+
+// checkDurable refuses (ErrCorrupt) a journal recovered after a crash that
+// ends at op last, before the op the DURABLE mark of dir names: the
+// write-ahead log lost acknowledged ops to damage.
+func checkDurable(dir string, last uint64, log *slog.Logger) error {
+	want, ok, err := readDurableMark(dir)
 	if err != nil {
-		return err
+		return fmt.Errorf("open journal %s: %w", dir, err)
 	}
-	if last < want {
-		return fmt.Errorf("open journal %s: %w: its write-ahead log (*.mem) is damaged: recovery would keep ops up to #%d, but #%d was acknowledged to a writer; the journal is left as found", dir, ErrCorrupt, last, want)
+	if !ok || last >= want {
+		log.Debug("recovered a crashed journal", "last_seq", last, "durable", want)
+		return nil
 	}
-	log.Debug("trial recovery of a crashed journal", "last_seq", last, "durable", want)
-	return nil
+	return fmt.Errorf("open journal %s: %w: its write-ahead log (*.mem) is damaged: recovery would keep ops up to #%d, but #%d was acknowledged to a writer; the journal is left as found", dir, ErrCorrupt, last, want)
 }

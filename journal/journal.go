@@ -166,7 +166,11 @@ func Open(dir string, opts Options) (*Journal, error) {
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
 	if state == dirJournal {
-		if err := verifyBeforeOpen(dir, unclean, log); err != nil {
+		err := verifyBeforeOpen(dir, unclean, log)
+		if err == nil && unclean {
+			err = checkRecovery(dir, log)
+		}
+		if err != nil {
 			_ = lock.release()
 			return nil, err
 		}
@@ -248,7 +252,12 @@ func openReadOnly(dir string, log *slog.Logger) (*Journal, error) {
 	}
 	j := newJournal(dir, dbDir, db, log)
 	j.readOnly, j.snapshot, j.lock = true, snapshot, lock
-	if err := j.load(false); err != nil {
+	err = j.load(false)
+	if err == nil && snapshot {
+		// The copy is recovered: it must keep every acknowledged op.
+		err = checkDurable(dir, j.LastSeq(), log)
+	}
+	if err != nil {
 		_ = j.closeDB()
 		return nil, err
 	}
