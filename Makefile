@@ -24,9 +24,10 @@ all: build
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/mirrorfs
 
-# Install the Debian packages that are missing (as root, with apt-get).
-deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+# install_missing installs those of the Debian packages $(1) that are
+# missing (as root, with apt-get).
+define install_missing
+	@missing=""; for p in $(1); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -34,6 +35,10 @@ deps:
 		if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(DEB_PKGS))
 	@$(GO) mod download
 
 test: deps
@@ -62,14 +67,7 @@ fuzz:
 
 # As deps, for BENCH_PKGS.
 bench-deps: deps
-	@missing=""; for p in $(BENCH_PKGS); do \
-		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	$(call install_missing,$(BENCH_PKGS))
 
 bench: bench-deps
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
