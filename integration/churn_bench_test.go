@@ -484,7 +484,7 @@ func churnBench(b *testing.B, rate int, d time.Duration) {
 	st := c.status(b)
 	ws4, _ := st.worker(dead.Name)
 	journal := churnDirBytes(c.Journal)
-	logSize := deltaBenchLogSize(c.LogPath)
+	logSize := fileSize(c.LogPath)
 	rssAfter, _ := procStatusKB(pid, "VmRSS")
 
 	// lsyncd, mirrorfs idle (its dead worker still in its config).

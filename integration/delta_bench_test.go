@@ -140,7 +140,7 @@ func BenchmarkDeltaVsRsync(b *testing.B) {
 		b.Helper()
 		deltaBenchIdle(b, c, converge)
 		sent0 := sshSent()
-		logOff := deltaBenchLogSize(c.LogPath)
+		logOff := fileSize(c.LogPath)
 		l0 := deltaBenchLinkBytes(b, link)
 		change()
 		start := time.Now()
@@ -464,14 +464,6 @@ func deltaBenchRsync(b testing.TB, args ...string) {
 	if err != nil {
 		b.Fatalf("rsync %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-}
-
-func deltaBenchLogSize(p string) int64 {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
 }
 
 // deltaBenchShipped summarizes the daemon's debug lines about file data

@@ -196,6 +196,8 @@ func TestRangesInPlace(t *testing.T) {
 	}
 }
 
+// fileSize is the size of the file p, 0 when it cannot be read (a log not
+// written yet): where to start reading what a daemon logs next.
 func fileSize(p string) int64 {
 	fi, err := os.Stat(p)
 	if err != nil {
