@@ -74,34 +74,27 @@ const (
 func lsyncdBenchSingleSaves(b *testing.B, workers, saves int) {
 	lsyncdBenchLoad(b)
 	defer lsyncdBenchLoad(b)
-	c := newCluster(b, clusterOptions{
-		Workers: workers,
-		Exclude: lsyncdBenchExclude,
-		Prefill: func(store string) { deltaBenchWrite(b, filepath.Join(store, "index.html"), []byte("<h1>index</h1>\n")) },
-	})
-	c.waitConverged(b, converge)
-	var roots []string
-	for _, w := range c.Workers {
-		roots = append(roots, w.Root)
+	// measure saves through the mount of a new cluster and leaves it idle.
+	measure := func(batchDelay string) (*cluster, []time.Duration) {
+		c := newCluster(b, clusterOptions{
+			Workers:    workers,
+			Exclude:    lsyncdBenchExclude,
+			BatchDelay: batchDelay,
+			Prefill:    func(store string) { deltaBenchWrite(b, filepath.Join(store, "index.html"), []byte("<h1>index</h1>\n")) },
+		})
+		c.waitConverged(b, converge)
+		var roots []string
+		for _, w := range c.Workers {
+			roots = append(roots, w.Root)
+		}
+		lat := lsyncdBenchSaves(b, c.Mount, roots, saves)
+		deltaBenchIdle(b, c, converge)
+		return c, lat
 	}
-	mLat := lsyncdBenchSaves(b, c.Mount, roots, saves)
-	deltaBenchIdle(b, c, converge)
-
+	c, mLat := measure("") // the default delay
 	// mirrorfs without its batch delay, as lsyncd runs here: a cluster of
 	// its own (the first one idle meanwhile).
-	c0 := newCluster(b, clusterOptions{
-		Workers:    workers,
-		Exclude:    lsyncdBenchExclude,
-		BatchDelay: "0s",
-		Prefill:    func(store string) { deltaBenchWrite(b, filepath.Join(store, "index.html"), []byte("<h1>index</h1>\n")) },
-	})
-	c0.waitConverged(b, converge)
-	var roots0 []string
-	for _, w := range c0.Workers {
-		roots0 = append(roots0, w.Root)
-	}
-	m0Lat := lsyncdBenchSaves(b, c0.Mount, roots0, saves)
-	deltaBenchIdle(b, c0, converge)
+	_, m0Lat := measure("0s")
 
 	l := startLsyncd(b, c.Workers, func(src string) {
 		deltaBenchWrite(b, filepath.Join(src, "index.html"), []byte("<h1>index</h1>\n"))
