@@ -62,11 +62,11 @@ func BenchmarkDeltaVsRsync(b *testing.B) {
 		change    = 1 << 10
 	)
 	rng := rand.New(rand.NewPCG(42, 4242))
-	big := deltaBenchRandom(1, bigSize)
-	mid := deltaBenchRandom(2, midSize)
+	big := pseudoRandom(1, bigSize)
+	mid := pseudoRandom(2, midSize)
 	many := make([][]byte, manyFiles)
 	for i := range many {
-		many[i] = deltaBenchRandom(uint64(100+i), manySize)
+		many[i] = pseudoRandom(uint64(100+i), manySize)
 	}
 	manyName := func(i int) string { return fmt.Sprintf("many/f%04d.html", i) }
 
@@ -311,9 +311,9 @@ func BenchmarkDeltaVsRsync(b *testing.B) {
 	})
 }
 
-// deltaBenchRandom returns n pseudo-random bytes from a seeded generator
+// pseudoRandom returns n pseudo-random bytes from a seeded generator
 // (incompressible, and the same on every run).
-func deltaBenchRandom(seed uint64, n int) []byte {
+func pseudoRandom(seed uint64, n int) []byte {
 	var key [32]byte
 	for i := range 8 {
 		key[i] = byte(seed >> (8 * i))

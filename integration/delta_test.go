@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,11 +22,7 @@ func TestDeltaSaveByRename(t *testing.T) {
 	c := newCluster(t, clusterOptions{Workers: 1, Exclude: []string{"*.swp"}})
 	w := c.Workers[0]
 	const size = 4 << 20
-	rng := rand.New(rand.NewPCG(1, 2))
-	v1 := make([]byte, size)
-	for i := range v1 {
-		v1[i] = byte(rng.Uint32())
-	}
+	v1 := pseudoRandom(1, size)
 	if err := os.WriteFile(filepath.Join(c.Mount, "big.bin"), v1, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -39,9 +34,7 @@ func TestDeltaSaveByRename(t *testing.T) {
 	before := ws.BytesSent
 
 	v2 := bytes.Clone(v1)
-	for i := size/2 - 512; i < size/2+512; i++ {
-		v2[i] = byte(rng.Uint32())
-	}
+	copy(v2[size/2-512:], pseudoRandom(2, 1024))
 	tmp := filepath.Join(c.Mount, ".big.bin.swp")
 	if err := os.WriteFile(tmp, v2, 0o644); err != nil {
 		t.Fatal(err)
@@ -81,11 +74,7 @@ func TestRangesInPlace(t *testing.T) {
 	c := newCluster(t, clusterOptions{Workers: 1})
 	w := c.Workers[0]
 	const size = 16 << 20
-	rng := rand.New(rand.NewPCG(3, 4))
-	v1 := make([]byte, size)
-	for i := range v1 {
-		v1[i] = byte(rng.Uint32())
-	}
+	v1 := pseudoRandom(3, size)
 	p := filepath.Join(c.Mount, "data.bin")
 	if err := os.WriteFile(p, v1, 0o644); err != nil {
 		t.Fatal(err)
@@ -143,10 +132,7 @@ func TestRangesInPlace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	patch := make([]byte, 1024)
-	for i := range patch {
-		patch[i] = byte(rng.Uint32())
-	}
+	patch := pseudoRandom(4, 1024)
 	v2 := bytes.Clone(v1)
 	copy(v2[size/2:], patch)
 	addVersion("v2", v2)
