@@ -182,10 +182,9 @@ func TestLinkDropMidTransfer(t *testing.T) {
 	w := c.Workers[0]
 	const size = 64 << 20
 	oldData := bytes.Repeat([]byte("previous version of the file\n"), 1<<15) // 928 KiB
-	newData := make([]byte, size)
-	for i := range newData {
-		newData[i] = byte('a' + i/4096%26)
-	}
+	// Incompressible: the agent compresses data frames, and a compressible
+	// file would cross the capped link in well under a second.
+	newData := pseudoRandom(6, size)
 	writeFile(t, c.Mount+"/big.bin", string(oldData))
 	c.waitConverged(t, converge)
 	c.verify(t)
@@ -291,9 +290,10 @@ func TestSlowLossyWorker(t *testing.T) {
 
 	// About 3 MB: several seconds at 2 Mbit/s.
 	mkdirAll(t, c.Mount+"/assets")
-	page := strings.Repeat("a line of a page\n", 600)
+	// Incompressible (the agent compresses data frames), so that the
+	// deploy really takes seconds on the capped, lossy link.
 	for i := range 300 {
-		writeFile(t, fmt.Sprintf("%s/assets/p%03d.html", c.Mount, i), fmt.Sprintf("%d\n%s", i, page))
+		writeFile(t, fmt.Sprintf("%s/assets/p%03d.html", c.Mount, i), string(pseudoRandom(uint64(100+i), 10<<10)))
 	}
 	mustRename(t, c.Mount+"/index.html", c.Mount+"/old-index.html")
 	writeFile(t, c.Mount+"/index.html", "after\n")
