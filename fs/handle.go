@@ -57,24 +57,29 @@ func (h *handle) recordData(ctx context.Context, op journal.Op) syscall.Errno {
 	if !ok {
 		return 0
 	}
+	m := h.node.m
 	op.File, op.Path = h.node.id(), p
-	if errno := h.node.m.record(ctx, op); errno != 0 {
+	covered, errno := m.recordChange(ctx, op)
+	if errno != 0 {
 		return errno
 	}
-	if h.node.m.markDirty(op.File) {
-		return h.node.m.record(ctx, journal.Op{Kind: journal.KindClose, File: op.File, Path: p})
+	if m.markDirty(op.File) {
+		return m.recordClose(ctx, op.File, p, false)
+	}
+	if !covered {
+		m.coverChanges(op.File)
 	}
 	return 0
 }
 
 // recordClose journals that the file's content is now one its writer
 // meant to publish.
-func (h *handle) recordClose(ctx context.Context) syscall.Errno {
+func (h *handle) recordClose(ctx context.Context, fsync bool) syscall.Errno {
 	p, ok := h.node.relPath()
 	if !ok {
 		return 0
 	}
-	return h.node.m.record(ctx, journal.Op{Kind: journal.KindClose, File: h.node.id(), Path: p})
+	return h.node.m.recordClose(ctx, h.node.id(), p, fsync)
 }
 
 // Flush runs on every close(2). When the last writer closes, the Close
@@ -83,7 +88,7 @@ func (h *handle) recordClose(ctx context.Context) syscall.Errno {
 func (h *handle) Flush(ctx context.Context) syscall.Errno {
 	errno := h.LoopbackFile.Flush(ctx)
 	if h.writer && h.node.m.takeDirty(h.node.id(), true) {
-		if e := h.recordClose(ctx); errno == 0 {
+		if e := h.recordClose(ctx, false); errno == 0 {
 			errno = e
 		}
 	}
@@ -95,7 +100,7 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 		return errno
 	}
 	if h.writer && h.node.m.takeDirty(h.node.id(), false) {
-		return h.recordClose(ctx)
+		return h.recordClose(ctx, true)
 	}
 	return 0
 }
@@ -104,7 +109,7 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 	h.node.m.dropHandle(h.node.id(), h)
 	errno := h.LoopbackFile.Release(ctx)
 	if h.writer && h.node.m.closeWriter(h.node.id()) {
-		h.recordClose(ctx)
+		h.recordClose(ctx, false)
 	}
 	return errno
 }

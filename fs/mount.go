@@ -19,10 +19,16 @@ import (
 	"github.com/mirrorfs/mirrorfs/journal"
 )
 
-// Recorder is where the mount journals mutations. Append must return only
-// once the op is durable. *journal.Journal implements it.
+// Recorder is where the mount journals mutations. *journal.Journal
+// implements it.
 type Recorder interface {
+	// Append must return only once the op is durable.
 	Append(ctx context.Context, op journal.Op) (uint64, error)
+	// AppendUnsynced must return only once the op would survive a crash
+	// of the daemon, and make it durable soon after, in order with every
+	// other op. The mount uses it only for changes that a durable op
+	// already covers: see mirror.recordChange.
+	AppendUnsynced(ctx context.Context, op journal.Op) (uint64, error)
 }
 
 // Options configure a mount.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -19,20 +20,44 @@ import (
 
 // memRecorder keeps appended ops in memory; fail makes Append refuse.
 type memRecorder struct {
-	mu   sync.Mutex
-	ops  []journal.Op
-	fail bool
+	mu       sync.Mutex
+	ops      []journal.Op
+	unsynced map[uint64]bool // seqs appended with AppendUnsynced
+	seq      uint64
+	fail     bool
 }
 
 func (r *memRecorder) Append(ctx context.Context, op journal.Op) (uint64, error) {
+	return r.append(op, true)
+}
+
+func (r *memRecorder) AppendUnsynced(ctx context.Context, op journal.Op) (uint64, error) {
+	return r.append(op, false)
+}
+
+func (r *memRecorder) append(op journal.Op, sync bool) (uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail {
 		return 0, os.ErrPermission
 	}
-	op.Seq = uint64(len(r.ops) + 1)
+	r.seq++
+	op.Seq = r.seq
 	r.ops = append(r.ops, op)
+	if !sync {
+		if r.unsynced == nil {
+			r.unsynced = map[uint64]bool{}
+		}
+		r.unsynced[op.Seq] = true
+	}
 	return op.Seq, nil
+}
+
+// synced reports whether op was appended with Append.
+func (r *memRecorder) synced(op journal.Op) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.unsynced[op.Seq]
 }
 
 func (r *memRecorder) take() []journal.Op {
@@ -439,5 +464,75 @@ func TestOtherDataPathsAreJournaled(t *testing.T) {
 	}
 	if got := kinds(rec.take()); !slices.Equal(got, []string{"create plain", "close plain"}) {
 		t.Fatalf("mknod S_IFREG journaled %q", got)
+	}
+}
+
+// TestOnlyFirstChangeWaitsForSync: the first change of a file since its
+// last Close record is journaled durably; the writes and attribute changes
+// after it, and the Close itself, wait only for the commit; an fsync's Close
+// is durable again, and so is every namespace change.
+func TestOnlyFirstChangeWaitsForSync(t *testing.T) {
+	mnt, store, rec := newMount(t)
+	if err := os.WriteFile(filepath.Join(store, "old.html"), []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	f, err := os.OpenFile(filepath.Join(mnt, "new.html"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := f.Write([]byte("<p>")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Chmod(0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	g, err := os.OpenFile(filepath.Join(mnt, "old.html"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []func() error{
+		func() error { _, err := g.WriteAt([]byte("n"), 0); return err },
+		func() error { _, err := g.WriteAt([]byte("e"), 1); return err },
+		g.Sync,
+		func() error { _, err := g.WriteAt([]byte("w"), 2); return err },
+		g.Close,
+		func() error { return os.Chmod(filepath.Join(mnt, "old.html"), 0o600) },
+		func() error { return os.Rename(filepath.Join(mnt, "new.html"), filepath.Join(mnt, "index.html")) },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var got []string
+	for _, op := range rec.take() {
+		s := op.Kind.String() + " " + op.Path
+		if !rec.synced(op) {
+			s += " (unsynced)"
+		}
+		got = append(got, s)
+	}
+	want := []string{
+		"create new.html",
+		"write new.html (unsynced)", "write new.html (unsynced)", "write new.html (unsynced)",
+		"setattr new.html (unsynced)",
+		"close new.html (unsynced)",
+		"write old.html",
+		"write old.html (unsynced)",
+		"close old.html", // fsync
+		"write old.html", // first change after that Close
+		"close old.html (unsynced)",
+		"setattr old.html", // no writer open
+		"rename new.html",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("journaled\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
 }

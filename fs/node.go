@@ -161,6 +161,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		h.Release(ctx)
 		return nil, nil, 0, errno
 	}
+	n.m.coverChanges(id) // the creator's writes and attributes follow
 	return ch, h, fuseFlags, 0
 }
 
@@ -199,6 +200,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 				h.Release(ctx)
 				return nil, 0, errno
 			}
+			n.m.coverChanges(n.id())
 		}
 	} else {
 		// Every change passes through this mount, so cached pages of the
@@ -456,11 +458,18 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	if op.Mask == 0 {
 		return 0
 	}
-	if errno := n.m.record(ctx, op); errno != 0 {
+	covered, errno := n.m.recordChange(ctx, op)
+	if errno != 0 {
 		return errno
 	}
-	if sized && n.m.markDirty(op.File) {
-		return n.m.record(ctx, journal.Op{Kind: journal.KindClose, File: op.File, Path: p})
+	if !sized {
+		return 0
+	}
+	if n.m.markDirty(op.File) {
+		return n.m.recordClose(ctx, op.File, p, false)
+	}
+	if !covered {
+		n.m.coverChanges(op.File)
 	}
 	return 0
 }

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"context"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -18,16 +19,31 @@ func benchJournal(b *testing.B) *Journal {
 
 func reportCommits(b *testing.B, j *Journal) {
 	if c := j.commits.Load(); c > 0 {
-		b.ReportMetric(float64(j.appends.Load())/float64(c), "appends/sync")
+		b.ReportMetric(float64(j.appends.Load())/float64(c), "appends/commit")
+	}
+	if s := j.syncs.Load(); s > 0 {
+		b.ReportMetric(float64(j.appends.Load())/float64(s), "appends/sync")
 	}
 }
 
 // BenchmarkAppend: one writer, so every append pays a full sync.
 func BenchmarkAppend(b *testing.B) {
 	j := benchJournal(b)
+	benchSerial(b, j, j.Append)
+}
+
+// BenchmarkAppendUnsynced: one writer of changes a durable op covers (the
+// writes after a file's first); they wait for the commit only, and the
+// background sync gathers them.
+func BenchmarkAppendUnsynced(b *testing.B) {
+	j := benchJournal(b)
+	benchSerial(b, j, j.AppendUnsynced)
+}
+
+func benchSerial(b *testing.B, j *Journal, appendOp func(context.Context, Op) (uint64, error)) {
 	op := writeOp(1)
 	for b.Loop() {
-		if _, err := j.Append(b.Context(), op); err != nil {
+		if _, err := appendOp(b.Context(), op); err != nil {
 			b.Fatal(err)
 		}
 	}

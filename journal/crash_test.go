@@ -44,13 +44,18 @@ func TestHelperProcess(t *testing.T) {
 		_, _ = io.Copy(io.Discard, os.Stdin) // until the parent goes away
 	case "append":
 		// Several writers, so acknowledgements come from group commits,
-		// each printed only once Append has returned.
+		// each printed only once the append has returned. Half of them
+		// do not wait for the sync: their ops must survive the kill too.
 		var out sync.Mutex
 		var wg sync.WaitGroup
 		for w := range 8 {
+			appendOp := j.Append
+			if w%2 == 1 {
+				appendOp = j.AppendUnsynced
+			}
 			wg.Go(func() {
 				for i := 0; ; i++ {
-					seq, err := j.Append(context.Background(), helperOp(w, i))
+					seq, err := appendOp(context.Background(), helperOp(w, i))
 					if err != nil {
 						fmt.Printf("error %v\n", err)
 						os.Exit(2)
@@ -136,8 +141,8 @@ func crashedJournal(t *testing.T) (string, map[uint64]Op) {
 	return dir, acked
 }
 
-// TestKillDurability: every append acknowledged before a kill -9 is in the
-// journal after a restart, with its content, and seqs go on from there.
+// TestKillDurability: every append acknowledged before a kill -9, by Append
+// or AppendUnsynced, is in the journal after a restart, with its content, and seqs go on from there.
 func TestKillDurability(t *testing.T) {
 	dir, acked := crashedJournal(t)
 	j := openTest(t, dir, Options{})

@@ -103,8 +103,9 @@ type Journal struct {
 	readOnly bool
 	lock     *dirLock // on dir, held until Close
 
-	last  atomic.Uint64 // highest acknowledged seq
-	floor atomic.Uint64 // lowest seq readers may see; ops below were trimmed
+	last    atomic.Uint64 // highest durable seq: what readers see
+	written atomic.Uint64 // highest committed seq; above last while a sync is pending
+	floor   atomic.Uint64 // lowest seq readers may see; ops below were trimmed
 
 	// mu is held shared by every call that uses db and exclusively by Close
 	// while it marks the journal closed, so Close never pulls Badger from
@@ -118,6 +119,9 @@ type Journal struct {
 
 	reqs      chan *appendReq
 	committed chan struct{} // closed when the committer has exited
+	syncWake  chan struct{} // asks syncLoop for a sync (capacity 1)
+	synced    chan struct{} // closed when syncLoop has exited
+	pubMu     sync.Mutex    // orders publishing of synced seqs (syncTo)
 	failure   atomic.Pointer[error]
 	wal       *walSyncer
 	mark      *durableMark // writers: the last synced op, see durableName
@@ -130,6 +134,7 @@ type Journal struct {
 	commits atomic.Uint64
 	appends atomic.Uint64
 	splits  atomic.Uint64 // groups that needed more than one transaction
+	syncs   atomic.Uint64 // syncs of the write-ahead log for appends
 }
 
 // Recovered reports whether the process that used the journal before this
@@ -195,8 +200,12 @@ func Open(dir string, opts Options) (*Journal, error) {
 		_ = j.closeDB()
 		return nil, err
 	}
+	j.written.Store(j.last.Load())
 	j.reqs = make(chan *appendReq, 1024)
+	j.syncWake = make(chan struct{}, 1)
+	j.synced = make(chan struct{})
 	go j.commitLoop()
+	go j.syncLoop()
 	log.Debug("journal opened", "last_seq", j.last.Load(), "first_seq", j.FirstSeq())
 	return j, nil
 }
@@ -405,6 +414,24 @@ func (j *Journal) use(op string) (release func(), err error) {
 // an op that is in the journal is never reported as failed because the
 // caller gave up early.
 func (j *Journal) Append(ctx context.Context, op Op) (uint64, error) {
+	return j.append(ctx, op, true)
+}
+
+// AppendUnsynced journals op like Append but returns once the op is written
+// to the journal's write-ahead log, without waiting for that log to be
+// synced: the op survives a crash of the daemon (the log's pages belong to
+// the kernel), and reaches the disk with the sync that follows at once in
+// the background, or with the next Append. A power loss can lose it. Readers
+// see it only once it is on disk, in order with every other op.
+//
+// It is for an op whose loss in a power cut the caller has covered with an
+// earlier durable one (see the fs package: later changes to a file whose
+// first change since its last close was appended with Append).
+func (j *Journal) AppendUnsynced(ctx context.Context, op Op) (uint64, error) {
+	return j.append(ctx, op, false)
+}
+
+func (j *Journal) append(ctx context.Context, op Op, sync bool) (uint64, error) {
 	if j.readOnly {
 		return 0, j.wrap("append", ErrReadOnly)
 	}
@@ -423,7 +450,7 @@ func (j *Journal) Append(ctx context.Context, op Op) (uint64, error) {
 	}
 
 	r := reqPool.Get().(*appendReq)
-	r.kind, r.time, r.body = op.Kind, op.Time, body
+	r.kind, r.time, r.body, r.sync = op.Kind, op.Time, body, sync
 	j.mu.RLock()
 	if j.closed {
 		j.mu.RUnlock()
@@ -735,6 +762,8 @@ func (j *Journal) Close() error {
 
 	if j.reqs != nil {
 		<-j.committed
+		close(j.syncWake) // syncLoop still takes a wake sent before: the last groups get synced
+		<-j.synced
 	} else {
 		close(j.committed)
 	}

@@ -869,3 +869,60 @@ func TestDamagedTableBlockRefused(t *testing.T) {
 		t.Fatalf("refused journal changed:\n%v\n%v", before, after)
 	}
 }
+
+// TestAppendUnsynced: ops appended without waiting for the sync get seqs in
+// order with synced ones, become visible to readers once the background
+// sync made them durable (with no other append to push them), are all
+// covered by a later Append's answer, and are all in DURABLE after Close.
+func TestAppendUnsynced(t *testing.T) {
+	j, dir := newTestJournal(t)
+	const n = 200
+	for i := range n {
+		seq, err := j.AppendUnsynced(t.Context(), writeOp(i))
+		if err != nil {
+			t.Fatalf("AppendUnsynced #%d: %v", i, err)
+		}
+		if seq != uint64(i+1) {
+			t.Fatalf("AppendUnsynced #%d got seq %d", i, seq)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	for j.LastSeq() < n {
+		if err := j.Wait(ctx, j.LastSeq()); err != nil {
+			t.Fatalf("only %d of %d unsynced ops became visible: %v", j.LastSeq(), n, err)
+		}
+	}
+	if s := j.syncs.Load(); s == 0 || s > n {
+		t.Fatalf("%d syncs for %d unsynced appends: want between 1 and %d", s, n, n)
+	}
+
+	if _, err := j.AppendUnsynced(t.Context(), writeOp(n)); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := j.Append(t.Context(), writeOp(n+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq != n+2 || j.LastSeq() < seq {
+		t.Fatalf("Append returned seq %d with LastSeq %d: want %d, durable and visible", seq, j.LastSeq(), n+2)
+	}
+	ops := readAll(t, j, 1)
+	if got := seqs(ops); !reflect.DeepEqual(got, seqRange(1, n+2)) {
+		t.Fatalf("seqs %v, want 1..%d", got, n+2)
+	}
+	for i, op := range ops {
+		if want := writeOp(i); op.Path != want.Path || op.File != want.File {
+			t.Fatalf("seq %d holds %v, want %v", op.Seq, op, want)
+		}
+	}
+	if _, err := j.AppendUnsynced(t.Context(), writeOp(n+2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if mark, ok, err := readDurableMark(dir); err != nil || !ok || mark != n+3 {
+		t.Fatalf("DURABLE after Close = %d, %v, %v; want %d: Close must sync the last unsynced op", mark, ok, err, n+3)
+	}
+}
