@@ -69,8 +69,24 @@ fuzz:
 bench-deps: deps
 	$(call install_missing,$(BENCH_PKGS))
 
+# Every benchmark once (-benchtime 1x), one package at a time (-p 1: they
+# measure the same CPUs), the raw output kept in BENCH_OUT, then one table
+# of the results against issue 6's targets (integration/benchtable; also
+# `go run ./integration/benchtable $(BENCH_OUT)` later). The whole run takes
+# about half an hour; BENCH selects benchmarks (go test -bench), e.g.
+# make bench BENCH=LocalCostGit. A failed benchmark shows as "not run" in
+# the table and fails the target after it.
+BENCH         ?= .
+BENCH_OUT     ?= bin/bench.out
+BENCH_TIMEOUT ?= 120m
 bench: bench-deps
-	$(GO) test -run='^$$' -bench=. -benchmem ./...
+	@mkdir -p $(dir $(BENCH_OUT))
+	@{ $(GO) test -p 1 -run='^$$' -bench='$(BENCH)' -benchtime=1x -benchmem -timeout $(BENCH_TIMEOUT) ./... 2>&1; \
+		echo $$? > $(BENCH_OUT).rc; } | tee $(BENCH_OUT)
+	@echo; $(GO) run ./integration/benchtable $(BENCH_OUT); table=$$?; \
+		rc=$$(cat $(BENCH_OUT).rc); rm -f $(BENCH_OUT).rc; \
+		if [ "$$rc" != 0 ]; then echo "go test -bench failed (exit $$rc); raw output in $(BENCH_OUT)" >&2; exit $$rc; fi; \
+		exit $$table
 
 demo: deps build
 	./$(BIN) demo

@@ -2,8 +2,10 @@ package fs
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"math/rand/v2"
@@ -11,6 +13,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,6 +34,8 @@ import (
 // them with
 //
 //	go test -run '^$' -bench LocalCost -benchtime 1x ./fs/
+//
+// (BenchmarkLocalCostGit, git checkout in a large repository, is below.)
 //
 // Each workload runs with the store on the root file system ("ext4",
 // a b.TempDir) and, for the file-creating workloads, on a tmpfs of its
@@ -436,4 +442,199 @@ func lstatAll(b *testing.B, top string) float64 {
 		}
 	}
 	return time.Since(start).Seconds()
+}
+
+// The synthetic repository of BenchmarkLocalCostGit: branch "a" holds
+// gitDirs directories of gitPerDir files of 1–4 KiB; branch "b", one commit
+// on top, changes 30% of them, deletes 5%, adds 5 files to every directory
+// and gitNewDirs new directories of gitPerDir files. (Fewer directories
+// with MIRRORFS_BENCH_GIT_DIRS.)
+const (
+	gitDirs    = 200
+	gitPerDir  = 100
+	gitNewDirs = 5
+)
+
+// gitRepo is the synthetic repository: a bare repository and what its
+// branches hold, to check a checkout by.
+type gitRepo struct {
+	dir      string // the bare repository
+	files    int    // in branch a
+	changed  string // a file branch b changes, its content in a and in b
+	inA, inB []byte
+	onlyA    string // a file branch b deletes
+	onlyB    string // a file only branch b has, in a new directory
+}
+
+// gitCmd runs git with a configuration of its own (no user or system
+// configuration, no automatic gc) and fails the benchmark on error.
+func gitCmd(b *testing.B, dir string, stdin io.Reader, args ...string) {
+	b.Helper()
+	cmd := exec.Command("git", append([]string{"-c", "gc.auto=0", "-c", "safe.directory=*", "-c", "advice.detachedHead=false"}, args...)...)
+	cmd.Dir = dir
+	cmd.Stdin = stdin
+	cmd.Env = append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null", "HOME="+dir, "LC_ALL=C")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("git %s in %s: %v: %s", strings.Join(args, " "), dir, err, out)
+	}
+}
+
+// writeGitRepo builds the synthetic repository in a new bare repository
+// with git fast-import (fast, and the objects end up in one pack, as after
+// a clone).
+func writeGitRepo(b *testing.B) gitRepo {
+	b.Helper()
+	r := gitRepo{dir: filepath.Join(b.TempDir(), "site.git")}
+	gitCmd(b, filepath.Dir(r.dir), nil, "init", "-q", "--bare", r.dir)
+	dirs, newDirs := gitDirs, gitNewDirs
+	if v := os.Getenv("MIRRORFS_BENCH_GIT_DIRS"); v != "" { // a smaller repository, to check the harness
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("MIRRORFS_BENCH_GIT_DIRS=%q: want a number of directories (default %d)", v, gitDirs)
+		}
+		dirs, newDirs = n, max(1, n*gitNewDirs/gitDirs)
+	}
+	rng := rand.New(rand.NewPCG(7, 7))
+	page := func(name string, version int) []byte {
+		size := 1024 + rng.IntN(3*1024+1)
+		c := make([]byte, size)
+		for i := range c {
+			c[i] = byte('a' + (i+version)%26)
+		}
+		copy(c, fmt.Sprintf("<!-- %s version %d -->\n", name, version))
+		c[len(c)-1] = '\n'
+		return c
+	}
+	var s bytes.Buffer
+	blob := func(name string, data []byte) {
+		fmt.Fprintf(&s, "M 100644 inline %s\ndata %d\n", name, len(data))
+		s.Write(data)
+		s.WriteByte('\n')
+	}
+	commit := func(branch, msg string, at int64) {
+		fmt.Fprintf(&s, "commit refs/heads/%s\ncommitter Bench <bench@example.org> %d +0000\ndata %d\n%s\n", branch, at, len(msg), msg)
+	}
+	name := func(d, i int) string { return fmt.Sprintf("d%03d/f%03d.html", d, i) }
+	commit("a", "site", 1767225600)
+	for d := range dirs {
+		for i := range gitPerDir {
+			data := page(name(d, i), 0)
+			blob(name(d, i), data)
+			if d == 0 && i == 0 {
+				r.changed, r.inA = name(d, i), data
+			}
+		}
+	}
+	r.files = dirs * gitPerDir
+	commit("b", "30% changed, some added and deleted", 1767229200)
+	s.WriteString("from refs/heads/a\n")
+	for d := range dirs {
+		for i := range gitPerDir {
+			switch n := d*gitPerDir + i; {
+			case n%10 < 3:
+				data := page(name(d, i), 1)
+				blob(name(d, i), data)
+				if n == 0 {
+					r.inB = data
+				}
+			case n%20 == 5:
+				fmt.Fprintf(&s, "D %s\n", name(d, i))
+				r.onlyA = name(d, i)
+			}
+		}
+		for i := range 5 {
+			n := fmt.Sprintf("d%03d/g%03d.html", d, i)
+			blob(n, page(n, 1))
+		}
+	}
+	for d := range newDirs {
+		for i := range gitPerDir {
+			n := fmt.Sprintf("n%03d/f%03d.html", d, i)
+			blob(n, page(n, 1))
+			r.onlyB = n
+		}
+	}
+	s.WriteString("done\n")
+	gitCmd(b, r.dir, &s, "fast-import", "--quiet", "--done")
+	return r
+}
+
+// checkCheckout fails the benchmark unless the work tree wt holds branch
+// "a" (or "b" when b is true), by the files the branches differ in.
+func (r gitRepo) checkCheckout(tb *testing.B, wt string, b bool) {
+	tb.Helper()
+	got, err := os.ReadFile(filepath.Join(wt, r.changed))
+	want := r.inA
+	if b {
+		want = r.inB
+	}
+	if err != nil || !bytes.Equal(got, want) {
+		tb.Fatalf("%s after checkout of b=%v: %d bytes, %v; want %d bytes", filepath.Join(wt, r.changed), b, len(got), err, len(want))
+	}
+	for _, f := range []struct {
+		name string
+		want bool
+	}{{r.onlyA, !b}, {r.onlyB, b}} {
+		if _, err := os.Lstat(filepath.Join(wt, f.name)); (err == nil) != f.want {
+			tb.Fatalf("%s after checkout of b=%v: exists %v, want %v", filepath.Join(wt, f.name), b, err == nil, f.want)
+		}
+	}
+}
+
+// BenchmarkLocalCostGit times Debian's git checkout in a large repository
+// whose work tree and .git are on each access path: a synthetic site of
+// 20,000 files of 1–4 KiB in 200 directories (writeGitRepo; no network),
+// cloned (git clone --no-checkout --no-hardlinks of a local bare
+// repository, which copies its one pack) into a fresh directory of each
+// path, then checked out three times: branch a into the empty work tree
+// ("initial-", 20,000 files created), then branch b (6,000 files changed,
+// 1,000 deleted, 1,500 added in existing and 5 new directories) and back to
+// a. The reported seconds without a prefix are those of the switch to b and
+// back, added; those of the switch alone are reported with "switch-" too.
+// git is run with no user configuration (default checkout.workers = 1).
+// Run it with
+//
+//	go test -run '^$' -bench LocalCostGit -benchtime 1x ./fs/
+//
+// MIRRORFS_BENCH_GIT_DIRS sets the number of directories (default 200), for
+// a quick check of the harness.
+func BenchmarkLocalCostGit(b *testing.B) {
+	requireTool(b, "git")
+	repo := writeGitRepo(b)
+	for _, fsType := range []string{"ext4", "tmpfs"} {
+		b.Run(fsType, func(b *testing.B) {
+			targets, j := localTargets(b, fsType)
+			initial, there, back := map[string]float64{}, map[string]float64{}, map[string]float64{}
+			var ops uint64
+			for i := range b.N {
+				for _, p := range localPaths {
+					seq := j.LastSeq()
+					wt := filepath.Join(targets[p], fmt.Sprintf("git%d-%s", i, p))
+					gitCmd(b, targets[p], nil, "clone", "-q", "--no-checkout", "--no-hardlinks", repo.dir, wt)
+					for _, step := range []struct {
+						branch string
+						secs   map[string]float64
+					}{{"a", initial}, {"b", there}, {"a", back}} {
+						start := time.Now()
+						gitCmd(b, wt, nil, "checkout", "-q", step.branch)
+						step.secs[p] += time.Since(start).Seconds() / float64(b.N)
+						repo.checkCheckout(b, wt, step.branch == "b")
+					}
+					ops += j.LastSeq() - seq
+				}
+			}
+			total := map[string]float64{}
+			for _, p := range localPaths {
+				total[p] = there[p] + back[p]
+			}
+			reportPaths(b, "", total)
+			reportPaths(b, "switch-", there)
+			reportPaths(b, "initial-", initial)
+			// Ops journaled for the clone and the three checkouts.
+			b.ReportMetric(float64(ops)/float64(b.N), "mirrorfs-journal-ops")
+			b.Logf("git checkout, %d files in branch a (s; store / loopback / mirrorfs): initial %.2f / %.2f / %.2f, a→b %.2f / %.2f / %.2f, b→a %.2f / %.2f / %.2f; mirrorfs/loopback switch and back %.2f×, mirrorfs/store %.2f×",
+				repo.files, initial["store"], initial["loopback"], initial["mirrorfs"], there["store"], there["loopback"], there["mirrorfs"],
+				back["store"], back["loopback"], back["mirrorfs"], total["mirrorfs"]/total["loopback"], total["mirrorfs"]/total["store"])
+		})
+	}
 }
