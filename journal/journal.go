@@ -122,6 +122,7 @@ type Journal struct {
 	syncWake  chan struct{} // asks syncLoop for a sync (capacity 1)
 	synced    chan struct{} // closed when syncLoop has exited
 	pubMu     sync.Mutex    // orders publishing of synced seqs (syncTo)
+	lastSync  atomic.Int64  // when the last sync for appends ended, Unix ns
 	failure   atomic.Pointer[error]
 	wal       *walSyncer
 	mark      *durableMark // writers: the last synced op, see durableName
