@@ -175,9 +175,11 @@ func (j *Journal) syncLoop() {
 	}
 }
 
-// syncPending syncs and publishes every committed op not yet durable.
+// syncPending syncs and publishes every committed op not yet durable, and
+// syncs a cursor written since the last sync.
 func (j *Journal) syncPending() {
-	if w := j.written.Load(); w > j.last.Load() && j.failure.Load() == nil {
+	cursor := j.unsyncedMeta.Swap(false)
+	if w := j.written.Load(); (w > j.last.Load() || cursor) && j.failure.Load() == nil {
 		_ = j.syncTo(w) // a failure is logged, and later appends refuse
 	}
 }

@@ -123,9 +123,11 @@ type Journal struct {
 	synced    chan struct{} // closed when syncLoop has exited
 	pubMu     sync.Mutex    // orders publishing of synced seqs (syncTo)
 	lastSync  atomic.Int64  // when the last sync for appends ended, Unix ns
-	failure   atomic.Pointer[error]
-	wal       *walSyncer
-	mark      *durableMark // writers: the last synced op, see durableName
+	// unsyncedMeta: a cursor was written and not yet synced (SetCursor).
+	unsyncedMeta atomic.Bool
+	failure      atomic.Pointer[error]
+	wal          *walSyncer
+	mark         *durableMark // writers: the last synced op, see durableName
 
 	trimMu sync.Mutex
 
@@ -615,9 +617,13 @@ func (j *Journal) Cursor(worker string) (c Cursor, ok bool, err error) {
 	return c, ok, nil
 }
 
-// SetCursor stores worker's cursor; it is on disk (synced) when SetCursor
-// returns. A cursor beyond LastSeq is refused: it would make the worker skip
-// ops appended later.
+// SetCursor stores worker's cursor. When it returns, the cursor survives a
+// crash of the daemon (it is in the write-ahead log's pages); the background
+// sync puts it on disk right after, so a shipper that advances its cursor
+// after every batch does not pay a disk flush for each. A power cut can set
+// a cursor back to an earlier batch: the daemon then sees an unclean stop
+// and compares every worker with the store anyway. A cursor beyond LastSeq
+// is refused: it would make the worker skip ops appended later.
 func (j *Journal) SetCursor(worker string, c Cursor) error {
 	if err := checkWorker(worker); err != nil {
 		return j.wrap("set cursor", err)
@@ -633,12 +639,14 @@ func (j *Journal) SetCursor(worker string, c Cursor) error {
 	if last := j.last.Load(); c.Applied > last {
 		return j.wrap("set cursor "+worker, fmt.Errorf("applied %d is beyond the last seq %d", c.Applied, last))
 	}
-	err = j.update(func(txn *badger.Txn) error {
+	err = j.db.Update(func(txn *badger.Txn) error {
 		return txn.Set(cursorKey(worker), encodeCursor(c))
 	})
 	if err != nil {
 		return j.wrap("set cursor "+worker, err)
 	}
+	j.unsyncedMeta.Store(true)
+	j.wakeSyncer()
 	return nil
 }
 

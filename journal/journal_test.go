@@ -926,3 +926,24 @@ func TestAppendUnsynced(t *testing.T) {
 		t.Fatalf("DURABLE after Close = %d, %v, %v; want %d: Close must sync the last unsynced op", mark, ok, err, n+3)
 	}
 }
+
+// TestSetCursorSyncedInBackground: SetCursor does not wait for a sync of its
+// own, but the background sync follows it without any other write.
+func TestSetCursorSyncedInBackground(t *testing.T) {
+	j, _ := newTestJournal(t)
+	appendN(t, j, 3)
+	before := j.syncs.Load()
+	if err := j.SetCursor("web1", Cursor{Applied: 3}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for j.syncs.Load() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("no sync followed SetCursor within 5 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if c, ok, err := j.Cursor("web1"); err != nil || !ok || c.Applied != 3 {
+		t.Fatalf("Cursor = %+v, %v, %v; want Applied 3", c, ok, err)
+	}
+}
