@@ -45,6 +45,7 @@ var (
 	_ special               = (*Client)(nil)
 	_ replicate.Hasher      = (*Client)(nil)
 	_ replicate.DeltaWriter = (*Client)(nil)
+	_ replicate.Syncer      = (*Client)(nil)
 )
 
 // NewClient greets the agent on r/w and returns the client. kill must make
@@ -198,6 +199,11 @@ func (c *Client) ReadDir(ctx context.Context, p string) ([]replicate.FileInfo, e
 func (c *Client) Readlink(ctx context.Context, p string) (string, error) {
 	resp, err := c.call(ctx, request{Op: opReadlink, Path: p})
 	return string(resp.Data), err
+}
+
+// Sync implements replicate.Syncer.
+func (c *Client) Sync(ctx context.Context) error {
+	return c.do(ctx, request{Op: opSync})
 }
 
 // Mkdir implements replicate.Transport.

@@ -260,6 +260,8 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 			return errorResponse(err), true
 		}
 		return response{Data: []byte(t)}, true
+	case opSync:
+		return result(l.Sync(ctx)), true
 	case opMkdir:
 		return result(l.Mkdir(ctx, r.Path, fs.FileMode(r.Mode))), true
 	case opRemove:

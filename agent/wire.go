@@ -67,6 +67,9 @@ const (
 	// worker's file was the same and now has these attributes, {0} when
 	// not. The master sends a batch of them before reading the answers.
 	opKeepIfSame
+	// replicate.Syncer: fsyncs the directories whose entries changed
+	// since the last opSync; answered with the outcome.
+	opSync
 	opLast // not an op: bound for validation
 )
 

@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -24,9 +27,69 @@ import (
 type Local struct {
 	root *os.Root
 	dirs dirCheck
+
+	mu        sync.Mutex
+	unsynced  map[string]bool // directories whose entries changed since Sync
+	dirSynced int             // directories Sync flushed, for tests
 }
 
-var _ Transport = (*Local)(nil)
+var (
+	_ Transport = (*Local)(nil)
+	_ Syncer    = (*Local)(nil)
+)
+
+// changed notes that the entries of the directories holding paths changed.
+func (l *Local) changed(paths ...string) {
+	dirs := make([]string, len(paths))
+	for i, p := range paths {
+		dirs[i] = parentDir(p)
+	}
+	l.unsyncedDirs(dirs...)
+}
+
+// unsyncedDirs notes directories for the next Sync.
+func (l *Local) unsyncedDirs(dirs ...string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.unsynced == nil {
+		l.unsynced = map[string]bool{}
+	}
+	for _, d := range dirs {
+		l.unsynced[d] = true
+	}
+}
+
+// Sync implements Syncer: it fsyncs every directory whose entries changed
+// since the last Sync. A directory gone meanwhile is skipped: its removal
+// changed its parent, which is synced too.
+func (l *Local) Sync(ctx context.Context) error {
+	l.mu.Lock()
+	dirs := slices.Sorted(maps.Keys(l.unsynced))
+	l.unsynced = nil
+	l.mu.Unlock()
+	for i, d := range dirs {
+		if err := ctx.Err(); err != nil {
+			l.unsyncedDirs(dirs[i:]...)
+			return err
+		}
+		f, err := l.root.Open(rootName(d))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err == nil {
+			err = f.Sync()
+			f.Close()
+		}
+		if err != nil {
+			l.unsyncedDirs(dirs[i:]...) // for the next Sync
+			return fmt.Errorf("sync directory %q: %w", d, err)
+		}
+		l.mu.Lock()
+		l.dirSynced++
+		l.mu.Unlock()
+	}
+	return nil
+}
 
 // NewLocal opens the directory dir as a worker root.
 func NewLocal(dir string) (*Local, error) {
@@ -125,7 +188,11 @@ func (l *Local) Mkdir(ctx context.Context, p string, perm fs.FileMode) error {
 	if err := l.prep(ctx, p); err != nil {
 		return err
 	}
-	return l.root.Mkdir(p, perm)
+	if err := l.root.Mkdir(p, perm); err != nil {
+		return err
+	}
+	l.changed(p)
+	return nil
 }
 
 // Remove implements Transport.
@@ -141,7 +208,11 @@ func (l *Local) Remove(ctx context.Context, p string) error {
 		return &fs.PathError{Op: "remove", Path: p, Err: syscall.EISDIR}
 	}
 	l.dirs.invalidate(p)
-	return l.root.Remove(p)
+	if err := l.root.Remove(p); err != nil {
+		return err
+	}
+	l.changed(p)
+	return nil
 }
 
 // Rmdir implements Transport.
@@ -160,7 +231,11 @@ func (l *Local) Rmdir(ctx context.Context, p string) error {
 		return &fs.PathError{Op: "rmdir", Path: p, Err: syscall.ENOTDIR}
 	}
 	l.dirs.invalidate(p)
-	return l.root.Remove(p)
+	if err := l.root.Remove(p); err != nil {
+		return err
+	}
+	l.changed(p)
+	return nil
 }
 
 // Rename implements Transport.
@@ -176,7 +251,11 @@ func (l *Local) Rename(ctx context.Context, from, to string) error {
 	}
 	l.dirs.invalidate(from)
 	l.dirs.invalidate(to)
-	return l.root.Rename(from, to)
+	if err := l.root.Rename(from, to); err != nil {
+		return err
+	}
+	l.changed(from, to)
+	return nil
 }
 
 // Symlink implements Transport.
@@ -187,7 +266,11 @@ func (l *Local) Symlink(ctx context.Context, target, p string) error {
 	if p == "" || target == "" {
 		return fmt.Errorf("symlink: %w", ErrInvalidPath)
 	}
-	return l.root.Symlink(target, p)
+	if err := l.root.Symlink(target, p); err != nil {
+		return err
+	}
+	l.changed(p)
+	return nil
 }
 
 // Link implements Transport.
@@ -201,7 +284,11 @@ func (l *Local) Link(ctx context.Context, existing, p string) error {
 	if existing == "" || p == "" {
 		return fmt.Errorf("link: %w: the root", ErrInvalidPath)
 	}
-	return l.root.Link(existing, p)
+	if err := l.root.Link(existing, p); err != nil {
+		return err
+	}
+	l.changed(p)
+	return nil
 }
 
 // noSymlink refuses to set attributes through a symlink.
@@ -314,10 +401,7 @@ func (l *Local) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a At
 		return err
 	}
 	committed = true
-	if d, err := l.root.Open(rootName(parentDir(p))); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
+	l.changed(p) // the directory is synced by Sync, once per batch
 	return ownerErr
 }
 
@@ -483,6 +567,7 @@ func (l *Local) Mknod(ctx context.Context, p string, mode fs.FileMode, rdev uint
 	if err := unix.Mknodat(dfd, name, typ|perm, int(rdev)); err != nil {
 		return &fs.PathError{Op: "mknod", Path: p, Err: err}
 	}
+	l.changed(p)
 	// mknod applies the umask; set the exact bits, as WriteFileAtomic
 	// does. AT_SYMLINK_NOFOLLOW (fchmodat2, Linux 6.6) keeps a symlink
 	// swapped in meanwhile from redirecting the chmod; older kernels

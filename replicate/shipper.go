@@ -351,7 +351,16 @@ func (s *Shipper) connect(ctx context.Context) error {
 	return nil
 }
 
-func (s *Shipper) setApplied(c journal.Cursor) error {
+func (s *Shipper) setApplied(ctx context.Context, c journal.Cursor) error {
+	if s.t != nil {
+		if sy, ok := unwrap(s.t).(Syncer); ok {
+			// What the worker applied must be on its disk before the
+			// cursor passes it.
+			if err := sy.Sync(ctx); err != nil {
+				return fmt.Errorf("%s: sync: %w", s.opts.Name, err)
+			}
+		}
+	}
 	if err := s.opts.Journal.SetCursor(s.opts.Name, c); err != nil {
 		return fmt.Errorf("%s: set cursor: %w", s.opts.Name, err)
 	}
@@ -552,7 +561,7 @@ func (s *Shipper) fullSync(ctx context.Context) error {
 	j := s.opts.Journal
 	start := j.LastSeq()
 	// Persist first: a crash during the copy restarts the copy.
-	if err := s.setApplied(journal.Cursor{Applied: start, FullSync: true}); err != nil {
+	if err := s.setApplied(ctx, journal.Cursor{Applied: start, FullSync: true}); err != nil {
 		return err
 	}
 	t0 := time.Now()
@@ -587,7 +596,7 @@ func (s *Shipper) fullSync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.setApplied(journal.Cursor{Applied: start}); err != nil {
+	if err := s.setApplied(ctx, journal.Cursor{Applied: start}); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -736,7 +745,7 @@ func (s *Shipper) batch(ctx context.Context) error {
 	s.carried, s.dead, s.lost = plan.Carry, plan.Dead, plan.Lost
 	s.attempt = 0
 	if c := plan.pinned(s.readPos - 1); c > s.durable {
-		if err := s.setApplied(journal.Cursor{Applied: c}); err != nil {
+		if err := s.setApplied(ctx, journal.Cursor{Applied: c}); err != nil {
 			return err
 		}
 	}

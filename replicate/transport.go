@@ -63,6 +63,17 @@ type Transport interface {
 	Close() error
 }
 
+// Syncer is an optional Transport capability: Sync makes durable the
+// directory entries that the changes since the last Sync created, renamed
+// or removed. A transport with it leaves directories unsynced in
+// WriteFileAtomic (the file's data is still synced before its rename, so
+// that no torn file can appear), and the shipper calls Sync once per batch,
+// before the batch counts as applied: one flush per directory and batch
+// instead of one per file.
+type Syncer interface {
+	Sync(ctx context.Context) error
+}
+
 // Stats is an optional Transport capability: bytes moved on the wire.
 type Stats interface {
 	BytesSent() uint64

@@ -46,6 +46,7 @@ func Run(t *testing.T, newT Factory) {
 		{"Xattrs", testXattrs},
 		{"Special", testSpecial},
 		{"Hash", testHash},
+		{"Sync", testSync},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -916,5 +917,48 @@ func testHash(t *testing.T, tr replicate.Transport, dir string) {
 	// The connection is still usable after the refusals.
 	if _, err := h.Hash(ctx, "small"); err != nil {
 		t.Errorf("Hash(small) after refusals: %v", err)
+	}
+}
+
+// testSync: a Syncer's Sync succeeds after writes, renames and removals,
+// also when a changed directory was removed before it, and with nothing to
+// do; a cancelled context stops it with the context's error.
+func testSync(t *testing.T, tr replicate.Transport, dir string) {
+	sy, ok := tr.(replicate.Syncer)
+	if !ok {
+		t.Skip("transport has no Syncer capability")
+	}
+	ctx := t.Context()
+	if err := tr.Mkdir(ctx, "d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	put(t, tr, "d/a", "a", 0o644, time.Time{})
+	if err := tr.Rename(ctx, "d/a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Mkdir(ctx, "gone", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	put(t, tr, "gone/x", "x", 0o644, time.Time{})
+	if err := tr.Remove(ctx, "gone/x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Rmdir(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := sy.Sync(ctx); err != nil {
+			t.Fatalf("Sync #%d: %v", i+1, err)
+		}
+	}
+	mustContent(t, dir, "b", "a")
+	put(t, tr, "c", "c", 0o644, time.Time{})
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := sy.Sync(cctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Sync with a cancelled context = %v, want context.Canceled", err)
+	}
+	if err := sy.Sync(ctx); err != nil {
+		t.Fatalf("Sync after a cancelled one: %v", err)
 	}
 }
