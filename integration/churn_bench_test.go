@@ -427,7 +427,7 @@ func churnMiB(kb int64) float64 { return float64(kb) / 1024 }
 
 func churnBenchIdleRSS(b *testing.B) {
 	lsyncdBenchLoad(b)
-	c := newCluster(b, clusterOptions{
+	c := benchCluster(b, clusterOptions{
 		Workers: 3,
 		Exclude: lsyncdBenchExclude,
 		Prefill: func(store string) { churnPrefill(b, store) },
@@ -451,7 +451,7 @@ func churnBenchIdleRSS(b *testing.B) {
 func churnBench(b *testing.B, rate int, d time.Duration) {
 	lsyncdBenchLoad(b)
 	defer lsyncdBenchLoad(b)
-	c := newCluster(b, clusterOptions{
+	c := benchCluster(b, clusterOptions{
 		Workers: 4,
 		Exclude: lsyncdBenchExclude,
 		Prefill: func(store string) { churnPrefill(b, store) },

@@ -118,7 +118,7 @@ func lsyncdBenchSingleSaves(b *testing.B, workers, saves int, side lsyncdSide) {
 	defer lsyncdBenchLoad(b)
 	// measure saves through the mount of a new cluster and leaves it idle.
 	measure := func(batchDelay string) (*cluster, []time.Duration) {
-		c := newCluster(b, clusterOptions{
+		c := benchCluster(b, clusterOptions{
 			Workers:    workers,
 			Exclude:    lsyncdBenchExclude,
 			BatchDelay: batchDelay,
@@ -209,7 +209,7 @@ func lsyncdBenchSingleSaves(b *testing.B, workers, saves int, side lsyncdSide) {
 func lsyncdBenchBurst(b *testing.B, workers, files, size, delay int) {
 	lsyncdBenchLoad(b)
 	defer lsyncdBenchLoad(b)
-	c := newCluster(b, clusterOptions{
+	c := benchCluster(b, clusterOptions{
 		Workers: workers,
 		Exclude: lsyncdBenchExclude,
 		Prefill: func(store string) { mkdirAll(b, filepath.Join(store, "burst")) },
