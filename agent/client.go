@@ -29,6 +29,7 @@ type Client struct {
 	w      *bufio.Writer
 	buf    []byte
 	zbuf   []byte // sendData's compression buffer
+	chunk  []byte // stream's read buffer (dataChunk bytes), kept: a burst streams thousands of small files
 	kill   func() // closes the stream so that blocked calls return
 	close  func() error
 	stats  replicate.Stats // may be nil
@@ -356,7 +357,10 @@ func (c *Client) sendData(off int64, data []byte) error {
 // stream sends r's data frames and returns the content's size, or the
 // error that made the source unusable.
 func (c *Client) stream(r io.Reader) (int64, error) {
-	buf := make([]byte, dataChunk)
+	if c.chunk == nil {
+		c.chunk = make([]byte, dataChunk)
+	}
+	buf := c.chunk
 	sendFrom := func(off int64, src io.Reader) (int64, error) {
 		for {
 			n, err := io.ReadFull(src, buf)

@@ -20,6 +20,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// copyBufs recycles the 256 KiB buffers of file copies: a burst of small
+// files otherwise allocated, zeroed and collected one per file (perf during
+// a burst of 10,000 files: memclr and the GC were about a quarter of the
+// agent's user time).
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
 // Local is a Transport that applies to a directory on this machine. It is
 // the reference implementation of the conformance suite and the transport
 // of the shipper's unit tests. All access goes through an [os.Root], and
@@ -361,8 +367,13 @@ func (l *Local) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a At
 		if err := writeSparse(ctx, wb, sr); err != nil {
 			return err
 		}
-	} else if _, err := io.CopyBuffer(wb, ctxReader{ctx, r}, make([]byte, 256<<10)); err != nil {
-		return err
+	} else {
+		bp := copyBufs.Get().(*[]byte)
+		_, err := io.CopyBuffer(wb, ctxReader{ctx, r}, *bp)
+		copyBufs.Put(bp)
+		if err != nil {
+			return err
+		}
 	}
 	if err := f.Sync(); err != nil {
 		return err

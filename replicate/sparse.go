@@ -39,7 +39,9 @@ type sparseFile interface {
 // writeSparse writes the data segments of r to the empty file f at their
 // offsets, then extends f to r's size.
 func writeSparse(ctx context.Context, f sparseFile, r SparseReader) error {
-	buf := make([]byte, 256<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for {
 		off, data, err := r.NextData()
 		if err == io.EOF {
