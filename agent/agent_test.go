@@ -463,3 +463,35 @@ func TestPatchMismatch(t *testing.T) {
 		t.Errorf("agent unusable after failed patches: %v", resp.err())
 	}
 }
+
+// TestSyncOnlyAfterEntryChanges: the client asks the agent for a Sync only
+// when a request since the last one may have changed a directory entry.
+func TestSyncOnlyAfterEntryChanges(t *testing.T) {
+	dir := t.TempDir()
+	c := pipeClient(t, dir)
+	ctx := t.Context()
+	if err := c.WriteFileAtomic(ctx, "a.html", strings.NewReader("a"), replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.unsynced {
+		t.Fatal("a write left nothing to sync")
+	}
+	if err := c.Sync(ctx); err != nil || c.unsynced {
+		t.Fatalf("Sync = %v, unsynced %v after it", err, c.unsynced)
+	}
+	if err := c.Chmod(ctx, "a.html", 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Lstat(ctx, "a.html"); err != nil {
+		t.Fatal(err)
+	}
+	if c.unsynced {
+		t.Fatal("chmod and lstat change no directory entry, yet a Sync would be sent")
+	}
+	if err := c.Rename(ctx, "a.html", "b.html"); err != nil {
+		t.Fatal(err)
+	}
+	if !c.unsynced {
+		t.Fatal("a rename left nothing to sync")
+	}
+}

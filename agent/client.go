@@ -25,18 +25,21 @@ import (
 // A Client is used by one goroutine at a time, like every Transport. A
 // failed or cancelled request breaks it: the caller dials again.
 type Client struct {
-	r      *bufio.Reader
-	w      *bufio.Writer
-	buf    []byte
-	zbuf   []byte // sendData's compression buffer
-	chunk  []byte // stream's read buffer (dataChunk bytes), kept: a burst streams thousands of small files
-	kill   func() // closes the stream so that blocked calls return
-	close  func() error
-	stats  replicate.Stats // may be nil
-	build  string          // the agent's BuildID
-	mu     sync.Mutex      // guards broken against kill from AfterFunc
-	broken error
-	closed sync.Once
+	r     *bufio.Reader
+	w     *bufio.Writer
+	buf   []byte
+	zbuf  []byte // sendData's compression buffer
+	chunk []byte // stream's read buffer (dataChunk bytes), kept: a burst streams thousands of small files
+	// unsynced: a request that may change directory entries was sent
+	// since the last Sync.
+	unsynced bool
+	kill     func() // closes the stream so that blocked calls return
+	close    func() error
+	stats    replicate.Stats // may be nil
+	build    string          // the agent's BuildID
+	mu       sync.Mutex      // guards broken against kill from AfterFunc
+	broken   error
+	closed   sync.Once
 }
 
 var (
@@ -129,6 +132,9 @@ func (c *Client) send(req request) error {
 	if err := writeFrame(c.w, req.encode()); err != nil {
 		return c.fail(err)
 	}
+	if req.Op.changesEntries() {
+		c.unsynced = true
+	}
 	return nil
 }
 
@@ -202,9 +208,17 @@ func (c *Client) Readlink(ctx context.Context, p string) (string, error) {
 	return string(resp.Data), err
 }
 
-// Sync implements replicate.Syncer.
+// Sync implements replicate.Syncer. A batch that changed no directory
+// entry (files kept as they were, attributes only) costs no round trip.
 func (c *Client) Sync(ctx context.Context) error {
-	return c.do(ctx, request{Op: opSync})
+	if !c.unsynced {
+		return nil
+	}
+	if err := c.do(ctx, request{Op: opSync}); err != nil {
+		return err
+	}
+	c.unsynced = false
+	return nil
 }
 
 // Mkdir implements replicate.Transport.

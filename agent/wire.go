@@ -73,6 +73,16 @@ const (
 	opLast // not an op: bound for validation
 )
 
+// changesEntries reports whether a request of kind o may create, rename or
+// remove a directory entry on the worker: what opSync makes durable.
+func (o op) changesEntries() bool {
+	switch o {
+	case opMkdir, opRemove, opRmdir, opRename, opSymlink, opLink, opMknod, opWriteBegin, opPatchBegin:
+		return true
+	}
+	return false
+}
+
 // dataS2 in a WriteData frame's Mode: Data is one S2 block (Snappy's
 // successor, github.com/klauspost/compress/s2) of at most dataChunk bytes
 // decoded. The master compresses a frame only when that saves an eighth.
