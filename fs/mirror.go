@@ -66,9 +66,11 @@ func (m *mirror) record(ctx context.Context, op journal.Op) syscall.Errno {
 // open file op.File. The first change of a file since its last Close record
 // is journaled durably, as every other mutation; the later ones, up to the
 // next Close record, only wait for the journal's commit, not for its sync.
-// That keeps every promise while tar -x pays one sync per file (its create)
-// instead of six (create, write, chown, chmod, utimens, close), and a
-// sequential write one per file instead of one per write:
+// "On disk before the reply" thus holds for the first change of a file, not
+// for each of its later ones, and tar -x pays one sync per file (its create)
+// instead of six (create, write, chown, chmod, utimens, close), a sequential
+// write one per file instead of one per write. Nothing acknowledged is lost
+// for that:
 //
 //   - A crash of the daemon loses nothing: a committed op is in the
 //     journal's log, whose pages belong to the kernel.
