@@ -42,8 +42,15 @@ func (c *dirCheck) check(ctx context.Context, p string, lstat func(context.Conte
 	return nil
 }
 
-// invalidate forgets p and everything under it.
+// invalidate forgets p and everything under it. A directory below p is
+// only ever verified together with p (check verifies every ancestor), and
+// both are forgotten together, so when p is not cached nothing below it is:
+// the common case of a file written or renamed costs one lookup, not a walk
+// of every cached directory (466 µs per file with 20,000 of them).
 func (c *dirCheck) invalidate(p string) {
+	if !c.ok[p] {
+		return
+	}
 	for d := range c.ok {
 		if d == p || strings.HasPrefix(d, p+"/") {
 			delete(c.ok, d)
