@@ -375,6 +375,15 @@ func TestOpenForWriteEndsAtClose(t *testing.T) {
 	if !slices.Contains(got, "close f") {
 		t.Fatalf("last close journaled %q, want a close", got)
 	}
+	// RELEASE is asynchronous: until the kernel sent it for dup's handle,
+	// that handle still counts as a writer, and the next one would not be
+	// the last.
+	for i := 0; i < 100 && writerHandles(m, id) > 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := writerHandles(m, id); n > 0 {
+		t.Fatalf("%d writable handles still counted 1 s after every writer closed", n)
+	}
 
 	// Opening for writing and closing without a change publishes too.
 	fd, err = unix.Open(p, unix.O_WRONLY, 0)
@@ -535,4 +544,15 @@ func TestOnlyFirstChangeWaitsForSync(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("journaled\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
+}
+
+// writerHandles is the number of writable handles of file id the mount
+// counts (released by the kernel's asynchronous RELEASE).
+func writerHandles(m *Mount, id uint64) int {
+	m.mirror.mu.Lock()
+	defer m.mirror.mu.Unlock()
+	if w := m.mirror.writers[id]; w != nil {
+		return w.open
+	}
+	return 0
 }
