@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -108,6 +109,11 @@ func New(ctx context.Context, opts Options) (*Mount, error) {
 		Name:                 "mirrorfs",
 		Options:              []string{"default_permissions"},
 		IgnoreSecurityLabels: true,
+		// mount(2) and umount(2) directly (the daemon runs as root), with
+		// fusermount3 as the fallback. Unmounting through fusermount3 cost
+		// an exec per unmount, and under heavy load go-fuse's wait for that
+		// helper's stderr pipe was seen to hang Unmount.
+		DirectMount: true,
 		// Passthrough would let the kernel write to the store behind the
 		// journal's back; writeback would merge writes before we see them.
 		DisabledCapabilities: fuse.CAP_PASSTHROUGH | fuse.CAP_WRITEBACK_CACHE,
@@ -130,7 +136,31 @@ func New(ctx context.Context, opts Options) (*Mount, error) {
 		server.Wait()
 		unix.Close(m.rootFd)
 	}()
+	if err := closeOnExecFUSE(); err != nil {
+		logger.Warn("cannot mark the FUSE connection close-on-exec: programs this process starts inherit it", "err", err)
+	}
 	return &Mount{server: server, mirror: m, point: opts.Mountpoint}, nil
+}
+
+// closeOnExecFUSE marks every /dev/fuse descriptor of this process
+// close-on-exec. go-fuse's direct mount opens /dev/fuse without the flag; a
+// program started afterwards (the demo's workers, tar in a benchmark) would
+// inherit the connection and keep it alive after the unmount.
+func closeOnExecFUSE() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil || target != "/dev/fuse" {
+			continue // closed meanwhile (the ReadDir's own descriptor), or not FUSE
+		}
+		if fd, err := strconv.Atoi(e.Name()); err == nil {
+			syscall.CloseOnExec(fd)
+		}
+	}
+	return nil
 }
 
 // StopWrites makes every later mutation fail with EROFS. Called on

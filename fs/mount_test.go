@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -555,4 +556,35 @@ func writerHandles(m *Mount, id uint64) int {
 		return w.open
 	}
 	return 0
+}
+
+// TestFUSEDescriptorCloseOnExec: once mounted, no /dev/fuse descriptor of
+// the process would pass to a program it starts.
+func TestFUSEDescriptorCloseOnExec(t *testing.T) {
+	newMount(t)
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	for _, e := range ents {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err != nil || target != "/dev/fuse" {
+			continue
+		}
+		found++
+		var fd int
+		if _, err := fmt.Sscan(e.Name(), &fd); err != nil {
+			t.Fatal(err)
+		}
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if flags&unix.FD_CLOEXEC == 0 {
+			t.Errorf("/dev/fuse descriptor %d is not close-on-exec", fd)
+		}
+	}
+	if found == 0 {
+		t.Fatal("no /dev/fuse descriptor found while mounted")
+	}
 }
