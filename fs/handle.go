@@ -57,19 +57,8 @@ func (h *handle) recordData(ctx context.Context, op journal.Op) syscall.Errno {
 	if !ok {
 		return 0
 	}
-	m := h.node.m
 	op.File, op.Path = h.node.id(), p
-	covered, errno := m.recordChange(ctx, op)
-	if errno != 0 {
-		return errno
-	}
-	if m.markDirty(op.File) {
-		return m.recordClose(ctx, op.File, p, false)
-	}
-	if !covered {
-		m.coverChanges(op.File)
-	}
-	return 0
+	return h.node.m.recordData(ctx, op)
 }
 
 // recordClose journals that the file's content is now one its writer

@@ -86,6 +86,24 @@ func (m *mirror) recordChange(ctx context.Context, op journal.Op) (covered bool,
 	return covered, m.append(ctx, op, !covered)
 }
 
+// recordData journals op, a change of the bytes of file op.File at path
+// op.Path (a write, a truncate, a fallocate), marks the file dirty, and
+// journals a Close at once when no writer has it open (nothing else would).
+// A change that waited for the sync covers the file's later ones.
+func (m *mirror) recordData(ctx context.Context, op journal.Op) syscall.Errno {
+	covered, errno := m.recordChange(ctx, op)
+	if errno != 0 {
+		return errno
+	}
+	if m.markDirty(op.File) {
+		return m.recordClose(ctx, op.File, op.Path, false)
+	}
+	if !covered {
+		m.coverChanges(op.File)
+	}
+	return 0
+}
+
 // recordClose journals that the content of file id is one its writer meant
 // to publish. Only an fsync waits for the sync: a Close changes nothing in
 // the store, and after a crash every file counts as closed.

@@ -458,20 +458,12 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	if op.Mask == 0 {
 		return 0
 	}
-	covered, errno := n.m.recordChange(ctx, op)
-	if errno != 0 {
-		return errno
+	if sized {
+		// A truncate is data: the file is dirty until its next Close.
+		return n.m.recordData(ctx, op)
 	}
-	if !sized {
-		return 0
-	}
-	if n.m.markDirty(op.File) {
-		return n.m.recordClose(ctx, op.File, p, false)
-	}
-	if !covered {
-		n.m.coverChanges(op.File)
-	}
-	return 0
+	_, errno := n.m.recordChange(ctx, op)
+	return errno
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
