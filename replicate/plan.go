@@ -618,6 +618,12 @@ func (f *folder) op(op journal.Op) {
 		// Made equal to the store's after the batch (not over SFTP v3,
 		// which has no xattr requests: see apply).
 		f.xattrs.put(op.Path, true)
+		if op.XattrName == accessACL {
+			// The file system turned the ACL into a mode change that no
+			// setattr was journaled for (cp -a, setfacl): the mode is
+			// copied like any attribute, over every transport.
+			f.attrs.put(op.Path, op.File)
+		}
 
 	default:
 		f.pl.log.Warn("skipping journal op of unknown kind", "op", op.String())
@@ -681,6 +687,10 @@ func (f *folder) rename(op journal.Op) {
 	// worker's mode and mtime. (Dropped in fold when the data ships.)
 	f.attrs.put(op.NewPath, op.File)
 }
+
+// accessACL is the xattr that holds a POSIX access ACL; setting or
+// removing it also sets the permission bits of the mode.
+const accessACL = "system.posix_acl_access"
 
 // sortedKeys returns the keys of a set in order (parents before children).
 func sortedKeys[V any](m map[string]V) []string {

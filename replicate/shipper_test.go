@@ -956,15 +956,18 @@ func TestShipperHoldsFileReopenedForWriting(t *testing.T) {
 	worker := workerDir(t)
 	f.writeFile("warm", "up")
 	var reopened atomic.Bool
-	var id uint64
+	var id atomic.Uint64 // read by the shipper's goroutine
 	s := newShipper(t, f, worker, func(o *Options) {
-		o.OpenForWrite = func(ino uint64) bool { return ino == id && reopened.Load() }
+		o.OpenForWrite = func(ino uint64) bool { return ino == id.Load() && reopened.Load() }
 	}, nil)
 	start(t, s)
 	waitSynced(t, s, f.j)
 
-	id = f.writeFile("big", "version 1") // create, write, close
+	// The next writer opens the file before the Close is journaled, so
+	// that no batch can see the Close with the file closed.
+	id.Store(f.writeOpen("big", "version 1")) // create, write
 	reopened.Store(true)
+	f.closeFile(id.Load())
 	f.must(os.Truncate(f.abs("big"), 0)) // the next writer's O_TRUNC, not journaled yet
 	time.Sleep(100 * time.Millisecond)
 	if got, ok := readWorker(t, worker, "big"); ok {
@@ -972,7 +975,7 @@ func TestShipperHoldsFileReopenedForWriting(t *testing.T) {
 	}
 	f.must(os.WriteFile(f.abs("big"), []byte("version 2"), 0o644))
 	reopened.Store(false)
-	f.closePath(id, "big")
+	f.closePath(id.Load(), "big")
 	waitSynced(t, s, f.j)
 	if got, _ := readWorker(t, worker, "big"); got != "version 2" {
 		t.Fatalf("worker has %q, want version 2", got)
@@ -1170,5 +1173,60 @@ func resyncExpecting(t *testing.T, s *Shipper, worker, p, want string) {
 	waitFor(t, "the resync", 10*time.Second, func() bool { return s.Status().ResyncDone >= 1 })
 	if got, _ := readWorker(t, worker, p); got != want {
 		t.Fatalf("worker %s = %q after a full comparison, want %q", p, got, want)
+	}
+}
+
+// cp -a, setfacl and other ACL-aware tools give a file or directory its
+// permissions by setting system.posix_acl_access, which the store's file
+// system turns into a mode change: the journal holds only the setxattr.
+// The worker's mode must follow all the same. Found by TestToolsEditors:
+// a directory copied with cp -a stayed 0700 on a worker.
+func TestShipperAccessACLSetsMode(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("assets")
+	f.writeFile("assets/site.css", "body{}")
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+
+	for p, mode := range map[string]os.FileMode{"assets": 0o750, "assets/site.css": 0o640} {
+		f.must(os.Chmod(f.abs(p), mode)) // what the ACL did to the mode
+		f.j.Append(journal.Op{Kind: journal.KindSetxattr, File: f.ino(p), Path: p,
+			XattrName: "system.posix_acl_access", XattrValue: []byte{2, 0, 0, 0}})
+	}
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
+
+// A setxattr of a file still held open (not yet on the worker) does not
+// fail the batch: the file's attributes come with its data. It used to
+// fail on the worker's listxattr of a path it did not have, forever.
+func TestShipperXattrOfHeldFile(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+
+	id := f.writeOpen("upload.bin", "partial")
+	if err := unix.Setxattr(f.abs("upload.bin"), "user.origin", []byte("cms"), 0); err != nil {
+		t.Skipf("the store's file system lacks user xattrs: %v", err)
+	}
+	f.j.Append(journal.Op{Kind: journal.KindSetxattr, File: id, Path: "upload.bin", XattrName: "user.origin", XattrValue: []byte("cms")})
+	f.writeFile("index.html", "<p>after</p>") // journaled after the setxattr
+	waitFor(t, "index.html on the worker", 10*time.Second, func() bool {
+		got, _ := readWorker(t, worker, "index.html")
+		return got == "<p>after</p>"
+	})
+	if st := s.Status(); st.LastError != "" {
+		t.Fatalf("the batch failed: %s", st.LastError)
+	}
+	f.closePath(id, "upload.bin")
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	buf := make([]byte, 16)
+	if n, err := unix.Getxattr(filepath.Join(worker, "upload.bin"), "user.origin", buf); err != nil || string(buf[:n]) != "cms" {
+		t.Errorf("worker upload.bin user.origin = %q, %v; want cms", buf[:max(n, 0)], err)
 	}
 }

@@ -82,7 +82,14 @@ func (s *Shipper) syncXattrs(ctx context.Context, p string, f *os.File, full boo
 	}
 	have := map[string][]byte{}
 	if full {
-		if have, err = x.ListXattrs(ctx, p); err != nil {
+		have, err = x.ListXattrs(ctx, p)
+		if errors.Is(err, fs.ErrNotExist) {
+			// Not on the worker yet (a file held open): its data ships
+			// later into a new file, with the store's attributes.
+			s.log.Debug("xattrs left to the file's data", "path", p)
+			return nil
+		}
+		if err != nil {
 			return s.errf(p, fmt.Errorf("list xattrs: %w", err))
 		}
 	}
