@@ -31,6 +31,16 @@ type script struct {
 	t     *testing.T
 	root  string // where this run works: the mount or the plain directory
 	lines []string
+	rec   *memRecorder // the mount's, nil in the plain directory
+}
+
+// released waits, through the mount, for the kernel to release every
+// handle closed so far, so that the ops journaled next come after their
+// Close (see memRecorder.settled).
+func (s *script) released() {
+	if s.rec != nil {
+		s.rec.released(s.t)
+	}
 }
 
 // p is the path of rel in this run's root.
@@ -150,10 +160,10 @@ func newComparison(t *testing.T) *comparison {
 // difference, and returns the ops the mount journaled meanwhile.
 func (c *comparison) run(t *testing.T, name string, fn func(s *script)) []journal.Op {
 	t.Helper()
-	c.rec.take()
-	viaMount := &script{t: t, root: c.mnt}
+	c.rec.settled(t)
+	viaMount := &script{t: t, root: c.mnt, rec: c.rec}
 	fn(viaMount)
-	ops := c.rec.take()
+	ops := c.rec.settled(t)
 	plain := &script{t: t, root: c.plain}
 	fn(plain)
 	t.Logf("%s observed:\n  %s", name, strings.Join(viaMount.lines, "\n  "))
