@@ -29,8 +29,8 @@ const linkCutDuration = 30 * time.Second
 // on an idle 2-CPU machine); the test asserts a bound a shared, loaded CI
 // machine cannot break (a burst alone lagged 6-7 s at load 12) but that a
 // shipper held back by the dead worker would: its lag would grow for the
-// whole cut (20 s and more). Speed goals live in benchmarks, not tests.
-const maxLagWhileCut = 10 * time.Second
+// whole cut (30 s and more). Speed goals live in benchmarks, not tests.
+const maxLagWhileCut = 20 * time.Second
 
 // TestLinkCutDuringBurst: one worker's link is cut while 5,000 operations
 // go through the mount; the other two stay current (not held back by it); once the

@@ -358,7 +358,15 @@ func TestNoTornFiles(t *testing.T) {
 		if err := f.Close(); err != nil {
 			t.Fatal(err)
 		}
+		// The next version only once the worker's reader has had a turn
+		// (and at least 50 ms), so that a loaded machine still reads the
+		// file while it is replaced, not only before and after.
+		seen := reads.Load() + torn.Load()
+		deadline := time.Now().Add(10 * time.Second)
 		time.Sleep(50 * time.Millisecond)
+		for reads.Load()+torn.Load() == seen && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	c.waitConverged(t, converge)
 	close(stop)

@@ -260,7 +260,7 @@ func TestLockedByOtherProcess(t *testing.T) {
 		if !errors.Is(err, ErrLocked) {
 			t.Fatalf("Open(ReadOnly: %v) of a held journal: %v, want ErrLocked", ro, err)
 		}
-		if took := time.Since(start); took > time.Second {
+		if took := time.Since(start); took > 5*time.Second { // at once; a wait for the lock is what this catches
 			t.Errorf("Open(ReadOnly: %v) took %v to fail", ro, took)
 		}
 		if msg := err.Error(); !strings.Contains(msg, dir) || (!ro && !strings.Contains(msg, fmt.Sprint(pid))) {

@@ -152,7 +152,7 @@ func TestSFTPConnectTimeout(t *testing.T) {
 	if err == nil {
 		t.Fatal("dial succeeded")
 	}
-	if el := time.Since(start); el > 3*time.Second {
+	if el := time.Since(start); el > 10*time.Second { // 300 ms asked; a hang is what this catches
 		t.Errorf("dial took %v", el)
 	}
 	if !errors.Is(err, os.ErrDeadlineExceeded) && !strings.Contains(err.Error(), "timeout") && !strings.Contains(err.Error(), "deadline") {

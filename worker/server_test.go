@@ -196,7 +196,7 @@ func TestServeReturnsWhenContextDone(t *testing.T) {
 	go func() { waited <- c.Wait() }()
 	select {
 	case <-waited:
-	case <-time.After(5 * time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("client connection still open after Serve returned")
 	}
 	if conn, err := net.DialTimeout("tcp", w.addr, time.Second); err == nil {
@@ -223,7 +223,7 @@ func TestServeReturnsListenerError(t *testing.T) {
 		if err == nil {
 			t.Fatal("Serve returned nil after its listener was closed behind its back")
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after its listener was closed")
 	}
 }
