@@ -17,8 +17,10 @@
 //     File 0 declares every earlier writer gone.
 //   - The mount runs with allow_other and default_permissions (the web
 //     server runs as another user than the deploy tools), long entry and
-//     attribute timeouts and FOPEN_KEEP_CACHE on open: every change passes
-//     through this mount, so the kernel's caches cannot go stale.
+//     attribute timeouts, FOPEN_KEEP_CACHE on open and no automatic data
+//     cache invalidation on a new mtime: every change passes through this
+//     mount, so the kernel's caches cannot go stale, and a file written
+//     through it stays cached.
 //   - No writeback cache and no kernel passthrough: either would let the
 //     kernel write to the store without the journal seeing it.
 //   - The mount is nosuid and nodev (go-fuse's default, as fusermount's):

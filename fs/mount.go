@@ -117,9 +117,15 @@ func New(ctx context.Context, opts Options) (*Mount, error) {
 		// Passthrough would let the kernel write to the store behind the
 		// journal's back; writeback would merge writes before we see them.
 		DisabledCapabilities: fuse.CAP_PASSTHROUGH | fuse.CAP_WRITEBACK_CACHE,
-		Debug:                opts.Debug,
-		MaxWrite:             1 << 20,
-		Logger:               log.New(slogWriter{logger}, "", 0),
+		// The kernel would drop a file's whole page cache whenever it sees
+		// a new mtime, i.e. after every write through the mount. Every
+		// change passes through the mount and the kernel keeps the pages
+		// of what it writes, truncates, punches or copies right, so no
+		// cached page can be stale: keep them.
+		ExplicitDataCacheControl: true,
+		Debug:                    opts.Debug,
+		MaxWrite:                 1 << 20,
+		Logger:                   log.New(slogWriter{logger}, "", 0),
 	}
 	server, err := gofs.Mount(opts.Mountpoint, root, &gofs.Options{
 		MountOptions:    mo,
