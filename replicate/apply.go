@@ -646,6 +646,7 @@ func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, name
 		return nil
 	}
 	names = slices.Clone(names)
+	told := len(names) // the rest are found in the store
 	if err == nil && nlink(sfi) >= 2 && !complete && uint64(len(names)) < nlink(sfi) {
 		more, err := s.findLinks(ctx, ino)
 		if err != nil {
@@ -659,13 +660,23 @@ func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, name
 			}
 		}
 	}
-	for _, other := range names {
+	for i, other := range names {
 		if other == primary || s.excl.Excluded(other, false) {
 			continue
 		}
 		ofi, err := s.storeLstat(other)
 		if err != nil || !ofi.Mode().IsRegular() || inode(ofi) != ino {
-			continue // moved meanwhile; its op follows
+			if i >= told {
+				continue // found in the store, and gone again
+			}
+			// A name the journal gave the file that the store has moved
+			// or removed since: the op that did so follows, and expects
+			// the worker to have the name as the journal left it (cp -a
+			// links a temp name, then renames it over the old link).
+			if err := s.relink(ctx, primary, other); err != nil {
+				s.log.Debug("name moved in the store, not linked", "path", other, "err", err)
+			}
+			continue
 		}
 		if err := s.relink(ctx, primary, other); err != nil {
 			if !errors.Is(err, fs.ErrPermission) {

@@ -1233,3 +1233,34 @@ func TestShipperXattrOfHeldFile(t *testing.T) {
 		t.Errorf("worker upload.bin user.origin = %q, %v; want cms", buf[:max(n, 0)], err)
 	}
 }
+
+// cp -a over an earlier copy recreates a hard-linked file and links its
+// second name again through a temp name renamed over the old one (unlink a,
+// create a, link a -> tmp, rename tmp -> hard). When a batch ends between
+// the link and the rename, the store has already renamed tmp when the file
+// ships: the worker must still get tmp as a link, for the rename that
+// follows to move it over hard. Found by TestToolsEditors: a worker kept
+// its old hard as a separate file, the kept content equal, the hard-link
+// group split for good.
+func TestShipperLinkRenamedBeforeShip(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("a", "version 1")
+	f.link("a", "hard")
+	s := newShipper(t, f, worker, nil, nil)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+
+	f.unlink("a")
+	f.writeFile("a", "version 1") // the same content, a new inode
+	f.link("a", "tmp")
+	rename := f.renameStore("tmp", "hard") // journaled after the batch
+	waitSynced(t, s, f.j)
+	f.j.Append(rename)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	if workerIno(t, worker, "a") != workerIno(t, worker, "hard") {
+		t.Error("a and hard are not one file on the worker")
+	}
+}
