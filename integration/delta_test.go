@@ -195,15 +195,13 @@ func fileSize(p string) int64 {
 // 300 pages of 8 KiB saved again with the same content, half rewritten in
 // place and half by save-by-rename (a deploy that rewrites everything): the
 // worker keeps its files and gets the new mtimes, and far less than the
-// 2.4 MB of content crosses the wire.
+// 2.4 MB of content crosses the wire. The pages are random: the agent
+// compresses what it sends, and repetitive pages sent whole would pass.
 func TestUnchangedResaveSendsAlmostNothing(t *testing.T) {
 	c := newCluster(t, clusterOptions{Workers: 1, Exclude: []string{"*.swp"}})
 	w := c.Workers[0]
 	const n, size = 300, 8 << 10
-	page := func(i int) []byte {
-		b := bytes.Repeat([]byte(fmt.Sprintf("page %d ", i)), size)
-		return b[:size]
-	}
+	page := func(i int) []byte { return pseudoRandom(uint64(i)+1, size) }
 	mkdirAll(t, c.Mount+"/site")
 	for i := range n {
 		writeFile(t, fmt.Sprintf("%s/site/p%03d.html", c.Mount, i), string(page(i)))
@@ -223,7 +221,9 @@ func TestUnchangedResaveSendsAlmostNothing(t *testing.T) {
 	after, _ := c.status(t).worker(w.Name)
 	sent := after.BytesSent - before.BytesSent
 	t.Logf("%d unchanged pages of %d bytes saved again: %d bytes sent", n, size, sent)
-	if sent > n*size/10 {
-		t.Errorf("sent %d bytes to re-save %d unchanged pages (%d bytes of content), want under a tenth", sent, n, n*size)
+	// Hashes and attributes only would be a few percent; a third leaves
+	// room for a page shipped in a batch cut at the wrong moment.
+	if sent > n*size/3 {
+		t.Errorf("sent %d bytes to re-save %d unchanged pages (%d bytes of content), want under a third", sent, n, n*size)
 	}
 }
