@@ -446,7 +446,9 @@ func (s *Shipper) applyRename(ctx context.Context, st step, suspect bool, refres
 // looksLikeStore is a cheap check that the worker's entry wfi at p is the
 // store's: a regular file of the same size and mtime (in seconds, the
 // grain of SFTP v3), or a symlink with the same target. Directories are
-// never taken as equal: a refresh compares their entries.
+// never taken as equal: a refresh compares their entries, and neither are
+// files with hard links, whose group a size and an mtime cannot vouch for
+// (a refresh links them again).
 func (s *Shipper) looksLikeStore(ctx context.Context, p string, wfi *FileInfo) (bool, error) {
 	sfi, err := s.storeLstat(p)
 	if err != nil {
@@ -454,7 +456,7 @@ func (s *Shipper) looksLikeStore(ctx context.Context, p string, wfi *FileInfo) (
 	}
 	switch {
 	case sfi.Mode().IsRegular() && wfi.Mode.IsRegular():
-		return sfi.Size() == wfi.Size && sfi.ModTime().Unix() == wfi.Mtime.Unix(), nil
+		return nlink(sfi) < 2 && sfi.Size() == wfi.Size && sfi.ModTime().Unix() == wfi.Mtime.Unix(), nil
 	case sfi.Mode()&fs.ModeSymlink != 0 && wfi.Mode&fs.ModeSymlink != 0:
 		target, err := s.store.Readlink(p)
 		if err != nil {
