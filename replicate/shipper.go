@@ -118,6 +118,8 @@ type Shipper struct {
 	excl  *Excluder
 	store *os.Root
 	pl    planner
+	// quietGap is the package's quietGap (tests change it).
+	quietGap time.Duration
 	// findLinks returns the store names of inode ino (hard links made
 	// before the batch). A walk for now; an index may replace it.
 	findLinks func(ctx context.Context, ino uint64) ([]string, error)
@@ -217,7 +219,7 @@ func NewShipper(opts Options) (*Shipper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replicate %s: store: %w", opts.Name, err)
 	}
-	s := &Shipper{opts: opts, log: log, excl: excl, store: store, touched: map[string]bool{}}
+	s := &Shipper{opts: opts, log: log, excl: excl, store: store, touched: map[string]bool{}, quietGap: quietGap}
 	s.pl = planner{excl: excl, holdOpen: opts.HoldOpen, isDir: s.storeIsDir, log: log}
 	s.findLinks = s.walkLinks
 	return s, nil
@@ -647,7 +649,9 @@ const quietGap = 2 * time.Millisecond
 
 // settle waits, after a wake-up, until no op was journaled for quietGap or
 // Delay has passed: batches coalesce under load, and an idle shipper ships
-// at once instead of always waiting Delay.
+// at once instead of always waiting Delay. A rename ends the wait at once:
+// it is the last op of a save-by-rename (editors, sed -i, rsync, deploy
+// tools' symlink swaps), which quietGap would only delay.
 func (s *Shipper) settle(ctx context.Context) error {
 	j := s.opts.Journal
 	deadline := time.Now().Add(s.opts.Delay)
@@ -657,7 +661,10 @@ func (s *Shipper) settle(ctx context.Context) error {
 			return nil
 		}
 		last := j.LastSeq()
-		wctx, cancel := context.WithTimeout(ctx, min(quietGap, left))
+		if s.endsSave(last) {
+			return nil
+		}
+		wctx, cancel := context.WithTimeout(ctx, min(s.quietGap, left))
 		err := j.Wait(wctx, last)
 		cancel()
 		switch {
@@ -669,6 +676,15 @@ func (s *Shipper) settle(ctx context.Context) error {
 			return fmt.Errorf("%s: journal wait: %w", s.opts.Name, err)
 		}
 	}
+}
+
+// endsSave reports whether op seq, the journal's last, is a rename.
+func (s *Shipper) endsSave(seq uint64) bool {
+	if seq < s.readPos {
+		return false
+	}
+	ops, err := s.opts.Journal.Read(seq, 1)
+	return err == nil && len(ops) == 1 && ops[0].Seq == seq && ops[0].Kind == journal.KindRename
 }
 
 // batch waits for ops (or a carried deadline), plans and applies one batch.

@@ -1283,3 +1283,29 @@ func testLinkRenamedBeforeShip(t *testing.T, suspect bool) {
 		t.Error("a and hard are not one file on the worker")
 	}
 }
+
+// A save-by-rename ships when its rename is journaled, without waiting
+// for the journal to be quiet: with a quiet gap and a delay of an hour, it
+// still arrives within waitSynced's 10 s. A write without a rename still
+// waits (it would otherwise ship in the middle of a save).
+func TestShipperShipsSaveAtRename(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	s := newShipper(t, f, worker, func(o *Options) {
+		o.Delay = time.Hour
+		o.Exclude = []string{"*.swp"}
+	}, nil)
+	s.quietGap = time.Hour
+	f.writeFile("page.html", "<p>v1</p>") // journaled before the shipper starts: the full copy
+	start(t, s)
+	waitSynced(t, s, f.j)
+
+	f.writeFile(".page.html.swp", "<p>v2</p>")
+	time.Sleep(100 * time.Millisecond)
+	if got, _ := readWorker(t, worker, "page.html"); got != "<p>v1</p>" {
+		t.Fatalf("worker page.html = %q before the rename", got)
+	}
+	f.rename(".page.html.swp", "page.html")
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
