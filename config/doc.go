@@ -14,7 +14,7 @@
 //	journal            /var/lib/mirrorfs/journal
 //	control            /run/mirrorfs/mirrorfs.sock
 //	exclude            none
-//	batch.delay        10ms  (longest gathering; a batch ships once the journal is quiet for 2 ms; 0 ships at once)
+//	batch.delay        10ms  (longest gathering; a batch ships at a rename or once the journal is quiet for 2 ms; 0 ships at once)
 //	batch.max_ops      50000
 //	batch.hold_open    60s   (0 never holds back files open for writing)
 //	retry.min/max      100ms / 30s
