@@ -120,6 +120,7 @@ type Shipper struct {
 	pl    planner
 	// quietGap is the package's quietGap (tests change it).
 	quietGap time.Duration
+	lastOps  time.Time // when the last batch with ops was applied
 	// findLinks returns the store names of inode ino (hard links made
 	// before the batch). A walk for now; an index may replace it.
 	findLinks func(ctx context.Context, ino uint64) ([]string, error)
@@ -647,21 +648,28 @@ func (s *Shipper) nextDeadline(now time.Time) (time.Duration, bool) {
 // one batch, while a burst keeps the batch growing until Delay.
 const quietGap = 2 * time.Millisecond
 
+// saveIdle is how long the journal must have been idle before a wake-up
+// for a rename to end settle's wait at once (see settle).
+const saveIdle = 10 * time.Millisecond
+
 // settle waits, after a wake-up, until no op was journaled for quietGap or
 // Delay has passed: batches coalesce under load, and an idle shipper ships
-// at once instead of always waiting Delay. A rename ends the wait at once:
-// it is the last op of a save-by-rename (editors, sed -i, rsync, deploy
-// tools' symlink swaps), which quietGap would only delay.
+// at once instead of always waiting Delay. After an idle spell (saveIdle)
+// a rename ends the wait at once: it is the last op of a save-by-rename
+// (editors, sed -i, deploy tools' symlink swaps), which quietGap would only
+// delay. A stream of saves (rsync, a deploy) still coalesces: shipping each
+// save alone cost three times the bytes of 1,000 re-saved files.
 func (s *Shipper) settle(ctx context.Context) error {
 	j := s.opts.Journal
 	deadline := time.Now().Add(s.opts.Delay)
+	lone := time.Since(s.lastOps) >= saveIdle
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
 			return nil
 		}
 		last := j.LastSeq()
-		if s.endsSave(last) {
+		if lone && s.endsSave(last) {
 			return nil
 		}
 		wctx, cancel := context.WithTimeout(ctx, min(s.quietGap, left))
@@ -752,6 +760,7 @@ func (s *Shipper) batch(ctx context.Context) error {
 	}
 	if len(ops) > 0 {
 		s.readPos = ops[len(ops)-1].Seq + 1
+		s.lastOps = time.Now()
 	}
 	if s.readPos > s.suspectUntil {
 		// Everything that may have been interrupted was applied again

@@ -1284,10 +1284,10 @@ func testLinkRenamedBeforeShip(t *testing.T, suspect bool) {
 	}
 }
 
-// A save-by-rename ships when its rename is journaled, without waiting
-// for the journal to be quiet: with a quiet gap and a delay of an hour, it
-// still arrives within waitSynced's 10 s. A write without a rename still
-// waits (it would otherwise ship in the middle of a save).
+// A lone save-by-rename ships when its rename is journaled, without
+// waiting for the journal to be quiet: with a quiet gap and a delay of an
+// hour, it still arrives within waitSynced's 10 s. A write without a rename
+// still waits (it would otherwise ship in the middle of a save).
 func TestShipperShipsSaveAtRename(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
@@ -1299,6 +1299,7 @@ func TestShipperShipsSaveAtRename(t *testing.T) {
 	f.writeFile("page.html", "<p>v1</p>") // journaled before the shipper starts: the full copy
 	start(t, s)
 	waitSynced(t, s, f.j)
+	time.Sleep(2 * saveIdle) // a lone save
 
 	f.writeFile(".page.html.swp", "<p>v2</p>")
 	time.Sleep(100 * time.Millisecond)
