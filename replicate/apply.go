@@ -667,23 +667,22 @@ func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, name
 			continue
 		}
 		ofi, err := s.storeLstat(other)
-		if err != nil || !ofi.Mode().IsRegular() || inode(ofi) != ino {
-			if i >= told {
-				continue // found in the store, and gone again
-			}
-			// A name the journal gave the file that the store has moved
-			// or removed since: the op that did so follows, and expects
-			// the worker to have the name as the journal left it (cp -a
-			// links a temp name, then renames it over the old link).
-			if err := s.relink(ctx, primary, other); err != nil {
-				s.log.Debug("name moved in the store, not linked", "path", other, "err", err)
-			}
-			continue
+		moved := err != nil || !ofi.Mode().IsRegular() || inode(ofi) != ino
+		if moved && i >= told {
+			continue // found in the store, and gone again
 		}
-		if err := s.relink(ctx, primary, other); err != nil {
-			if !errors.Is(err, fs.ErrPermission) {
-				return err
-			}
+		// A name the journal gave the file is linked even when the store
+		// has moved or removed it since: the op that did so follows, and
+		// expects the worker to have the name as the journal left it
+		// (cp -a links a temp name, then renames it over the old link).
+		err = s.relink(ctx, primary, other)
+		switch {
+		case err == nil:
+		case moved:
+			s.log.Debug("name moved in the store, not linked", "path", other, "err", err)
+		case !errors.Is(err, fs.ErrPermission):
+			return err
+		default:
 			// Without hard links on the worker, send a copy.
 			if _, err := s.sendFile(ctx, other, ino, nil); err != nil && !errors.Is(err, errNotIdentity) && !errors.Is(err, errSourceChanged) {
 				return err
