@@ -264,6 +264,16 @@ func newShipper(t testing.TB, f *fsim, worker string, mod func(*Options), wrap f
 }
 
 // start runs s until the test ends (or stop is called).
+// startedShipper is newShipper, started (and stopped when the test ends)
+// once it has caught up with the journal.
+func startedShipper(t testing.TB, f *fsim, worker string, mod func(*Options), wrap func(Transport) Transport) *Shipper {
+	t.Helper()
+	s := newShipper(t, f, worker, mod, wrap)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	return s
+}
+
 func start(t testing.TB, s *Shipper) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

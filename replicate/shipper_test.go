@@ -107,9 +107,7 @@ func TestShipperWorkedExample(t *testing.T) {
 func TestShipperHoldsOpenFiles(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, nil)
 
 	f.writeFile("old", "old content")
 	waitSynced(t, s, f.j)
@@ -147,9 +145,7 @@ func TestShipperHoldsOpenFiles(t *testing.T) {
 func TestShipperHoldOpenAge(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
-	s := newShipper(t, f, worker, func(o *Options) { o.HoldOpen = 100 * time.Millisecond }, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, func(o *Options) { o.HoldOpen = 100 * time.Millisecond }, nil)
 	f.writeOpen("log", "line 1\n")
 	waitFor(t, "the log to ship after HoldOpen", 5*time.Second, func() bool {
 		got, _ := readWorker(t, worker, "log")
@@ -172,9 +168,7 @@ func TestShipperRetriesTransportFailures(t *testing.T) {
 			return nil
 		}}
 	}
-	s := newShipper(t, f, worker, nil, wrap)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, wrap)
 	f.mkdir("d")
 	f.writeFile("f1", "one")
 	f.rename("d", "e")
@@ -276,9 +270,7 @@ func TestShipperExcludes(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
 	excl := []string{"*.tmp", "/cache/"}
-	s := newShipper(t, f, worker, func(o *Options) { o.Exclude = excl }, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, func(o *Options) { o.Exclude = excl }, nil)
 	f.mkdir("cache")
 	f.writeFile("cache/c", "c")
 	f.writeFile("a.tmp", "temp")
@@ -379,9 +371,7 @@ func TestShipperFullSyncAfterRetention(t *testing.T) {
 	// Trim the journal past the cursor.
 	f.j.ops = f.j.ops[3:]
 	f.j.first = 4
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	startedShipper(t, f, worker, nil, nil)
 	compareTrees(t, f.store, worker, nil)
 }
 
@@ -392,9 +382,7 @@ func TestShipperStoreAheadOfJournal(t *testing.T) {
 			f := newFsim(t)
 			worker := workerDir(t)
 			f.writeFile("a", "old")
-			s := newShipper(t, f, worker, nil, nil)
-			start(t, s)
-			waitSynced(t, s, f.j)
+			s := startedShipper(t, f, worker, nil, nil)
 
 			// Write a, then rename it in the store; the rename's op comes late.
 			id := f.writeOpen("a", "new content")
@@ -415,9 +403,7 @@ func TestShipperStoreAheadOfJournal(t *testing.T) {
 func TestShipperStoreReplacedAndRemoved(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, nil)
 	id := f.writeFile("a", "v1")
 	// A new file renamed over a, and a deleted, before the ops land.
 	f.must(os.WriteFile(f.abs("t"), []byte("v2"), 0o644))
@@ -492,9 +478,7 @@ func TestBackoff(t *testing.T) {
 func TestShipperRelinkRestoresDirTimes(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, nil)
 	f.mkdir("r1")
 	f.mkdir("r2")
 	f.writeFile("shared", "v1")
@@ -634,9 +618,7 @@ func TestShipperFailedBatchIsSuspect(t *testing.T) {
 			return nil
 		}}
 	}
-	s := newShipper(t, f, worker, nil, wrap)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, wrap)
 	ren := f.renameStore("a", "b")
 	f.must(os.WriteFile(f.abs("a"), []byte("new a, longer"), 0o644))
 	id := f.ino("a")
@@ -716,9 +698,7 @@ func TestShipperSweepsTempAfterFailure(t *testing.T) {
 		}}
 		return l
 	}
-	s := newShipper(t, f, worker, nil, wrap)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, wrap)
 	f.writeFile("d/x", "x")
 	waitSynced(t, s, f.j)
 	if !failed.Load() {
@@ -835,9 +815,7 @@ func TestShipperSetattrBeforeRenameInLaterBatch(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
 	f.mkdir("d")
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, nil)
 	// Ops stamped after the initial copy plus its slack are not suspect
 	// (not converged from the store as possible replays).
 	time.Sleep(storeAheadSlack + 50*time.Millisecond)
@@ -873,9 +851,7 @@ func TestShipperLostAttrsFollowRename(t *testing.T) {
 	f.mkdir("tmp")
 	f.mkdir("tmp/sub")
 	f.mkdir("tmp/sub/deep")
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, nil)
 	time.Sleep(storeAheadSlack + 50*time.Millisecond) // not suspect: see above
 
 	tm := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -939,9 +915,7 @@ func TestShipperFullCopyResendsFileChangedDuringSend(t *testing.T) {
 					return nil
 				}}
 			}
-			s := newShipper(t, f, worker, nil, wrap)
-			start(t, s)
-			waitSynced(t, s, f.j)
+			startedShipper(t, f, worker, nil, wrap)
 			compareTrees(t, f.store, worker, nil)
 			if n := sends.Load(); n != changes+1 {
 				t.Errorf("a was sent %d times, want %d", n, changes+1)
@@ -1017,9 +991,7 @@ func TestShipperLinkSurvivesUnlinkRightAfterSend(t *testing.T) {
 		}}
 	}
 	f.writeFile("warm", "up")
-	s := newShipper(t, f, worker, nil, wrap)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, wrap)
 	f.writeFile("tmp_obj", "blob")
 	f.link("tmp_obj", "76")
 	waitSynced(t, s, f.j)
@@ -1040,9 +1012,7 @@ func TestShipperRenameDoesNotCopyNewerVersionsAttrs(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
 	f.writeFile(".a.swp", "version 1")
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, nil)
 	time.Sleep(storeAheadSlack + 50*time.Millisecond) // not suspect: see above
 
 	// The store runs ahead of the journal: the first rename, then the whole
@@ -1076,9 +1046,7 @@ func TestFullCopyComparesNanosecondMtimes(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
 	f.writeFile("a", "version 1")
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, nil)
 
 	sec := time.Now().Truncate(time.Second).Add(-time.Minute)
 	f.must(os.Chtimes(filepath.Join(worker, "a"), sec.Add(100), sec.Add(100)))
@@ -1157,9 +1125,7 @@ func (c *countingLocal) WriteFileAtomic(ctx context.Context, p string, r io.Read
 func TestShipperShipsAtOnceWhenQuiet(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
-	s := newShipper(t, f, worker, func(o *Options) { o.Delay = 30 * time.Second }, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, func(o *Options) { o.Delay = 30 * time.Second }, nil)
 	time.Sleep(50 * time.Millisecond) // the shipper waits for ops again
 	f.writeFile("index.html", "<h1>now</h1>")
 	waitSynced(t, s, f.j)
@@ -1189,9 +1155,7 @@ func TestShipperAccessACLSetsMode(t *testing.T) {
 	worker := workerDir(t)
 	f.mkdir("assets")
 	f.writeFile("assets/site.css", "body{}")
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, nil)
 
 	for p, mode := range map[string]os.FileMode{"assets": 0o750, "assets/site.css": 0o640} {
 		f.must(os.Chmod(f.abs(p), mode)) // what the ACL did to the mode
@@ -1208,9 +1172,7 @@ func TestShipperAccessACLSetsMode(t *testing.T) {
 func TestShipperXattrOfHeldFile(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, nil)
 
 	id := f.writeOpen("upload.bin", "partial")
 	if err := unix.Setxattr(f.abs("upload.bin"), "user.origin", []byte("cms"), 0); err != nil {
@@ -1254,9 +1216,7 @@ func testLinkRenamedBeforeShip(t *testing.T, suspect bool) {
 	worker := workerDir(t)
 	f.writeFile("a", "version 1")
 	f.link("a", "hard")
-	s := newShipper(t, f, worker, nil, nil)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	s := startedShipper(t, f, worker, nil, nil)
 	compareTrees(t, f.store, worker, nil)
 	if !suspect {
 		// Ops stamped right after a copy may describe changes the copy
