@@ -117,8 +117,13 @@ type Journal struct {
 	notifyMu sync.Mutex
 	notify   chan struct{} // closed and replaced after each commit and on Close
 
-	reqs      chan *appendReq
-	committed chan struct{} // closed when the committer has exited
+	// The commit queue (see submit). appending counts the appends
+	// between their check of closed and their result, for Close.
+	queueMu   sync.Mutex
+	queue     []*appendReq
+	leading   bool         // a goroutine is committing; the queue waits for it
+	group     []*appendReq // the leader's buffer, reused
+	appending sync.WaitGroup
 	syncWake  chan struct{} // asks syncLoop for a sync (capacity 1)
 	synced    chan struct{} // closed when syncLoop has exited
 	pubMu     sync.Mutex    // orders publishing of synced seqs (syncTo)
@@ -204,10 +209,8 @@ func Open(dir string, opts Options) (*Journal, error) {
 		return nil, err
 	}
 	j.written.Store(j.last.Load())
-	j.reqs = make(chan *appendReq, 1024)
 	j.syncWake = make(chan struct{}, 1)
 	j.synced = make(chan struct{})
-	go j.commitLoop()
 	go j.syncLoop()
 	log.Debug("journal opened", "last_seq", j.last.Load(), "first_seq", j.FirstSeq())
 	return j, nil
@@ -278,13 +281,12 @@ func openReadOnly(dir string, log *slog.Logger) (*Journal, error) {
 
 func newJournal(dir, dbDir string, db *badger.DB, log *slog.Logger) *Journal {
 	return &Journal{
-		dir:       dir,
-		dbDir:     dbDir,
-		db:        db,
-		wal:       newWALSyncer(dbDir),
-		log:       log,
-		notify:    make(chan struct{}),
-		committed: make(chan struct{}),
+		dir:    dir,
+		dbDir:  dbDir,
+		db:     db,
+		wal:    newWALSyncer(dbDir),
+		log:    log,
+		notify: make(chan struct{}),
 	}
 }
 
@@ -460,16 +462,11 @@ func (j *Journal) append(ctx context.Context, op Op, sync bool) (uint64, error) 
 		reqPool.Put(r)
 		return 0, j.wrap("append", ErrClosed)
 	}
-	select {
-	case j.reqs <- r:
-	case <-ctx.Done():
-		j.mu.RUnlock()
-		reqPool.Put(r)
-		return 0, j.wrap("append", ctx.Err())
-	}
+	j.appending.Add(1)
 	j.mu.RUnlock()
 
-	err := <-r.done
+	err := j.submit(r)
+	j.appending.Done()
 	seq := r.seq
 	*r = appendReq{done: r.done}
 	reqPool.Put(r)
@@ -764,17 +761,13 @@ func (j *Journal) Close() error {
 	}
 	j.closed = true
 	j.isClosed.Store(true)
-	if j.reqs != nil {
-		close(j.reqs) // no Append can be sending: they hold mu shared while they do
-	}
 	j.mu.Unlock()
 
-	if j.reqs != nil {
-		<-j.committed
+	// No append starts now: each checks closed under mu shared.
+	j.appending.Wait()
+	if j.syncWake != nil {
 		close(j.syncWake) // syncLoop still takes a wake sent before: the last groups get synced
 		<-j.synced
-	} else {
-		close(j.committed)
 	}
 	j.broadcast() // wake Wait callers so they see the journal closed
 	if err := j.closeDB(); err != nil {
