@@ -140,6 +140,7 @@ func TestRoundTrip(t *testing.T) {
 // without bound, and what decodes re-encodes to the same request.
 func FuzzDecode(f *testing.F) {
 	f.Add((&request{Op: opRename, Path: "a", Path2: "b"}).encode())
+	f.Add((&request{Op: opWriteSmall, Path: "p.html", Mode: 0o644, Rdev: dataS2, Data: []byte{0x05, 0x10, 'h', 'e', 'l', 'l', 'o'}}).encode())
 	f.Add((&response{Infos: []replicate.FileInfo{{Name: "x"}}, Xattrs: map[string][]byte{"user.k": nil}}).encode())
 	f.Add([]byte{byte(opWriteData), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -268,6 +269,7 @@ func TestRawFramesInvalidPaths(t *testing.T) {
 			{Op: opRemoveXattr, Path: bad, Path2: "user.k"},
 			{Op: opMknod, Path: bad, Mode: uint32(fs.ModeNamedPipe | 0o644)},
 			{Op: opHash, Path: bad},
+			{Op: opWriteSmall, Path: bad, Mode: 0o644, UID: -1, GID: -1, Atime: noTime, Mtime: noTime, Data: []byte("escaped")},
 		}
 		for _, r := range reqs {
 			resp, _ := send(r)
@@ -493,5 +495,30 @@ func TestSyncOnlyAfterEntryChanges(t *testing.T) {
 	}
 	if !c.unsynced {
 		t.Fatal("a rename left nothing to sync")
+	}
+}
+
+// A small write with data that does not decode is refused and writes
+// nothing; the agent stays in step.
+func TestRawFramesBadSmallWrite(t *testing.T) {
+	root := t.TempDir()
+	send := rawAgent(t, root)
+	for _, r := range []request{
+		{Op: opWriteSmall, Path: "p", Mode: 0o644, UID: -1, GID: -1, Atime: noTime, Mtime: noTime, Rdev: dataS2, Data: []byte{0xff, 0xff, 0xff}},
+		{Op: opWriteSmall, Path: "p", Mode: 0o644, UID: -1, GID: -1, Atime: noTime, Mtime: noTime, Rdev: 7, Data: []byte("x")},
+	} {
+		if resp, _ := send(r); resp.err() == nil {
+			t.Errorf("small write with encoding %d and data %q: no error", r.Rdev, r.Data)
+		}
+	}
+	noTemp(t, root)
+	if _, err := os.Lstat(filepath.Join(root, "p")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("p after refused writes: %v, want it missing", err)
+	}
+	if resp, _ := send(request{Op: opWriteSmall, Path: "p", Mode: 0o644, UID: -1, GID: -1, Atime: noTime, Mtime: noTime, Data: []byte("ok")}); resp.err() != nil {
+		t.Fatalf("a valid small write after the refusals: %v", resp.err())
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "p")); err != nil || string(b) != "ok" {
+		t.Errorf("p = %q, %v", b, err)
 	}
 }

@@ -357,15 +357,39 @@ func (c *Client) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a r
 // which S2 shrinks two- to fourfold at several hundred MB/s, and it gives up
 // on incompressible data (images, archives) at several GB/s.
 func (c *Client) sendData(off int64, data []byte) error {
+	enc, z := c.compress(data)
+	return c.send(request{Op: opWriteData, Off: off, Mode: uint32(enc), Data: z})
+}
+
+// compress returns data as sent: S2-compressed (dataS2) when that saves at
+// least an eighth, else as it is (0). The result may be c's buffer.
+func (c *Client) compress(data []byte) (enc uint64, out []byte) {
 	if len(data) >= 512 {
 		if n := s2.MaxEncodedLen(len(data)); cap(c.zbuf) < n {
 			c.zbuf = make([]byte, n)
 		}
 		if z := s2.Encode(c.zbuf[:cap(c.zbuf)], data); len(z) <= len(data)-len(data)/8 {
-			return c.send(request{Op: opWriteData, Off: off, Mode: dataS2, Data: z})
+			return dataS2, z
 		}
 	}
-	return c.send(request{Op: opWriteData, Off: off, Data: data})
+	return 0, data
+}
+
+var _ replicate.SmallWriter = (*Client)(nil)
+
+// WriteSmallFile implements replicate.SmallWriter: one request with the
+// whole content (at most dataChunk bytes), one answer.
+func (c *Client) WriteSmallFile(ctx context.Context, p string, data []byte, a replicate.Attrs) (bool, error) {
+	if len(data) > dataChunk {
+		return false, fmt.Errorf("%s: %d bytes is too large for one request (at most %d)", p, len(data), dataChunk)
+	}
+	enc, z := c.compress(data)
+	resp, err := c.call(ctx, request{Op: opWriteSmall, Path: p, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
+		Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime), Rdev: enc, Data: z})
+	if err != nil {
+		return false, err
+	}
+	return len(resp.Data) == 1 && resp.Data[0] == 1, nil
 }
 
 // stream sends r's data frames and returns the content's size, or the

@@ -338,6 +338,21 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 			return response{Data: []byte{1}}, true
 		}
 		return response{Data: []byte{0}}, true
+	case opWriteSmall:
+		data, err := decodeData(r.Rdev, r.Data)
+		if err != nil {
+			return errorResponse(err), true
+		}
+		a := replicate.Attrs{Perm: fs.FileMode(r.Mode), UID: int(r.UID), GID: int(r.GID),
+			Atime: decodeTime(r.Atime), Mtime: decodeTime(r.Mtime)}
+		kept, err := l.WriteSmallFile(ctx, r.Path, data, a)
+		if err != nil {
+			return errorResponse(err), true
+		}
+		if kept {
+			return response{Data: []byte{1}}, true
+		}
+		return response{Data: []byte{0}}, true
 	case opSignature:
 		sig, err := s.signature(ctx, r.Path)
 		if err != nil {
@@ -454,21 +469,24 @@ func (s *server) finishWrite() response {
 // frameData is the content of a WriteData frame, decompressed if it is (a
 // copy either way: the frame's buffer is reused for the next frame). A
 // compressed frame may not decode to more than dataChunk bytes.
-func frameData(r request) ([]byte, error) {
-	switch r.Mode {
+func frameData(r request) ([]byte, error) { return decodeData(uint64(r.Mode), r.Data) }
+
+// decodeData is the content data sent with encoding enc (0 or dataS2).
+func decodeData(enc uint64, data []byte) ([]byte, error) {
+	switch enc {
 	case 0:
-		return bytes.Clone(r.Data), nil
+		return bytes.Clone(data), nil
 	case dataS2:
-		n, err := s2.DecodedLen(r.Data)
+		n, err := s2.DecodedLen(data)
 		if err != nil || n > dataChunk {
 			return nil, fmt.Errorf("agent protocol: bad compressed data frame (%d bytes decoded, at most %d): %v", n, dataChunk, err)
 		}
-		out, err := s2.Decode(make([]byte, n), r.Data)
+		out, err := s2.Decode(make([]byte, n), data)
 		if err != nil {
 			return nil, fmt.Errorf("agent protocol: bad compressed data frame: %w", err)
 		}
 		return out, nil
 	default:
-		return nil, fmt.Errorf("agent protocol: data frame with unknown encoding %d", r.Mode)
+		return nil, fmt.Errorf("agent protocol: data frame with unknown encoding %d", enc)
 	}
 }

@@ -16,7 +16,7 @@ import (
 
 // Version is the protocol version. Master and agent must speak the same:
 // the master uploads its own binary when the worker's agent differs.
-const Version = 1
+const Version = 2
 
 // maxFrame bounds one frame: a data frame carries at most dataChunk bytes,
 // a directory listing is answered in one frame.
@@ -70,6 +70,10 @@ const (
 	// replicate.Syncer: fsyncs the directories whose entries changed
 	// since the last opSync; answered with the outcome.
 	opSync
+	// Path, Mode, UID, GID, Atime, Mtime, Data = the whole content
+	// (Rdev = dataS2: compressed, as a WriteData frame): replicate.SmallWriter,
+	// answered like opKeepIfSame, {1} kept, {0} written.
+	opWriteSmall
 	opLast // not an op: bound for validation
 )
 
@@ -77,7 +81,7 @@ const (
 // remove a directory entry on the worker: what opSync makes durable.
 func (o op) changesEntries() bool {
 	switch o {
-	case opMkdir, opRemove, opRmdir, opRename, opSymlink, opLink, opMknod, opWriteBegin, opPatchBegin:
+	case opMkdir, opRemove, opRmdir, opRename, opSymlink, opLink, opMknod, opWriteBegin, opPatchBegin, opWriteSmall:
 		return true
 	}
 	return false

@@ -811,6 +811,16 @@ func (l *Local) keepIfSame(ctx context.Context, it KeepItem) (bool, error) {
 	return true, nil
 }
 
+// WriteSmallFile implements SmallWriter.
+func (l *Local) WriteSmallFile(ctx context.Context, p string, data []byte, a Attrs) (bool, error) {
+	sum := sha256.Sum256(data)
+	same, err := l.keepIfSame(ctx, KeepItem{Path: p, Size: int64(len(data)), Hash: sum[:], Attrs: a})
+	if err != nil || same {
+		return same, err
+	}
+	return false, l.WriteFileAtomic(ctx, p, bytes.NewReader(data), a)
+}
+
 // Hash implements Hasher: the SHA-256 of the regular file p, opened
 // without following a final symlink (and without blocking on a FIFO).
 func (l *Local) Hash(ctx context.Context, p string) ([]byte, error) {

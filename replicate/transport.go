@@ -169,6 +169,16 @@ type RangeSource interface {
 	io.ReaderAt
 }
 
+// SmallWriter is an optional Transport capability for small files: one
+// request carries the whole content. When the worker's regular file p
+// already has exactly this content (as Keeper decides), it keeps it and
+// gives it attributes a; otherwise it writes data as WriteFileAtomic does.
+// kept reports which. A lone save then costs one round trip to the worker
+// instead of three (compare, look, send).
+type SmallWriter interface {
+	WriteSmallFile(ctx context.Context, p string, data []byte, a Attrs) (kept bool, err error)
+}
+
 // Keeper is an optional Transport capability, for files saved again with
 // the content the worker already has (a deploy that rewrites everything,
 // an editor's save without changes). KeepIfSame answers, for each item,

@@ -46,6 +46,7 @@ func Run(t *testing.T, newT Factory) {
 		{"Xattrs", testXattrs},
 		{"Special", testSpecial},
 		{"Hash", testHash},
+		{"SmallWriter", testSmallWrite},
 		{"Sync", testSync},
 	}
 	for _, tc := range tests {
@@ -961,4 +962,82 @@ func testSync(t *testing.T, tr replicate.Transport, dir string) {
 	if err := sy.Sync(ctx); err != nil {
 		t.Fatalf("Sync after a cancelled one: %v", err)
 	}
+}
+
+// testSmallWrite: WriteSmallFile writes a file atomically like
+// WriteFileAtomic, keeps the worker's file (same inode, new attributes)
+// when it has the content already, and fails where WriteFileAtomic fails
+// (a directory in the way, a missing parent), so that the caller mends it.
+func testSmallWrite(t *testing.T, tr replicate.Transport, dir string) {
+	sw, ok := tr.(replicate.SmallWriter)
+	if !ok {
+		t.Skip("transport lacks the SmallWriter capability")
+	}
+	ctx := t.Context()
+	ino := func(p string) uint64 {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(dir, p), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	page := []byte(strings.Repeat("<p>a page that compresses well</p>\n", 100))
+	mt := time.Unix(1_600_000_000, 0)
+	kept, err := sw.WriteSmallFile(ctx, "p.html", page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: mt})
+	if err != nil || kept {
+		t.Fatalf("new file: kept %v, %v", kept, err)
+	}
+	mustContent(t, dir, "p.html", string(page))
+	first := ino("p.html")
+
+	// The same content again, with new attributes: kept.
+	mt2 := mt.Add(time.Hour)
+	kept, err = sw.WriteSmallFile(ctx, "p.html", page, replicate.Attrs{Perm: 0o600, UID: -1, GID: -1, Mtime: mt2})
+	if err != nil || !kept {
+		t.Fatalf("same content: kept %v, %v", kept, err)
+	}
+	st, err := os.Lstat(filepath.Join(dir, "p.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ino("p.html") != first || st.Mode().Perm() != 0o600 || !st.ModTime().Equal(mt2) {
+		t.Errorf("kept file: inode %d (was %d), mode %v, mtime %v, want the same inode, 0600, %v", ino("p.html"), first, st.Mode(), st.ModTime(), mt2)
+	}
+
+	// Other content of the same size: written anew, and a reader of the
+	// old file still sees it whole.
+	old, err := os.Open(filepath.Join(dir, "p.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	other := bytes.ToUpper(page)
+	kept, err = sw.WriteSmallFile(ctx, "p.html", other, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: mt})
+	if err != nil || kept {
+		t.Fatalf("changed content: kept %v, %v", kept, err)
+	}
+	mustContent(t, dir, "p.html", string(other))
+	if b, _ := io.ReadAll(old); !bytes.Equal(b, page) {
+		t.Error("the old file was modified in place")
+	}
+	if ino("p.html") == first {
+		t.Error("changed content written into the worker's file in place")
+	}
+
+	// Where WriteFileAtomic fails, WriteSmallFile fails too.
+	if err := os.Mkdir(filepath.Join(dir, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sw.WriteSmallFile(ctx, "d", page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}); err == nil {
+		t.Error("a small file written over a directory")
+	}
+	if _, err := sw.WriteSmallFile(ctx, "missing/f", page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}); err == nil {
+		t.Error("a small file written under a missing directory")
+	}
+	for _, p := range invalidPaths {
+		_, err := sw.WriteSmallFile(ctx, p, page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1})
+		wantErrs(t, p, replicate.ErrInvalidPath, map[string]error{"WriteSmallFile": err})
+	}
+	noTemps(t, dir)
 }
