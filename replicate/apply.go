@@ -502,6 +502,13 @@ func (s *Shipper) applyExchange(ctx context.Context, st step, suspect bool, refr
 	return nil
 }
 
+// loneKeepMax bounds the size of a lone file that askKeep sends to a
+// SmallWriter instead of asking about it: one page, whose bytes cost less
+// than a round trip on a LAN. Larger files are asked about first, so that a
+// deploy rewriting unchanged files (one at a time, each batch alone) sends
+// hashes, not content (TestUnchangedResaveSendsAlmostNothing: 8 KiB pages).
+const loneKeepMax = 4 << 10
+
 // keepMaxSize bounds the files keepUnchanged checks: larger ones go by
 // ranges or signature delta, which find unchanged content themselves.
 const keepMaxSize = 64 << 10
@@ -534,6 +541,12 @@ func (s *Shipper) keepUnchanged(ctx context.Context, plan *Plan) (map[string]boo
 // returns their paths.
 func (s *Shipper) askKeep(ctx context.Context, k Keeper, items []KeepItem) (map[string]bool, error) {
 	if len(items) == 0 {
+		return nil, nil
+	}
+	if _, ok := unwrap(s.t).(SmallWriter); ok && len(items) == 1 && items[0].Size <= loneKeepMax {
+		// A lone small file (an editor's save) goes in one request that
+		// the worker skips if it has the content: asking first would
+		// cost a round trip more when it has not, as it mostly has not.
 		return nil, nil
 	}
 	same, err := k.KeepIfSame(ctx, items)

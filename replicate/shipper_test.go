@@ -9,7 +9,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -264,6 +266,48 @@ func TestShipperDrift(t *testing.T) {
 	start(t, s)
 	waitSynced(t, s, f.j)
 	compareTrees(t, f.store, worker, nil)
+}
+
+// Saves through an excluded temp file are sent without a look at the
+// worker first; where the worker drifted (a directory where the page goes,
+// a missing parent directory, a file where a parent directory should be)
+// the send fails and is mended and done again. Small pages (one request)
+// and large ones (a stream) alike.
+func TestShipperSaveMendsDrift(t *testing.T) {
+	for _, size := range []int{100, 200 << 10} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			f := newFsim(t)
+			worker := workerDir(t)
+			f.mkdir("a")
+			f.mkdir("b")
+			f.mkdir("c")
+			f.mkdir("c/d")
+			for _, p := range []string{"a/page", "b/page", "c/d/page"} {
+				f.writeFile(p, "old")
+			}
+			s := newShipper(t, f, worker, func(o *Options) { o.Exclude = []string{"*.swp"} }, nil)
+			stop := start(t, s)
+			waitSynced(t, s, f.j)
+			stop()
+			// a/page is a directory on the worker, b is missing, c is a file.
+			f.must(os.Remove(filepath.Join(worker, "a", "page")))
+			f.must(os.MkdirAll(filepath.Join(worker, "a", "page", "sub"), 0o755))
+			f.must(os.RemoveAll(filepath.Join(worker, "b")))
+			f.must(os.RemoveAll(filepath.Join(worker, "c")))
+			f.must(os.WriteFile(filepath.Join(worker, "c"), []byte("not a dir"), 0o644))
+
+			content := strings.Repeat("n", size)
+			for _, p := range []string{"a/page", "b/page", "c/d/page"} {
+				f.writeFile(p+".swp", content)
+				f.rename(p+".swp", p)
+			}
+			s = newShipper(t, f, worker, func(o *Options) { o.Exclude = []string{"*.swp"} }, nil)
+			start(t, s)
+			waitSynced(t, s, f.j)
+			e, _ := NewExcluder([]string{"*.swp"})
+			compareTrees(t, f.store, worker, e)
+		})
+	}
 }
 
 func TestShipperExcludes(t *testing.T) {
@@ -1108,6 +1152,97 @@ func TestShipperKeepsUnchangedFiles(t *testing.T) {
 	}
 }
 
+// An editor's save (a temp file, excluded, renamed over the page) reaches
+// the worker in one request: no comparison first, no look at the page or
+// its parent directories. Each would be a round trip before the new page
+// is there. A save of the same content keeps the worker's file.
+func TestShipperLoneSaveIsOneRequest(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("site")
+	f.mkdir("site/css")
+	f.writeFile("site/css/style.css", "body { color: black }")
+	var calls callLog
+	s := startedShipper(t, f, worker, func(o *Options) { o.Exclude = []string{"*.swp"} }, func(tr Transport) Transport {
+		return &loggingLocal{Local: tr.(*Local), log: &calls}
+	})
+	workerIno := func() uint64 { return workerIno(t, worker, "site/css/style.css") }
+
+	save := func(content string) []string {
+		calls.reset()
+		f.writeFile("site/css/.style.css.swp", content)
+		f.rename("site/css/.style.css.swp", "site/css/style.css")
+		waitSynced(t, s, f.j)
+		compareTrees(t, f.store, worker, nil)
+		return calls.get()
+	}
+	got := save("body { color: navy }")
+	if len(got) == 0 || got[0] != "WriteSmallFile site/css/style.css" {
+		t.Fatalf("requests for a save: %q, want WriteSmallFile of the page first", got)
+	}
+	before := workerIno()
+	got = save("body { color: navy }")
+	if len(got) == 0 || got[0] != "WriteSmallFile site/css/style.css" {
+		t.Fatalf("requests for a save of the same content: %q, want WriteSmallFile of the page first", got)
+	}
+	if workerIno() != before {
+		t.Error("a save of the same content was written again on the worker")
+	}
+}
+
+// callLog records requests to a worker, in order.
+type callLog struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (l *callLog) add(method, p string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.calls = append(l.calls, method+" "+p)
+}
+
+func (l *callLog) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.calls = nil
+}
+
+func (l *callLog) get() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.calls)
+}
+
+// loggingLocal is Local (with all its capabilities) logging the requests
+// that look at or write a file.
+type loggingLocal struct {
+	*Local
+	log *callLog
+}
+
+func (l *loggingLocal) Lstat(ctx context.Context, p string) (FileInfo, error) {
+	l.log.add("Lstat", p)
+	return l.Local.Lstat(ctx, p)
+}
+
+func (l *loggingLocal) KeepIfSame(ctx context.Context, items []KeepItem) ([]bool, error) {
+	for _, it := range items {
+		l.log.add("KeepIfSame", it.Path)
+	}
+	return l.Local.KeepIfSame(ctx, items)
+}
+
+func (l *loggingLocal) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Attrs) error {
+	l.log.add("WriteFileAtomic", p)
+	return l.Local.WriteFileAtomic(ctx, p, r, a)
+}
+
+func (l *loggingLocal) WriteSmallFile(ctx context.Context, p string, data []byte, a Attrs) (bool, error) {
+	l.log.add("WriteSmallFile", p)
+	return l.Local.WriteSmallFile(ctx, p, data, a)
+}
+
 // countingLocal is Local (with all its capabilities) counting whole writes.
 type countingLocal struct {
 	*Local
@@ -1117,6 +1252,15 @@ type countingLocal struct {
 func (c *countingLocal) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Attrs) error {
 	c.writes.Add(1)
 	return c.Local.WriteFileAtomic(ctx, p, r, a)
+}
+
+// WriteSmallFile counts the small files it writes, not those it keeps.
+func (c *countingLocal) WriteSmallFile(ctx context.Context, p string, data []byte, a Attrs) (bool, error) {
+	kept, err := c.Local.WriteSmallFile(ctx, p, data, a)
+	if !kept {
+		c.writes.Add(1)
+	}
+	return kept, err
 }
 
 // An idle shipper ships a lone change as soon as the journal is quiet,

@@ -147,24 +147,16 @@ func (sy *syncer) syncPath(ctx context.Context, p string) error {
 	if s.excl.Excluded(p, sfi.IsDir()) {
 		return nil
 	}
-	if err := s.ensureParents(ctx, p); err != nil {
-		return err
-	}
-	wfi, err := s.wlstat(ctx, p)
-	if err != nil {
-		return err
-	}
 	if sfi.Mode().IsRegular() {
 		if sy.openForWrite(p, sfi) {
 			return nil
 		}
 		// A file refreshed by itself is always sent: the worker's copy
-		// may be another file of the same size and mtime.
-		if wfi != nil && wfi.IsDir() {
-			if err := s.removeAll(ctx, p); err != nil {
-				return err
-			}
-		}
+		// may be another file of the same size and mtime. It is sent
+		// without a look at the worker first, which would cost a round
+		// trip per path component on every save: when a parent is
+		// missing or a directory is in the way, the send fails and
+		// sendFile mends that and sends again.
 		var err error
 		for i := 1; ; i++ {
 			err = s.shipFile(ctx, p, inode(sfi), []string{p}, false, nil)
@@ -176,6 +168,13 @@ func (sy *syncer) syncPath(ctx context.Context, p string) error {
 			s.log.Debug("not refreshing a file that changes", "path", p, "err", err)
 			return nil
 		}
+		return err
+	}
+	if err := s.ensureParents(ctx, p); err != nil {
+		return err
+	}
+	wfi, err := s.wlstat(ctx, p)
+	if err != nil {
 		return err
 	}
 	return sy.syncEntry(ctx, p, sfi, wfi)
@@ -579,20 +578,26 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64, changes *i
 		}
 	}
 	vr := &storeReader{f: f, before: fi}
-	err = s.t.WriteFileAtomic(ctx, p, vr, a)
+	if sw, ok := unwrap(s.t).(SmallWriter); ok && fi.Size() < deltaMinSize && dense && nlink(fi) == 1 {
+		err = s.writeSmall(ctx, sw, p, vr, a)
+	} else {
+		err = s.t.WriteFileAtomic(ctx, p, vr, a)
+	}
 	if errors.Is(err, ErrOwner) {
 		s.ownerRefused(p, err)
 		err = nil
 	}
 	if err != nil && !errors.Is(err, errSourceChanged) && ctx.Err() == nil {
-		// Drift: a missing parent, or a directory where the file goes.
+		// Drift: a missing parent or one that is not a directory (the
+		// send does not look first), or a directory where the file goes.
+		if perr := s.ensureParents(ctx, p); perr != nil {
+			return 0, perr
+		}
 		if wfi, lerr := s.wlstat(ctx, p); lerr == nil && (wfi == nil || wfi.IsDir()) {
 			if wfi != nil {
 				if rerr := s.removeAll(ctx, p); rerr != nil {
 					return 0, rerr
 				}
-			} else if perr := s.ensureParents(ctx, p); perr != nil {
-				return 0, perr
 			}
 			if _, serr := f.Seek(0, io.SeekStart); serr == nil {
 				vr = &storeReader{f: f, before: fi}
@@ -611,6 +616,23 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64, changes *i
 		return 0, s.errf(p, fmt.Errorf("write: %w", err))
 	}
 	return vr.n, s.syncXattrs(ctx, p, f, false)
+}
+
+// writeSmall sends the small store file read by vr in one request
+// (SmallWriter): the worker keeps its copy if it has this content already.
+func (s *Shipper) writeSmall(ctx context.Context, sw SmallWriter, p string, vr *storeReader, a Attrs) error {
+	data, err := io.ReadAll(vr) // errSourceChanged when it changed meanwhile
+	if err != nil {
+		if errors.Is(err, errSourceChanged) {
+			return err
+		}
+		return s.errf(p, fmt.Errorf("store: %w", err))
+	}
+	if d, ok := s.t.(*dirTracker); ok {
+		d.changes(p) // as its WriteFileAtomic notes
+	}
+	_, err = sw.WriteSmallFile(ctx, p, data, a)
+	return err
 }
 
 // sendRanges sends the store file f (p, stat fi) as the byte ranges that
