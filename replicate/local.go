@@ -764,16 +764,29 @@ func (l *Local) KeepIfSame(ctx context.Context, items []KeepItem) ([]bool, error
 }
 
 // keepIfSame is KeepIfSame for one item: false, not an error, for anything
-// that is not the same content in a regular file (missing, another type,
-// another size or hash, user.* xattrs, an owner it may not set).
+// that is not the same content in a regular file with one name (missing,
+// another type, hard-linked, another size or hash, user.* xattrs, an owner
+// it may not set).
 func (l *Local) keepIfSame(ctx context.Context, it KeepItem) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	fi, err := l.Lstat(ctx, it.Path)
-	if err != nil || !fi.Mode.IsRegular() || fi.Size != it.Size {
+	if err := l.prep(ctx, it.Path); err != nil {
 		return false, nil
 	}
+	ofi, err := l.root.Lstat(rootName(it.Path))
+	if err != nil || !ofi.Mode().IsRegular() || ofi.Size() != it.Size {
+		return false, nil
+	}
+	if nlink(ofi) != 1 {
+		// The master offers only files with one name in the store: a
+		// worker file with more is joined to a name the store has split
+		// from it (by replacing this one). Keeping it would keep the
+		// group joined and give the other names these attributes; a new
+		// file splits it.
+		return false, nil
+	}
+	fi := localInfo(ofi)
 	sum, err := l.Hash(ctx, it.Path)
 	if err != nil || !bytes.Equal(sum, it.Hash) {
 		return false, nil

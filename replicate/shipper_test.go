@@ -1243,6 +1243,33 @@ func (l *loggingLocal) WriteSmallFile(ctx context.Context, p string, data []byte
 	return l.Local.WriteSmallFile(ctx, p, data, a)
 }
 
+// A page hard-linked to another name, then saved by rename with the same
+// content: the store's page is a new file and the other name keeps the old
+// one. The worker must split them the same way; keeping its page (linked to
+// the other name) would leave the link group joined and give the other name
+// the page's new mtime. Both the lone small save and the batch offer.
+func TestShipperResaveSplitsHardLink(t *testing.T) {
+	for _, names := range [][]string{{"page.html"}, {"page.html", "other.html"}} {
+		t.Run(fmt.Sprint(len(names)), func(t *testing.T) {
+			f := newFsim(t)
+			worker := workerDir(t)
+			for _, n := range names {
+				f.writeFile(n, "<p>same</p>")
+				f.link(n, "copy-of-"+n)
+			}
+			s := startedShipper(t, f, worker, func(o *Options) { o.Exclude = []string{"*.swp"} }, nil)
+			time.Sleep(20 * time.Millisecond) // a visibly later mtime
+			for _, n := range names {
+				f.writeFile("."+n+".swp", "<p>same</p>")
+				f.rename("."+n+".swp", n)
+			}
+			waitSynced(t, s, f.j)
+			e, _ := NewExcluder([]string{"*.swp"})
+			compareTrees(t, f.store, worker, e)
+		})
+	}
+}
+
 // countingLocal is Local (with all its capabilities) counting whole writes.
 type countingLocal struct {
 	*Local

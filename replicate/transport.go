@@ -182,8 +182,9 @@ type SmallWriter interface {
 // Keeper is an optional Transport capability, for files saved again with
 // the content the worker already has (a deploy that rewrites everything,
 // an editor's save without changes). KeepIfSame answers, for each item,
-// whether the worker's regular file Path has Size bytes whose SHA-256 is
-// Hash and no user.* extended attributes; where it has, the file is given
+// whether the worker's regular file Path has one name (no other hard
+// links), Size bytes whose SHA-256 is Hash and no user.* extended
+// attributes; where it has, the file is given
 // the item's attributes (mode, owner, times, as WriteFileAtomic sets them)
 // and needs nothing else. A worker that cannot set the owner answers false
 // for that item. All items share one round trip.

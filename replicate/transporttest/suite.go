@@ -1025,6 +1025,23 @@ func testSmallWrite(t *testing.T, tr replicate.Transport, dir string) {
 		t.Error("changed content written into the worker's file in place")
 	}
 
+	// A worker file with another name is not kept, even with the same
+	// content: the new file splits the link group.
+	if err := os.Link(filepath.Join(dir, "p.html"), filepath.Join(dir, "q.html")); err != nil {
+		t.Fatal(err)
+	}
+	kept, err = sw.WriteSmallFile(ctx, "p.html", other, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: mt2})
+	if err != nil || kept {
+		t.Fatalf("same content, hard-linked worker file: kept %v, %v", kept, err)
+	}
+	mustContent(t, dir, "p.html", string(other))
+	if ino("p.html") == ino("q.html") {
+		t.Error("p.html is still linked to q.html")
+	}
+	if st, err := os.Lstat(filepath.Join(dir, "q.html")); err != nil || !st.ModTime().Equal(mt) {
+		t.Errorf("q.html: %v, %v; want it untouched (mtime %v)", st, err, mt)
+	}
+
 	// Where WriteFileAtomic fails, WriteSmallFile fails too.
 	if err := os.Mkdir(filepath.Join(dir, "d"), 0o755); err != nil {
 		t.Fatal(err)
