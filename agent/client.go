@@ -377,19 +377,54 @@ func (c *Client) compress(data []byte) (enc uint64, out []byte) {
 
 var _ replicate.SmallWriter = (*Client)(nil)
 
-// WriteSmallFile implements replicate.SmallWriter: one request with the
-// whole content (at most dataChunk bytes), one answer.
-func (c *Client) WriteSmallFile(ctx context.Context, p string, data []byte, a replicate.Attrs) (bool, error) {
-	if len(data) > dataChunk {
-		return false, fmt.Errorf("%s: %d bytes is too large for one request (at most %d)", p, len(data), dataChunk)
+// smallBatch bounds the files, and smallBatchBytes their content, whose
+// requests go out before their answers are read: the answers (small, unless
+// they are errors) must fit the channel's buffers while the agent waits to
+// send them.
+const (
+	smallBatch      = 256
+	smallBatchBytes = 4 << 20
+)
+
+// WriteSmallFiles implements replicate.SmallWriter: the requests of a batch
+// go out together, then their answers are read, so a batch costs one round
+// trip.
+func (c *Client) WriteSmallFiles(ctx context.Context, files []replicate.SmallFile) ([]replicate.SmallResult, error) {
+	if err := c.usable(ctx); err != nil {
+		return nil, err
 	}
-	enc, z := c.compress(data)
-	resp, err := c.call(ctx, request{Op: opWriteSmall, Path: p, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
-		Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime), Rdev: enc, Data: z})
-	if err != nil {
-		return false, err
+	stop := c.watch(ctx)
+	defer stop()
+	out := make([]replicate.SmallResult, 0, len(files))
+	for len(files) > 0 {
+		n, size := 0, 0
+		for n < len(files) && n < smallBatch && (n == 0 || size+len(files[n].Data) <= smallBatchBytes) {
+			size += len(files[n].Data)
+			n++
+		}
+		batch := files[:n]
+		files = files[n:]
+		for _, f := range batch {
+			if len(f.Data) > replicate.SmallMax {
+				return nil, fmt.Errorf("%s: %d bytes, more than a small file's %d", f.Path, len(f.Data), replicate.SmallMax)
+			}
+			enc, z := c.compress(f.Data)
+			a := f.Attrs
+			req := request{Op: opWriteSmall, Path: f.Path, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
+				Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime), Rdev: enc, Data: z}
+			if err := c.send(req); err != nil {
+				return nil, c.ctxErr(ctx, err)
+			}
+		}
+		for range batch {
+			resp, err := c.receive()
+			if err != nil {
+				return nil, c.ctxErr(ctx, err)
+			}
+			out = append(out, replicate.SmallResult{Kept: len(resp.Data) == 1 && resp.Data[0] == 1, Err: resp.err()})
+		}
 	}
-	return len(resp.Data) == 1 && resp.Data[0] == 1, nil
+	return out, nil
 }
 
 // stream sends r's data frames and returns the content's size, or the

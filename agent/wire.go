@@ -72,7 +72,8 @@ const (
 	opSync
 	// Path, Mode, UID, GID, Atime, Mtime, Data = the whole content
 	// (Rdev = dataS2: compressed, as a WriteData frame): replicate.SmallWriter,
-	// answered like opKeepIfSame, {1} kept, {0} written.
+	// answered like opKeepIfSame, {1} kept, {0} written. The master sends
+	// a batch of them before reading the answers.
 	opWriteSmall
 	opLast // not an op: bound for validation
 )

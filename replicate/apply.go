@@ -66,8 +66,12 @@ func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
 	if err != nil {
 		return err
 	}
+	sent, err := s.sendSmallFiles(ctx, plan, kept)
+	if err != nil {
+		return err
+	}
 	for _, id := range slices.Clone(plan.Ship) {
-		if len(id.Names) == 1 && kept[id.Names[0]] {
+		if len(id.Names) == 1 && (kept[id.Names[0]] || sent[id.Names[0]]) {
 			continue
 		}
 		if err := s.shipIdent(ctx, plan, id); err != nil {
@@ -615,6 +619,111 @@ func (s *Shipper) keepItem(p string, ino uint64) (KeepItem, bool) {
 		a.UID, a.GID = int(st.Uid), int(st.Gid)
 	}
 	return KeepItem{Path: p, Size: fi.Size(), Hash: h.Sum(nil), Attrs: a}, true
+}
+
+// sendSmallFiles sends, in one batch of requests (SmallWriter), the small
+// files of the plan that need nothing but their content and attributes: one
+// name in the store and on the worker's side, not open for writing, no
+// holes, no xattrs. A deploy of many pages then costs one round trip, not
+// one per page. It returns the names sent. The others, and those whose
+// request failed (a worker that drifted: a missing parent, a directory in
+// the way), go the usual way, file by file, which mends the worker.
+func (s *Shipper) sendSmallFiles(ctx context.Context, plan *Plan, kept map[string]bool) (map[string]bool, error) {
+	sw, ok := unwrap(s.t).(SmallWriter)
+	if !ok {
+		return nil, nil
+	}
+	var ids []*ident
+	for _, id := range plan.Ship {
+		if len(id.Names) == 1 && !kept[id.Names[0]] && !s.openForWrite(id.ID) && !s.excl.Excluded(id.Names[0], false) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) < 2 {
+		return nil, nil // one file goes the usual way, in one request too
+	}
+	sent := map[string]bool{}
+	var files []SmallFile
+	size := 0
+	flush := func() error {
+		if len(files) == 0 {
+			return nil
+		}
+		res, err := sw.WriteSmallFiles(ctx, files)
+		if err != nil {
+			return s.errf(files[0].Path, fmt.Errorf("writing %d small files: %w", len(files), err))
+		}
+		for i, r := range res {
+			p := files[i].Path
+			switch {
+			case r.Err == nil:
+			case errors.Is(r.Err, ErrOwner):
+				s.ownerRefused(p, r.Err)
+			default:
+				s.log.Debug("small file not sent with the others, sending it alone", "path", p, "err", r.Err)
+				continue
+			}
+			sent[p] = true
+			if d, ok := s.t.(*dirTracker); ok {
+				d.changes(p) // as its WriteFileAtomic notes
+			}
+			s.log.Debug("shipped", "path", p, "bytes", len(files[i].Data), "kept", r.Kept)
+		}
+		files, size = files[:0], 0
+		return nil
+	}
+	for _, id := range ids {
+		f, ok := s.smallFile(id.Names[0], id.ID)
+		if !ok {
+			continue
+		}
+		files = append(files, f)
+		size += len(f.Data)
+		// Bounded memory: a batch of 50,000 pages is read and sent
+		// a few MiB at a time.
+		if size >= smallChunk {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	return sent, nil
+}
+
+// smallChunk is how much small files' content sendSmallFiles reads before
+// it sends it.
+const smallChunk = 4 << 20
+
+// smallFile reads the store file p, which must be inode ino, for
+// sendSmallFiles; ok is false for anything it leaves to shipIdent.
+func (s *Shipper) smallFile(p string, ino uint64) (SmallFile, bool) {
+	f, err := s.store.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return SmallFile{}, false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || inode(fi) != ino || fi.Size() > SmallMax || nlink(fi) != 1 {
+		return SmallFile{}, false
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Blocks*512 < fi.Size() {
+		return SmallFile{}, false // holes: the usual way keeps them
+	}
+	if x, err := storeXattrs(f); err != nil || len(x) > 0 {
+		return SmallFile{}, false
+	}
+	data, err := io.ReadAll(&storeReader{f: f, before: fi})
+	if err != nil {
+		return SmallFile{}, false // changing: its next op ships it
+	}
+	a := Attrs{Perm: permBits(fi.Mode()), UID: -1, GID: -1, Mtime: fi.ModTime(), Atime: atime(fi)}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !s.chownOff {
+		a.UID, a.GID = int(st.Uid), int(st.Gid)
+	}
+	return SmallFile{Path: p, Data: data, Attrs: a}, true
 }
 
 // shipIdent sends the data of one identity to its primary name, then makes

@@ -824,8 +824,23 @@ func (l *Local) keepIfSame(ctx context.Context, it KeepItem) (bool, error) {
 	return true, nil
 }
 
-// WriteSmallFile implements SmallWriter.
+// WriteSmallFiles implements SmallWriter.
+func (l *Local) WriteSmallFiles(ctx context.Context, files []SmallFile) ([]SmallResult, error) {
+	out := make([]SmallResult, len(files))
+	for i, f := range files {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		out[i].Kept, out[i].Err = l.WriteSmallFile(ctx, f.Path, f.Data, f.Attrs)
+	}
+	return out, nil
+}
+
+// WriteSmallFile is WriteSmallFiles for one file: kept or written.
 func (l *Local) WriteSmallFile(ctx context.Context, p string, data []byte, a Attrs) (bool, error) {
+	if len(data) > SmallMax {
+		return false, fmt.Errorf("write %s: %d bytes, more than a small file's %d", p, len(data), SmallMax)
+	}
 	sum := sha256.Sum256(data)
 	same, err := l.keepIfSame(ctx, KeepItem{Path: p, Size: int64(len(data)), Hash: sum[:], Attrs: a})
 	if err != nil || same {

@@ -1190,6 +1190,95 @@ func TestShipperLoneSaveIsOneRequest(t *testing.T) {
 	}
 }
 
+// The small files of a batch go to the worker in one batch of requests (one
+// round trip), not one request each; a file whose request fails there (a
+// directory in the way on the worker) is then sent alone, which mends the
+// worker.
+func TestShipperSendsSmallFilesTogether(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("site")
+	var calls callLog
+	wrap := func(tr Transport) Transport { return &loggingLocal{Local: tr.(*Local), log: &calls} }
+	s := newShipper(t, f, worker, nil, wrap)
+	stop := start(t, s)
+	waitSynced(t, s, f.j)
+	stop()
+
+	f.must(os.MkdirAll(filepath.Join(worker, "site", "p07.html", "sub"), 0o755)) // drift
+	const n = 20
+	for i := range n {
+		f.writeFile(fmt.Sprintf("site/p%02d.html", i), strings.Repeat(fmt.Sprintf("page %d\n", i), 50))
+	}
+	calls.reset()
+	s = newShipper(t, f, worker, nil, wrap)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	got := calls.get()
+	if !slices.Contains(got, fmt.Sprintf("WriteSmallFiles %d", n)) {
+		t.Errorf("requests: %q; want the %d pages in one WriteSmallFiles", got, n)
+	}
+	alone := 0
+	for _, c := range got {
+		if c == "WriteSmallFiles 1" {
+			alone++
+		}
+	}
+	if alone != 1 {
+		t.Errorf("%d pages sent alone, want 1 (p07.html, whose worker name was a directory): %q", alone, got)
+	}
+}
+
+// More small files than fit one chunk go in several batches of requests,
+// each of a few MiB, and all arrive.
+func TestShipperSendsSmallFilesInChunks(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	var calls callLog
+	wrap := func(tr Transport) Transport { return &loggingLocal{Local: tr.(*Local), log: &calls} }
+	s := newShipper(t, f, worker, nil, wrap)
+	stop := start(t, s)
+	waitSynced(t, s, f.j)
+	stop()
+	const n, size = 100, 60 << 10 // 6 MB: more than smallChunk
+	for i := range n {
+		f.writeFile(fmt.Sprintf("p%03d.bin", i), string(pseudoRandomBytes(uint64(i), size)))
+	}
+	calls.reset()
+	s = newShipper(t, f, worker, nil, wrap)
+	start(t, s)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	batches, files := 0, 0
+	for _, c := range calls.get() {
+		var k int
+		if _, err := fmt.Sscanf(c, "WriteSmallFiles %d", &k); err == nil {
+			batches++
+			files += k
+			if k*size > smallChunk+size {
+				t.Errorf("one batch of %d files of %d bytes: more than smallChunk (%d) and one file", k, size, smallChunk)
+			}
+		}
+	}
+	if batches < 2 || files != n {
+		t.Errorf("%d files in %d batches, want all %d in more than one", files, batches, n)
+	}
+}
+
+// pseudoRandomBytes is n bytes from a seed: content no compression shrinks.
+func pseudoRandomBytes(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	x := seed*0x9e3779b97f4a7c15 + 1
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		b[i] = byte(x)
+	}
+	return b
+}
+
 // callLog records requests to a worker, in order.
 type callLog struct {
 	mu    sync.Mutex
@@ -1238,9 +1327,12 @@ func (l *loggingLocal) WriteFileAtomic(ctx context.Context, p string, r io.Reade
 	return l.Local.WriteFileAtomic(ctx, p, r, a)
 }
 
-func (l *loggingLocal) WriteSmallFile(ctx context.Context, p string, data []byte, a Attrs) (bool, error) {
-	l.log.add("WriteSmallFile", p)
-	return l.Local.WriteSmallFile(ctx, p, data, a)
+func (l *loggingLocal) WriteSmallFiles(ctx context.Context, files []SmallFile) ([]SmallResult, error) {
+	for _, f := range files {
+		l.log.add("WriteSmallFile", f.Path)
+	}
+	l.log.add("WriteSmallFiles", fmt.Sprint(len(files)))
+	return l.Local.WriteSmallFiles(ctx, files)
 }
 
 // A page hard-linked to another name, then saved by rename with the same
@@ -1281,13 +1373,15 @@ func (c *countingLocal) WriteFileAtomic(ctx context.Context, p string, r io.Read
 	return c.Local.WriteFileAtomic(ctx, p, r, a)
 }
 
-// WriteSmallFile counts the small files it writes, not those it keeps.
-func (c *countingLocal) WriteSmallFile(ctx context.Context, p string, data []byte, a Attrs) (bool, error) {
-	kept, err := c.Local.WriteSmallFile(ctx, p, data, a)
-	if !kept {
-		c.writes.Add(1)
+// WriteSmallFiles counts the small files it writes, not those it keeps.
+func (c *countingLocal) WriteSmallFiles(ctx context.Context, files []SmallFile) ([]SmallResult, error) {
+	res, err := c.Local.WriteSmallFiles(ctx, files)
+	for _, r := range res {
+		if !r.Kept && r.Err == nil {
+			c.writes.Add(1)
+		}
 	}
-	return kept, err
+	return res, err
 }
 
 // An idle shipper ships a lone change as soon as the journal is quiet,

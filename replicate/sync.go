@@ -578,7 +578,7 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64, changes *i
 		}
 	}
 	vr := &storeReader{f: f, before: fi}
-	if sw, ok := unwrap(s.t).(SmallWriter); ok && fi.Size() < deltaMinSize && dense && nlink(fi) == 1 {
+	if sw, ok := unwrap(s.t).(SmallWriter); ok && fi.Size() <= SmallMax && dense && nlink(fi) == 1 {
 		err = s.writeSmall(ctx, sw, p, vr, a)
 	} else {
 		err = s.t.WriteFileAtomic(ctx, p, vr, a)
@@ -631,8 +631,11 @@ func (s *Shipper) writeSmall(ctx context.Context, sw SmallWriter, p string, vr *
 	if d, ok := s.t.(*dirTracker); ok {
 		d.changes(p) // as its WriteFileAtomic notes
 	}
-	_, err = sw.WriteSmallFile(ctx, p, data, a)
-	return err
+	res, err := sw.WriteSmallFiles(ctx, []SmallFile{{Path: p, Data: data, Attrs: a}})
+	if err != nil {
+		return err
+	}
+	return res[0].Err
 }
 
 // sendRanges sends the store file f (p, stat fi) as the byte ranges that

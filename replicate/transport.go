@@ -170,14 +170,36 @@ type RangeSource interface {
 }
 
 // SmallWriter is an optional Transport capability for small files: one
-// request carries the whole content. When the worker's regular file p
-// already has exactly this content (as Keeper decides), it keeps it and
-// gives it attributes a; otherwise it writes data as WriteFileAtomic does.
-// kept reports which. A lone save then costs one round trip to the worker
-// instead of three (compare, look, send).
+// request carries a file's whole content and attributes. When the worker's
+// regular file already has exactly this content (as Keeper decides), it
+// keeps it and gives it the attributes; otherwise it writes the data as
+// WriteFileAtomic does. A lone save then costs one round trip to the worker
+// instead of three (compare, look, send), and the requests for many files
+// go out together: one round trip for all of them.
+//
+// WriteSmallFiles answers, for each file, whether it was kept and the
+// error of its own request; a failed request changes nothing else. The
+// error it returns alone is the transport's: nothing is known of the files.
 type SmallWriter interface {
-	WriteSmallFile(ctx context.Context, p string, data []byte, a Attrs) (kept bool, err error)
+	WriteSmallFiles(ctx context.Context, files []SmallFile) ([]SmallResult, error)
 }
+
+// SmallFile is one file for SmallWriter: at most SmallMax bytes.
+type SmallFile struct {
+	Path  string
+	Data  []byte
+	Attrs Attrs
+}
+
+// SmallResult is the outcome of one SmallFile.
+type SmallResult struct {
+	Kept bool
+	Err  error
+}
+
+// SmallMax bounds the content of a SmallFile: files this small go by
+// SmallWriter; larger ones by delta or streamed.
+const SmallMax = 64 << 10
 
 // Keeper is an optional Transport capability, for files saved again with
 // the content the worker already has (a deploy that rewrites everything,

@@ -964,7 +964,7 @@ func testSync(t *testing.T, tr replicate.Transport, dir string) {
 	}
 }
 
-// testSmallWrite: WriteSmallFile writes a file atomically like
+// testSmallWrite: WriteSmallFiles writes a file atomically like
 // WriteFileAtomic, keeps the worker's file (same inode, new attributes)
 // when it has the content already, and fails where WriteFileAtomic fails
 // (a directory in the way, a missing parent), so that the caller mends it.
@@ -974,6 +974,17 @@ func testSmallWrite(t *testing.T, tr replicate.Transport, dir string) {
 		t.Skip("transport lacks the SmallWriter capability")
 	}
 	ctx := t.Context()
+	write := func(p string, data []byte, a replicate.Attrs) (bool, error) {
+		t.Helper()
+		res, err := sw.WriteSmallFiles(ctx, []replicate.SmallFile{{Path: p, Data: data, Attrs: a}})
+		if err != nil {
+			t.Fatalf("WriteSmallFiles %s: transport failed: %v", p, err)
+		}
+		if len(res) != 1 {
+			t.Fatalf("WriteSmallFiles of one file: %d results", len(res))
+		}
+		return res[0].Kept, res[0].Err
+	}
 	ino := func(p string) uint64 {
 		t.Helper()
 		var st unix.Stat_t
@@ -984,7 +995,7 @@ func testSmallWrite(t *testing.T, tr replicate.Transport, dir string) {
 	}
 	page := []byte(strings.Repeat("<p>a page that compresses well</p>\n", 100))
 	mt := time.Unix(1_600_000_000, 0)
-	kept, err := sw.WriteSmallFile(ctx, "p.html", page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: mt})
+	kept, err := write("p.html", page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: mt})
 	if err != nil || kept {
 		t.Fatalf("new file: kept %v, %v", kept, err)
 	}
@@ -993,7 +1004,7 @@ func testSmallWrite(t *testing.T, tr replicate.Transport, dir string) {
 
 	// The same content again, with new attributes: kept.
 	mt2 := mt.Add(time.Hour)
-	kept, err = sw.WriteSmallFile(ctx, "p.html", page, replicate.Attrs{Perm: 0o600, UID: -1, GID: -1, Mtime: mt2})
+	kept, err = write("p.html", page, replicate.Attrs{Perm: 0o600, UID: -1, GID: -1, Mtime: mt2})
 	if err != nil || !kept {
 		t.Fatalf("same content: kept %v, %v", kept, err)
 	}
@@ -1013,7 +1024,7 @@ func testSmallWrite(t *testing.T, tr replicate.Transport, dir string) {
 	}
 	defer old.Close()
 	other := bytes.ToUpper(page)
-	kept, err = sw.WriteSmallFile(ctx, "p.html", other, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: mt})
+	kept, err = write("p.html", other, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: mt})
 	if err != nil || kept {
 		t.Fatalf("changed content: kept %v, %v", kept, err)
 	}
@@ -1030,7 +1041,7 @@ func testSmallWrite(t *testing.T, tr replicate.Transport, dir string) {
 	if err := os.Link(filepath.Join(dir, "p.html"), filepath.Join(dir, "q.html")); err != nil {
 		t.Fatal(err)
 	}
-	kept, err = sw.WriteSmallFile(ctx, "p.html", other, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: mt2})
+	kept, err = write("p.html", other, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: mt2})
 	if err != nil || kept {
 		t.Fatalf("same content, hard-linked worker file: kept %v, %v", kept, err)
 	}
@@ -1046,15 +1057,33 @@ func testSmallWrite(t *testing.T, tr replicate.Transport, dir string) {
 	if err := os.Mkdir(filepath.Join(dir, "d"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sw.WriteSmallFile(ctx, "d", page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}); err == nil {
+	if _, err := write("d", page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}); err == nil {
 		t.Error("a small file written over a directory")
 	}
-	if _, err := sw.WriteSmallFile(ctx, "missing/f", page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}); err == nil {
+	if _, err := write("missing/f", page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}); err == nil {
 		t.Error("a small file written under a missing directory")
 	}
 	for _, p := range invalidPaths {
-		_, err := sw.WriteSmallFile(ctx, p, page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1})
+		_, err := write(p, page, replicate.Attrs{Perm: 0o644, UID: -1, GID: -1})
 		wantErrs(t, p, replicate.ErrInvalidPath, map[string]error{"WriteSmallFile": err})
 	}
+
+	// Several files at once, each with its own outcome: a failed one
+	// changes nothing for the others.
+	batch := []replicate.SmallFile{
+		{Path: "b1", Data: []byte("one"), Attrs: replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}},
+		{Path: "d", Data: []byte("in the way"), Attrs: replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}},
+		{Path: "p.html", Data: other, Attrs: replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: mt}},
+		{Path: "b2", Data: page, Attrs: replicate.Attrs{Perm: 0o600, UID: -1, GID: -1}},
+	}
+	res, err := sw.WriteSmallFiles(ctx, batch)
+	if err != nil || len(res) != len(batch) {
+		t.Fatalf("batch: %d results, %v", len(res), err)
+	}
+	if res[0].Err != nil || res[0].Kept || res[1].Err == nil || res[2].Err != nil || !res[2].Kept || res[3].Err != nil || res[3].Kept {
+		t.Errorf("batch results %+v: want b1 written, d refused, p.html kept, b2 written", res)
+	}
+	mustContent(t, dir, "b1", "one")
+	mustContent(t, dir, "b2", string(page))
 	noTemps(t, dir)
 }
