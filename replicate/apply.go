@@ -595,18 +595,11 @@ func (s *Shipper) keepRefreshed(ctx context.Context, sy *syncer, paths []string)
 // keepItem describes the store file p (inode ino) for Keeper, reading it
 // for its hash; ok is false for anything keepUnchanged leaves alone.
 func (s *Shipper) keepItem(p string, ino uint64) (KeepItem, bool) {
-	f, err := s.store.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
+	f, fi, ok := s.openLoneFile(p, ino, keepMaxSize)
+	if !ok {
 		return KeepItem{}, false
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || inode(fi) != ino || fi.Size() > keepMaxSize || nlink(fi) > 1 {
-		return KeepItem{}, false
-	}
-	if x, err := storeXattrs(f); err != nil || len(x) > 0 {
-		return KeepItem{}, false
-	}
 	h := sha256.New()
 	if n, err := io.Copy(h, f); err != nil || n != fi.Size() {
 		return KeepItem{}, false
@@ -614,11 +607,7 @@ func (s *Shipper) keepItem(p string, ino uint64) (KeepItem, bool) {
 	if after, err := f.Stat(); err != nil || !sameVersion(fi, after) {
 		return KeepItem{}, false // changing: its next op ships it
 	}
-	a := Attrs{Perm: permBits(fi.Mode()), UID: -1, GID: -1, Mtime: fi.ModTime(), Atime: atime(fi)}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !s.chownOff {
-		a.UID, a.GID = int(st.Uid), int(st.Gid)
-	}
-	return KeepItem{Path: p, Size: fi.Size(), Hash: h.Sum(nil), Attrs: a}, true
+	return KeepItem{Path: p, Size: fi.Size(), Hash: h.Sum(nil), Attrs: s.fileAttrs(fi)}, true
 }
 
 // sendSmallFiles sends, in one batch of requests (SmallWriter), the small
@@ -697,33 +686,51 @@ func (s *Shipper) sendSmallFiles(ctx context.Context, plan *Plan, kept map[strin
 // it sends it.
 const smallChunk = 4 << 20
 
+// openLoneFile opens the store file p for keepItem and smallFile: a
+// regular file that is inode ino, of at most max bytes, with one name and no
+// xattrs; ok is false for anything else, which goes the usual way.
+func (s *Shipper) openLoneFile(p string, ino uint64, max int64) (*os.File, fs.FileInfo, bool) {
+	f, err := s.store.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, nil, false
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || inode(fi) != ino || fi.Size() > max || nlink(fi) != 1 {
+		f.Close()
+		return nil, nil, false
+	}
+	if x, err := storeXattrs(f); err != nil || len(x) > 0 {
+		f.Close()
+		return nil, nil, false
+	}
+	return f, fi, true
+}
+
+// fileAttrs are the attributes the worker's copy of the store file fi gets.
+func (s *Shipper) fileAttrs(fi fs.FileInfo) Attrs {
+	a := Attrs{Perm: permBits(fi.Mode()), UID: -1, GID: -1, Mtime: fi.ModTime(), Atime: atime(fi)}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !s.chownOff {
+		a.UID, a.GID = int(st.Uid), int(st.Gid)
+	}
+	return a
+}
+
 // smallFile reads the store file p, which must be inode ino, for
 // sendSmallFiles; ok is false for anything it leaves to shipIdent.
 func (s *Shipper) smallFile(p string, ino uint64) (SmallFile, bool) {
-	f, err := s.store.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
+	f, fi, ok := s.openLoneFile(p, ino, SmallMax)
+	if !ok {
 		return SmallFile{}, false
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || inode(fi) != ino || fi.Size() > SmallMax || nlink(fi) != 1 {
-		return SmallFile{}, false
-	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Blocks*512 < fi.Size() {
 		return SmallFile{}, false // holes: the usual way keeps them
-	}
-	if x, err := storeXattrs(f); err != nil || len(x) > 0 {
-		return SmallFile{}, false
 	}
 	data, err := io.ReadAll(&storeReader{f: f, before: fi})
 	if err != nil {
 		return SmallFile{}, false // changing: its next op ships it
 	}
-	a := Attrs{Perm: permBits(fi.Mode()), UID: -1, GID: -1, Mtime: fi.ModTime(), Atime: atime(fi)}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !s.chownOff {
-		a.UID, a.GID = int(st.Uid), int(st.Gid)
-	}
-	return SmallFile{Path: p, Data: data, Attrs: a}, true
+	return SmallFile{Path: p, Data: data, Attrs: s.fileAttrs(fi)}, true
 }
 
 // shipIdent sends the data of one identity to its primary name, then makes

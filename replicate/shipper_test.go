@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"golang.org/x/sys/unix"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -285,10 +286,7 @@ func TestShipperSaveMendsDrift(t *testing.T) {
 			for _, p := range []string{"a/page", "b/page", "c/d/page"} {
 				f.writeFile(p, "old")
 			}
-			s := newShipper(t, f, worker, func(o *Options) { o.Exclude = []string{"*.swp"} }, nil)
-			stop := start(t, s)
-			waitSynced(t, s, f.j)
-			stop()
+			caughtUpThenStopped(t, f, worker, func(o *Options) { o.Exclude = []string{"*.swp"} }, nil)
 			// a/page is a directory on the worker, b is missing, c is a file.
 			f.must(os.Remove(filepath.Join(worker, "a", "page")))
 			f.must(os.MkdirAll(filepath.Join(worker, "a", "page", "sub"), 0o755))
@@ -301,9 +299,7 @@ func TestShipperSaveMendsDrift(t *testing.T) {
 				f.writeFile(p+".swp", content)
 				f.rename(p+".swp", p)
 			}
-			s = newShipper(t, f, worker, func(o *Options) { o.Exclude = []string{"*.swp"} }, nil)
-			start(t, s)
-			waitSynced(t, s, f.j)
+			startedShipper(t, f, worker, func(o *Options) { o.Exclude = []string{"*.swp"} }, nil)
 			e, _ := NewExcluder([]string{"*.swp"})
 			compareTrees(t, f.store, worker, e)
 		})
@@ -1200,10 +1196,7 @@ func TestShipperSendsSmallFilesTogether(t *testing.T) {
 	f.mkdir("site")
 	var calls callLog
 	wrap := func(tr Transport) Transport { return &loggingLocal{Local: tr.(*Local), log: &calls} }
-	s := newShipper(t, f, worker, nil, wrap)
-	stop := start(t, s)
-	waitSynced(t, s, f.j)
-	stop()
+	caughtUpThenStopped(t, f, worker, nil, wrap)
 
 	f.must(os.MkdirAll(filepath.Join(worker, "site", "p07.html", "sub"), 0o755)) // drift
 	const n = 20
@@ -1211,9 +1204,7 @@ func TestShipperSendsSmallFilesTogether(t *testing.T) {
 		f.writeFile(fmt.Sprintf("site/p%02d.html", i), strings.Repeat(fmt.Sprintf("page %d\n", i), 50))
 	}
 	calls.reset()
-	s = newShipper(t, f, worker, nil, wrap)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	startedShipper(t, f, worker, nil, wrap)
 	compareTrees(t, f.store, worker, nil)
 	got := calls.get()
 	if !slices.Contains(got, fmt.Sprintf("WriteSmallFiles %d", n)) {
@@ -1237,18 +1228,13 @@ func TestShipperSendsSmallFilesInChunks(t *testing.T) {
 	worker := workerDir(t)
 	var calls callLog
 	wrap := func(tr Transport) Transport { return &loggingLocal{Local: tr.(*Local), log: &calls} }
-	s := newShipper(t, f, worker, nil, wrap)
-	stop := start(t, s)
-	waitSynced(t, s, f.j)
-	stop()
+	caughtUpThenStopped(t, f, worker, nil, wrap)
 	const n, size = 100, 60 << 10 // 6 MB: more than smallChunk
 	for i := range n {
 		f.writeFile(fmt.Sprintf("p%03d.bin", i), string(pseudoRandomBytes(uint64(i), size)))
 	}
 	calls.reset()
-	s = newShipper(t, f, worker, nil, wrap)
-	start(t, s)
-	waitSynced(t, s, f.j)
+	startedShipper(t, f, worker, nil, wrap)
 	compareTrees(t, f.store, worker, nil)
 	batches, files := 0, 0
 	for _, c := range calls.get() {
@@ -1269,14 +1255,18 @@ func TestShipperSendsSmallFilesInChunks(t *testing.T) {
 // pseudoRandomBytes is n bytes from a seed: content no compression shrinks.
 func pseudoRandomBytes(seed uint64, n int) []byte {
 	b := make([]byte, n)
-	x := seed*0x9e3779b97f4a7c15 + 1
-	for i := range b {
-		x ^= x << 13
-		x ^= x >> 7
-		x ^= x << 17
-		b[i] = byte(x)
-	}
+	rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)}).Read(b)
 	return b
+}
+
+// caughtUpThenStopped runs a shipper until the worker caught up, then
+// stops it: the ops that follow wait for the next shipper, in one batch.
+func caughtUpThenStopped(t testing.TB, f *fsim, worker string, mod func(*Options), wrap func(Transport) Transport) {
+	t.Helper()
+	s := newShipper(t, f, worker, mod, wrap)
+	stop := start(t, s)
+	waitSynced(t, s, f.j)
+	stop()
 }
 
 // callLog records requests to a worker, in order.

@@ -539,10 +539,7 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64, changes *i
 	if !fi.Mode().IsRegular() || (ino != 0 && inode(fi) != ino) {
 		return 0, errNotIdentity
 	}
-	a := Attrs{Perm: permBits(fi.Mode()), UID: -1, GID: -1, Mtime: fi.ModTime(), Atime: atime(fi)}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !s.chownOff {
-		a.UID, a.GID = int(st.Uid), int(st.Gid)
-	}
+	a := s.fileAttrs(fi)
 	// A replaced file goes as an rsync-style delta against the worker's
 	// copy when the transport can (DeltaWriter) and the store file is
 	// large and not sparse (a delta would fill its holes). Any failure but
