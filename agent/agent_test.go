@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -520,5 +521,43 @@ func TestRawFramesBadSmallWrite(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(root, "p")); err != nil || string(b) != "ok" {
 		t.Errorf("p = %q, %v", b, err)
+	}
+}
+
+// More requests than one pipeline group holds (pipelineMax) each get their
+// own answer, in order: 1,100 small files written, then all kept.
+func TestPipelineAcrossGroups(t *testing.T) {
+	dir := t.TempDir()
+	c := pipeClient(t, dir)
+	const n = pipelineMax + 76
+	files := make([]replicate.SmallFile, n)
+	items := make([]replicate.KeepItem, n)
+	for i := range files {
+		data := []byte(fmt.Sprintf("file %d\n", i))
+		a := replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: time.Unix(1_600_000_000, 0)}
+		files[i] = replicate.SmallFile{Path: fmt.Sprintf("f%04d", i), Data: data, Attrs: a}
+		sum := sha256.Sum256(data)
+		items[i] = replicate.KeepItem{Path: files[i].Path, Size: int64(len(data)), Hash: sum[:], Attrs: a}
+	}
+	res, err := c.WriteSmallFiles(t.Context(), files)
+	if err != nil || len(res) != n {
+		t.Fatalf("WriteSmallFiles: %d results, %v", len(res), err)
+	}
+	for i, r := range res {
+		if r.Err != nil || r.Kept {
+			t.Fatalf("file %d: kept %v, %v; want written", i, r.Kept, r.Err)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, files[i].Path)); err != nil || !bytes.Equal(b, files[i].Data) {
+			t.Fatalf("%s = %q, %v", files[i].Path, b, err)
+		}
+	}
+	same, err := c.KeepIfSame(t.Context(), items)
+	if err != nil || len(same) != n {
+		t.Fatalf("KeepIfSame: %d answers, %v", len(same), err)
+	}
+	for i, ok := range same {
+		if !ok {
+			t.Fatalf("file %d not kept", i)
+		}
 	}
 }

@@ -377,54 +377,69 @@ func (c *Client) compress(data []byte) (enc uint64, out []byte) {
 
 var _ replicate.SmallWriter = (*Client)(nil)
 
-// smallBatch bounds the files, and smallBatchBytes their content, whose
-// requests go out before their answers are read: the answers (small, unless
-// they are errors) must fit the channel's buffers while the agent waits to
-// send them.
+// WriteSmallFiles implements replicate.SmallWriter: the requests go out
+// together (pipeline), so a batch of files costs one round trip.
+func (c *Client) WriteSmallFiles(ctx context.Context, files []replicate.SmallFile) ([]replicate.SmallResult, error) {
+	for _, f := range files {
+		if len(f.Data) > replicate.SmallMax {
+			return nil, fmt.Errorf("%s: %d bytes, more than a small file's %d", f.Path, len(f.Data), replicate.SmallMax)
+		}
+	}
+	out := make([]replicate.SmallResult, len(files))
+	err := c.pipeline(ctx, len(files), func(i int) request {
+		f := files[i]
+		enc, z := c.compress(f.Data)
+		a := f.Attrs
+		return request{Op: opWriteSmall, Path: f.Path, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
+			Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime), Rdev: enc, Data: z}
+	}, func(i int, resp response) {
+		out[i] = replicate.SmallResult{Kept: resp.flag(), Err: resp.err()}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// pipelineMax bounds the requests, and pipelineBytes their data, that
+// pipeline sends before it reads their answers: the answers (a few bytes
+// each, unless they are errors) must fit the stream's buffers while the
+// master is still sending.
 const (
-	smallBatch      = 256
-	smallBatchBytes = 4 << 20
+	pipelineMax   = 1024
+	pipelineBytes = 4 << 20
 )
 
-// WriteSmallFiles implements replicate.SmallWriter: the requests of a batch
-// go out together, then their answers are read, so a batch costs one round
-// trip.
-func (c *Client) WriteSmallFiles(ctx context.Context, files []replicate.SmallFile) ([]replicate.SmallResult, error) {
+// pipeline sends the n requests req(i) in groups, each sent whole before
+// its answers are read and handed to answer: a group costs one round trip.
+// Every answer of a group is read, also after a failed one, so the stream
+// stays in step. The error is the transport's.
+func (c *Client) pipeline(ctx context.Context, n int, req func(i int) request, answer func(i int, resp response)) error {
 	if err := c.usable(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	stop := c.watch(ctx)
 	defer stop()
-	out := make([]replicate.SmallResult, 0, len(files))
-	for len(files) > 0 {
-		n, size := 0, 0
-		for n < len(files) && n < smallBatch && (n == 0 || size+len(files[n].Data) <= smallBatchBytes) {
-			size += len(files[n].Data)
-			n++
-		}
-		batch := files[:n]
-		files = files[n:]
-		for _, f := range batch {
-			if len(f.Data) > replicate.SmallMax {
-				return nil, fmt.Errorf("%s: %d bytes, more than a small file's %d", f.Path, len(f.Data), replicate.SmallMax)
+	for start := 0; start < n; {
+		end, size := start, 0
+		for end < n && end-start < pipelineMax && size < pipelineBytes {
+			r := req(end)
+			if err := c.send(r); err != nil {
+				return c.ctxErr(ctx, err)
 			}
-			enc, z := c.compress(f.Data)
-			a := f.Attrs
-			req := request{Op: opWriteSmall, Path: f.Path, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
-				Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime), Rdev: enc, Data: z}
-			if err := c.send(req); err != nil {
-				return nil, c.ctxErr(ctx, err)
-			}
+			size += len(r.Data)
+			end++
 		}
-		for range batch {
+		for i := start; i < end; i++ {
 			resp, err := c.receive()
 			if err != nil {
-				return nil, c.ctxErr(ctx, err)
+				return c.ctxErr(ctx, err)
 			}
-			out = append(out, replicate.SmallResult{Kept: len(resp.Data) == 1 && resp.Data[0] == 1, Err: resp.err()})
+			answer(i, resp)
 		}
+		start = end
 	}
-	return out, nil
+	return nil
 }
 
 // stream sends r's data frames and returns the content's size, or the
@@ -514,49 +529,29 @@ func (c *Client) WriteFileDelta(ctx context.Context, p string, r io.Reader, a re
 	})
 }
 
-// keepBatch bounds the KeepIfSame requests in flight: their answers (a few
-// bytes each) must fit the stream's buffers while the master is still
-// sending requests.
-const keepBatch = 1024
-
 var _ replicate.Keeper = (*Client)(nil)
 
-// KeepIfSame implements replicate.Keeper: the requests of a batch go out
-// together, then their answers are read, so a batch costs one round trip.
+// KeepIfSame implements replicate.Keeper: the requests go out together
+// (pipeline), so a batch costs one round trip.
 func (c *Client) KeepIfSame(ctx context.Context, items []replicate.KeepItem) ([]bool, error) {
-	if err := c.usable(ctx); err != nil {
+	out := make([]bool, len(items))
+	var first error
+	err := c.pipeline(ctx, len(items), func(i int) request {
+		it := items[i]
+		a := it.Attrs
+		return request{Op: opKeepIfSame, Path: it.Path, Off: it.Size, Data: it.Hash, Mode: uint32(a.Perm),
+			UID: int64(a.UID), GID: int64(a.GID), Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime)}
+	}, func(i int, resp response) {
+		if err := resp.err(); err != nil && first == nil {
+			first = err
+		}
+		out[i] = resp.flag()
+	})
+	if err != nil {
 		return nil, err
 	}
-	stop := c.watch(ctx)
-	defer stop()
-	out := make([]bool, 0, len(items))
-	for len(items) > 0 {
-		batch := items[:min(len(items), keepBatch)]
-		items = items[len(batch):]
-		for _, it := range batch {
-			a := it.Attrs
-			req := request{Op: opKeepIfSame, Path: it.Path, Off: it.Size, Data: it.Hash, Mode: uint32(a.Perm),
-				UID: int64(a.UID), GID: int64(a.GID), Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime)}
-			if err := c.send(req); err != nil {
-				return nil, c.ctxErr(ctx, err)
-			}
-		}
-		// Every answer is read, also after a failed one: the stream
-		// stays in step for the next request.
-		var first error
-		for range batch {
-			resp, err := c.receive()
-			if err != nil {
-				return nil, c.ctxErr(ctx, err)
-			}
-			if err := resp.err(); err != nil && first == nil {
-				first = err
-			}
-			out = append(out, len(resp.Data) == 1 && resp.Data[0] == 1)
-		}
-		if first != nil {
-			return nil, first
-		}
+	if first != nil {
+		return nil, first
 	}
 	return out, nil
 }

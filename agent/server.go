@@ -199,6 +199,15 @@ func (w *pendingWrite) Read([]byte) (int, error) {
 
 func ok() response { return response{} }
 
+// flagResponse answers a yes-or-no request (opKeepIfSame, opWriteSmall:
+// kept or not); response.flag reads it.
+func flagResponse(yes bool) response {
+	if yes {
+		return response{Data: []byte{1}}
+	}
+	return response{Data: []byte{0}}
+}
+
 func result(err error) response {
 	if err != nil {
 		return errorResponse(err)
@@ -334,10 +343,7 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 		if err != nil {
 			return errorResponse(err), true
 		}
-		if same[0] {
-			return response{Data: []byte{1}}, true
-		}
-		return response{Data: []byte{0}}, true
+		return flagResponse(same[0]), true
 	case opWriteSmall:
 		data, err := decodeData(r.Rdev, r.Data)
 		if err != nil {
@@ -349,10 +355,7 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 		if err != nil {
 			return errorResponse(err), true
 		}
-		if kept {
-			return response{Data: []byte{1}}, true
-		}
-		return response{Data: []byte{0}}, true
+		return flagResponse(kept), true
 	case opSignature:
 		sig, err := s.signature(ctx, r.Path)
 		if err != nil {

@@ -152,6 +152,9 @@ type response struct {
 	Xattrs map[string][]byte
 }
 
+// flag is the answer to a yes-or-no request (see flagResponse).
+func (r response) flag() bool { return len(r.Data) == 1 && r.Data[0] == 1 }
+
 type encoder struct{ b []byte }
 
 func (e *encoder) uvarint(v uint64) { e.b = binary.AppendUvarint(e.b, v) }
