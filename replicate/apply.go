@@ -638,7 +638,7 @@ func (s *Shipper) sendSmallFiles(ctx context.Context, plan *Plan, kept map[strin
 		if len(files) == 0 {
 			return nil
 		}
-		res, err := sw.WriteSmallFiles(ctx, files)
+		res, err := s.writeSmallFiles(ctx, sw, files)
 		if err != nil {
 			return s.errf(files[0].Path, fmt.Errorf("writing %d small files: %w", len(files), err))
 		}
@@ -653,9 +653,6 @@ func (s *Shipper) sendSmallFiles(ctx context.Context, plan *Plan, kept map[strin
 				continue
 			}
 			sent[p] = true
-			if d, ok := s.t.(*dirTracker); ok {
-				d.changes(p) // as its WriteFileAtomic notes
-			}
 			s.log.Debug("shipped", "path", p, "bytes", len(files[i].Data), "kept", r.Kept)
 		}
 		files, size = files[:0], 0
@@ -723,7 +720,7 @@ func (s *Shipper) smallFile(p string, ino uint64) (SmallFile, bool) {
 		return SmallFile{}, false
 	}
 	defer f.Close()
-	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Blocks*512 < fi.Size() {
+	if !isDense(fi) {
 		return SmallFile{}, false // holes: the usual way keeps them
 	}
 	data, err := io.ReadAll(&storeReader{f: f, before: fi})

@@ -754,7 +754,7 @@ var _ Keeper = (*Local)(nil)
 func (l *Local) KeepIfSame(ctx context.Context, items []KeepItem) ([]bool, error) {
 	out := make([]bool, len(items))
 	for i, it := range items {
-		same, err := l.keepIfSame(ctx, it)
+		same, err := l.keepIfSame(ctx, it.Path, it.Size, func() []byte { return it.Hash }, it.Attrs)
 		if err != nil {
 			return nil, err
 		}
@@ -763,19 +763,20 @@ func (l *Local) KeepIfSame(ctx context.Context, items []KeepItem) ([]bool, error
 	return out, nil
 }
 
-// keepIfSame is KeepIfSame for one item: false, not an error, for anything
-// that is not the same content in a regular file with one name (missing,
-// another type, hard-linked, another size or hash, user.* xattrs, an owner
-// it may not set).
-func (l *Local) keepIfSame(ctx context.Context, it KeepItem) (bool, error) {
+// keepIfSame is KeepIfSame for one file p of size bytes whose SHA-256 is
+// hash(), asked for only when the sizes match: false, not an error, for
+// anything that is not the same content in a regular file with one name
+// (missing, another type, hard-linked, another size or hash, user.* xattrs,
+// an owner it may not set); true once the file has attributes a.
+func (l *Local) keepIfSame(ctx context.Context, p string, size int64, hash func() []byte, a Attrs) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	if err := l.prep(ctx, it.Path); err != nil {
+	if err := l.prep(ctx, p); err != nil {
 		return false, nil
 	}
-	ofi, err := l.root.Lstat(rootName(it.Path))
-	if err != nil || !ofi.Mode().IsRegular() || ofi.Size() != it.Size {
+	ofi, err := l.root.Lstat(rootName(p))
+	if err != nil || !ofi.Mode().IsRegular() || ofi.Size() != size {
 		return false, nil
 	}
 	if nlink(ofi) != 1 {
@@ -787,11 +788,11 @@ func (l *Local) keepIfSame(ctx context.Context, it KeepItem) (bool, error) {
 		return false, nil
 	}
 	fi := localInfo(ofi)
-	sum, err := l.Hash(ctx, it.Path)
-	if err != nil || !bytes.Equal(sum, it.Hash) {
+	sum, err := l.Hash(ctx, p)
+	if err != nil || !bytes.Equal(sum, hash()) {
 		return false, nil
 	}
-	if x, err := l.ListXattrs(ctx, it.Path); err != nil {
+	if x, err := l.ListXattrs(ctx, p); err != nil {
 		return false, nil
 	} else {
 		for name := range x {
@@ -800,24 +801,24 @@ func (l *Local) keepIfSame(ctx context.Context, it KeepItem) (bool, error) {
 			}
 		}
 	}
-	perm := it.Attrs.Perm & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-	if (it.Attrs.UID >= 0 && uint32(it.Attrs.UID) != fi.UID) || (it.Attrs.GID >= 0 && uint32(it.Attrs.GID) != fi.GID) {
-		if err := l.Chown(ctx, it.Path, it.Attrs.UID, it.Attrs.GID); err != nil {
+	perm := a.Perm & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	if (a.UID >= 0 && uint32(a.UID) != fi.UID) || (a.GID >= 0 && uint32(a.GID) != fi.GID) {
+		if err := l.Chown(ctx, p, a.UID, a.GID); err != nil {
 			return false, nil
 		}
 		fi.Mode = 0 // chown cleared setuid/setgid: set the mode below
 	}
 	if fi.Mode.Perm() != perm.Perm() || fi.Mode&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != perm&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) {
-		if err := l.Chmod(ctx, it.Path, perm); err != nil {
+		if err := l.Chmod(ctx, p, perm); err != nil {
 			return false, nil
 		}
 	}
-	if !it.Attrs.Mtime.IsZero() && !it.Attrs.Mtime.Equal(fi.Mtime) {
-		at := it.Attrs.Atime
+	if !a.Mtime.IsZero() && !a.Mtime.Equal(fi.Mtime) {
+		at := a.Atime
 		if at.IsZero() {
-			at = it.Attrs.Mtime
+			at = a.Mtime
 		}
-		if err := l.Chtimes(ctx, it.Path, at, it.Attrs.Mtime); err != nil {
+		if err := l.Chtimes(ctx, p, at, a.Mtime); err != nil {
 			return false, nil
 		}
 	}
@@ -841,8 +842,10 @@ func (l *Local) WriteSmallFile(ctx context.Context, p string, data []byte, a Att
 	if len(data) > SmallMax {
 		return false, fmt.Errorf("write %s: %d bytes, more than a small file's %d", p, len(data), SmallMax)
 	}
-	sum := sha256.Sum256(data)
-	same, err := l.keepIfSame(ctx, KeepItem{Path: p, Size: int64(len(data)), Hash: sum[:], Attrs: a})
+	// The data's hash is computed only when the worker's file has its
+	// size: a new file (most of a burst) needs none.
+	hash := func() []byte { sum := sha256.Sum256(data); return sum[:] }
+	same, err := l.keepIfSame(ctx, p, int64(len(data)), hash, a)
 	if err != nil || same {
 		return same, err
 	}

@@ -546,8 +546,7 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64, changes *i
 	// a cancellation or a changing source falls back to the whole file
 	// below, from the start of the store file.
 	const deltaMinSize = 64 << 10
-	st, _ := fi.Sys().(*syscall.Stat_t)
-	dense := st != nil && st.Blocks*512 >= fi.Size() // no holes
+	dense := isDense(fi)
 	if n, done, err := s.sendRanges(ctx, p, f, fi, a, changes, dense); done {
 		return n, err
 	}
@@ -625,14 +624,28 @@ func (s *Shipper) writeSmall(ctx context.Context, sw SmallWriter, p string, vr *
 		}
 		return s.errf(p, fmt.Errorf("store: %w", err))
 	}
-	if d, ok := s.t.(*dirTracker); ok {
-		d.changes(p) // as its WriteFileAtomic notes
-	}
-	res, err := sw.WriteSmallFiles(ctx, []SmallFile{{Path: p, Data: data, Attrs: a}})
+	res, err := s.writeSmallFiles(ctx, sw, []SmallFile{{Path: p, Data: data, Attrs: a}})
 	if err != nil {
 		return err
 	}
 	return res[0].Err
+}
+
+// writeSmallFiles writes files by sw, noting their directories as changed
+// as the dirTracker's WriteFileAtomic does (sw is the transport under it).
+func (s *Shipper) writeSmallFiles(ctx context.Context, sw SmallWriter, files []SmallFile) ([]SmallResult, error) {
+	if d, ok := s.t.(*dirTracker); ok {
+		for _, f := range files {
+			d.changes(f.Path)
+		}
+	}
+	return sw.WriteSmallFiles(ctx, files)
+}
+
+// isDense reports whether the store file fi has no holes.
+func isDense(fi fs.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Blocks*512 >= fi.Size()
 }
 
 // sendRanges sends the store file f (p, stat fi) as the byte ranges that
