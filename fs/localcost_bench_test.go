@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -56,13 +57,22 @@ const (
 	tarPerDir   = 100
 	seqSize     = 1 << 30
 	seqChunk    = 1 << 20
+	seqRounds   = 3 // len(localPaths): each path once in each place
 	statDirs    = 100
 	statPerDir  = 1000
 	tmpfsSizeGB = 2
 )
 
-// localPaths are the three ways to reach the store, in the order they run.
+// localPaths are the three ways to reach the store, in the order they run
+// (but see rotated).
 var localPaths = []string{"store", "loopback", "mirrorfs"}
+
+// rotated returns paths rotated left by round: with as many rounds as
+// paths, each path runs once in each place of the order.
+func rotated(paths []string, round int) []string {
+	k := round % len(paths)
+	return append(slices.Clone(paths[k:]), paths[:k]...)
+}
 
 // requireTool fails in CI and skips elsewhere when a program is missing,
 // like requireFUSE.
@@ -286,11 +296,16 @@ func BenchmarkLocalCostTar(b *testing.B) {
 
 // BenchmarkLocalCostSeq writes one file of 1 GiB in 1 MiB writes, fsyncs
 // and closes it, then opens it again and reads it back in 1 MiB reads, on
-// each access path. Nothing is dropped from the page cache: the read of
-// the store is served from the page cache, and so are the FUSE servers'
-// reads of the store; the FUSE mounts' own page cache of the file is
-// dropped by the kernel on open (go-fuse's loopback does not ask to keep
-// it), so each 1 MiB read through a mount is a request to its server.
+// each access path, and removes it. Nothing is dropped from the page cache:
+// the read of the store is served from the page cache, and so are the FUSE
+// servers' reads of the store; the bare loopback's own page cache of the
+// file is dropped by the kernel on open (go-fuse's loopback does not ask to
+// keep it), so each 1 MiB read through it is a request to its server.
+//
+// Each iteration runs seqRounds rounds, each path in another place of the
+// order (see rotated), and reports the mean: on this kind of shared VM,
+// which path wrote its gigabyte first or last changed its time by up to 5x,
+// more than any difference between the paths.
 func BenchmarkLocalCostSeq(b *testing.B) {
 	b.Run("ext4", func(b *testing.B) {
 		targets, _ := localTargets(b, "ext4")
@@ -300,11 +315,15 @@ func BenchmarkLocalCostSeq(b *testing.B) {
 			buf[i] = byte(rng.Uint32())
 		}
 		write, read := map[string]float64{}, map[string]float64{}
-		for i := range b.N {
-			for _, p := range localPaths {
+		runs := float64(b.N * seqRounds)
+		for i := range b.N * seqRounds {
+			for _, p := range rotated(localPaths, i) {
 				name := filepath.Join(targets[p], fmt.Sprintf("big%d-%s", i, p))
-				write[p] += seqWrite(b, name, buf) / float64(b.N)
-				read[p] += seqRead(b, name, buf) / float64(b.N)
+				write[p] += seqWrite(b, name, buf) / runs
+				read[p] += seqRead(b, name, buf) / runs
+				if err := os.Remove(name); err != nil {
+					b.Fatal(err)
+				}
 			}
 		}
 		reportPaths(b, "write-", write)
