@@ -17,9 +17,18 @@ import (
 //     A kernel without sch_netem fails the benchmark: no latency is faked.
 //
 // lsyncd, started on c.Workers, goes over the same links as mirrorfs.
+//
+// The daemon logs at its default level, info, as it is deployed: at debug
+// it writes several lines per batch, a cost no production setup pays.
+// MIRRORFS_BENCH_LOG_LEVEL=debug brings those lines back to tell a run's
+// story.
 func benchCluster(b *testing.B, opts clusterOptions) *cluster {
 	b.Helper()
 	opts.NetNS = os.Getenv("BENCH_NETNS") == "1"
+	opts.LogLevel = "info"
+	if v := os.Getenv("MIRRORFS_BENCH_LOG_LEVEL"); v != "" {
+		opts.LogLevel = v
+	}
 	var delay time.Duration
 	if v := os.Getenv("BENCH_NETEM_DELAY"); v != "" {
 		d, err := time.ParseDuration(v)

@@ -189,6 +189,9 @@ type clusterOptions struct {
 	// ExtraYAML is appended verbatim to the config file, for keys the
 	// harness does not write. It must not repeat a key the harness writes.
 	ExtraYAML string
+	// LogLevel is the daemon's log.level; default "debug", whose lines
+	// tell a failed test's story.
+	LogLevel string
 }
 
 // cluster is a running mirrorfs daemon with its mount, store, journal and
@@ -226,6 +229,9 @@ func newCluster(t testing.TB, opts clusterOptions) *cluster {
 	needSSHD(t)
 	if opts.BatchDelay == "" {
 		opts.BatchDelay = "10ms"
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "debug"
 	}
 	c := &cluster{opts: opts, Bin: mirrorfsBinary(t), excluded: excludeMatcher(opts.Exclude)}
 
@@ -329,7 +335,7 @@ func (c *cluster) configYAML() string {
 	fmt.Fprintf(&b, "exclude: [%s]\n", strings.Join(ex, ", "))
 	fmt.Fprintf(&b, "batch: {delay: %s, max_ops: 50000, hold_open: 60s}\n", yamlString(c.opts.BatchDelay))
 	fmt.Fprintf(&b, "retry: {min: 50ms, max: 1s}\n")
-	fmt.Fprintf(&b, "log: {level: debug}\n")
+	fmt.Fprintf(&b, "log: {level: %s}\n", yamlString(c.opts.LogLevel))
 	fmt.Fprintf(&b, "ssh: {user: root, identity: [%s], known_hosts: %s, connect_timeout: 5s}\n",
 		yamlString(c.Identity), yamlString(c.KnownHosts))
 	if len(c.Workers) == 0 {
