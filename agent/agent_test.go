@@ -499,6 +499,31 @@ func TestSyncOnlyAfterEntryChanges(t *testing.T) {
 	}
 }
 
+// The attributes of a batch's directories, its last change, carry the
+// batch's Sync along: the Sync that ends the batch then sends nothing.
+func TestSetAttrsCarriesTheSync(t *testing.T) {
+	dir := t.TempDir()
+	c := pipeClient(t, dir)
+	ctx := t.Context()
+	if err := c.Mkdir(ctx, "d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteFileAtomic(ctx, "d/a.html", strings.NewReader("a"), replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}); err != nil {
+		t.Fatal(err)
+	}
+	mt := time.Unix(1_600_000_000, 0)
+	res, err := c.SetAttrs(ctx, []replicate.AttrItem{{Path: "d", Dir: true, Attrs: replicate.Attrs{Perm: 0o750, UID: -1, GID: -1, Atime: mt, Mtime: mt}}})
+	if err != nil || len(res) != 1 || !res[0].Found || res[0].Err != nil {
+		t.Fatalf("SetAttrs: %+v, %v", res, err)
+	}
+	if c.unsynced {
+		t.Error("SetAttrs after a write did not sync: the batch's Sync would cost a round trip of its own")
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "d")); err != nil || fi.Mode().Perm() != 0o750 || !fi.ModTime().Equal(mt) {
+		t.Errorf("d: %v, %v; want mode 0750 and mtime %v", fi.Mode(), err, mt)
+	}
+}
+
 // A small write with data that does not decode is refused and writes
 // nothing; the agent stays in step.
 func TestRawFramesBadSmallWrite(t *testing.T) {

@@ -326,8 +326,7 @@ func (c *Client) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a r
 	}
 	stop := c.watch(ctx)
 	defer stop()
-	begin := request{Op: opWriteBegin, Path: p, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
-		Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime)}
+	begin := attrsRequest(opWriteBegin, p, a)
 	if err := c.send(begin); err != nil {
 		return c.ctxErr(ctx, err)
 	}
@@ -389,14 +388,55 @@ func (c *Client) WriteSmallFiles(ctx context.Context, files []replicate.SmallFil
 	err := c.pipeline(ctx, len(files), func(i int) request {
 		f := files[i]
 		enc, z := c.compress(f.Data)
-		a := f.Attrs
-		return request{Op: opWriteSmall, Path: f.Path, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
-			Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime), Rdev: enc, Data: z}
+		r := attrsRequest(opWriteSmall, f.Path, f.Attrs)
+		r.Rdev, r.Data = enc, z
+		return r
 	}, func(i int, resp response) {
 		out[i] = replicate.SmallResult{Kept: resp.flag(), Err: resp.err()}
 	})
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+var _ replicate.AttrSetter = (*Client)(nil)
+
+// SetAttrs implements replicate.AttrSetter: the requests go out together
+// (pipeline), followed by the Sync of the entries changed since the last
+// one, if any: the attributes of a batch's directories are its last
+// change, so the Sync that ends the batch (replicate.Syncer) then costs no
+// round trip of its own. A failed Sync here is left to that one.
+func (c *Client) SetAttrs(ctx context.Context, items []replicate.AttrItem) ([]replicate.AttrResult, error) {
+	out := make([]replicate.AttrResult, len(items))
+	n := len(items)
+	syncing := c.unsynced
+	if syncing {
+		n++
+	}
+	var synced bool
+	err := c.pipeline(ctx, n, func(i int) request {
+		if i == len(items) {
+			return request{Op: opSync}
+		}
+		it := items[i]
+		r := attrsRequest(opSetAttrs, it.Path, it.Attrs)
+		if it.Dir {
+			r.Mode |= uint32(fs.ModeDir)
+		}
+		return r
+	}, func(i int, resp response) {
+		if i == len(items) {
+			synced = resp.err() == nil
+			return
+		}
+		out[i] = replicate.AttrResult{Found: resp.flag(), Err: resp.err()}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if synced {
+		c.unsynced = false
 	}
 	return out, nil
 }
@@ -538,9 +578,9 @@ func (c *Client) KeepIfSame(ctx context.Context, items []replicate.KeepItem) ([]
 	var first error
 	err := c.pipeline(ctx, len(items), func(i int) request {
 		it := items[i]
-		a := it.Attrs
-		return request{Op: opKeepIfSame, Path: it.Path, Off: it.Size, Data: it.Hash, Mode: uint32(a.Perm),
-			UID: int64(a.UID), GID: int64(a.GID), Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime)}
+		r := attrsRequest(opKeepIfSame, it.Path, it.Attrs)
+		r.Off, r.Data = it.Size, it.Hash
+		return r
 	}, func(i int, resp response) {
 		if err := resp.err(); err != nil && first == nil {
 			first = err
@@ -574,8 +614,8 @@ func (c *Client) sendPatch(ctx context.Context, p string, basisSize int64, a rep
 	}
 	stop := c.watch(ctx)
 	defer stop()
-	begin := request{Op: opPatchBegin, Path: p, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
-		Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime), Off: basisSize}
+	begin := attrsRequest(opPatchBegin, p, a)
+	begin.Off = basisSize
 	if err := c.send(begin); err != nil {
 		return 0, c.ctxErr(ctx, err)
 	}

@@ -330,15 +330,13 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 		}
 		return response{Data: sum}, true
 	case opWriteBegin:
-		a := replicate.Attrs{Perm: fs.FileMode(r.Mode), UID: int(r.UID), GID: int(r.GID),
-			Atime: decodeTime(r.Atime), Mtime: decodeTime(r.Mtime)}
+		a := r.attrs()
 		w := &pendingWrite{segs: make(chan segment), done: make(chan error, 1)}
 		s.w = w
 		go func() { w.done <- l.WriteFileAtomic(ctx, r.Path, w, a) }()
 		return response{}, false
 	case opKeepIfSame:
-		a := replicate.Attrs{Perm: fs.FileMode(r.Mode), UID: int(r.UID), GID: int(r.GID),
-			Atime: decodeTime(r.Atime), Mtime: decodeTime(r.Mtime)}
+		a := r.attrs()
 		same, err := l.KeepIfSame(ctx, []replicate.KeepItem{{Path: r.Path, Size: r.Off, Hash: r.Data, Attrs: a}})
 		if err != nil {
 			return errorResponse(err), true
@@ -349,13 +347,24 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 		if err != nil {
 			return errorResponse(err), true
 		}
-		a := replicate.Attrs{Perm: fs.FileMode(r.Mode), UID: int(r.UID), GID: int(r.GID),
-			Atime: decodeTime(r.Atime), Mtime: decodeTime(r.Mtime)}
+		a := r.attrs()
 		kept, err := l.WriteSmallFile(ctx, r.Path, data, a)
 		if err != nil {
 			return errorResponse(err), true
 		}
 		return flagResponse(kept), true
+	case opSetAttrs:
+		res, err := l.SetAttrs(ctx, []replicate.AttrItem{{Path: r.Path, Dir: fs.FileMode(r.Mode)&fs.ModeDir != 0, Attrs: r.attrs()}})
+		if err != nil {
+			return errorResponse(err), true
+		}
+		resp := flagResponse(res[0].Found)
+		if res[0].Err != nil {
+			found := resp.Data
+			resp = errorResponse(res[0].Err)
+			resp.Data = found
+		}
+		return resp, true
 	case opSignature:
 		sig, err := s.signature(ctx, r.Path)
 		if err != nil {
@@ -363,8 +372,7 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 		}
 		return response{Data: sig}, true
 	case opPatchBegin:
-		a := replicate.Attrs{Perm: fs.FileMode(r.Mode), UID: int(r.UID), GID: int(r.GID),
-			Atime: decodeTime(r.Atime), Mtime: decodeTime(r.Mtime)}
+		a := r.attrs()
 		w := &pendingWrite{segs: make(chan segment), done: make(chan error, 1)}
 		s.w = w
 		go func() { w.done <- s.patch(ctx, r.Path, r.Off, w, a) }()

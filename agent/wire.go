@@ -16,7 +16,7 @@ import (
 
 // Version is the protocol version. Master and agent must speak the same:
 // the master uploads its own binary when the worker's agent differs.
-const Version = 2
+const Version = 3
 
 // maxFrame bounds one frame: a data frame carries at most dataChunk bytes,
 // a directory listing is answered in one frame.
@@ -75,6 +75,12 @@ const (
 	// answered like opKeepIfSame, {1} kept, {0} written. The master sends
 	// a batch of them before reading the answers.
 	opWriteSmall
+	// Path, Mode (fs.ModeDir set: the entry must be a directory), UID,
+	// GID, Atime, Mtime: replicate.AttrSetter for one entry; answered
+	// with its outcome and Data = {1} when the worker has the entry, of
+	// that kind, {0} when not. The master sends a batch of them before
+	// reading the answers.
+	opSetAttrs
 	opLast // not an op: bound for validation
 )
 
@@ -107,6 +113,19 @@ type request struct {
 	Off   int64
 	Rdev  uint64
 	Data  []byte
+}
+
+// attrs are the attributes a write, a keep or a set of attributes asks
+// for.
+func (r request) attrs() replicate.Attrs {
+	return replicate.Attrs{Perm: fs.FileMode(r.Mode) &^ fs.ModeDir, UID: int(r.UID), GID: int(r.GID),
+		Atime: decodeTime(r.Atime), Mtime: decodeTime(r.Mtime)}
+}
+
+// attrsRequest is a request of kind o for p with the attributes a.
+func attrsRequest(o op, p string, a replicate.Attrs) request {
+	return request{Op: o, Path: p, Mode: uint32(a.Perm), UID: int64(a.UID), GID: int64(a.GID),
+		Atime: encodeTime(a.Atime), Mtime: encodeTime(a.Mtime)}
 }
 
 // noTime encodes the zero time.Time ("leave it").

@@ -99,22 +99,21 @@ func (s *Shipper) apply(ctx context.Context, plan *Plan) error {
 		maps.Copy(dirs, s.touched)
 	}
 	lost := map[string]int64{}
-	now := time.Now().UnixNano()
+	// The attributes the plan names, then the mode and mtime of every
+	// changed directory, last, when nothing changes their entries any
+	// more. (A directory whose attributes were just copied as a plan
+	// attribute is done.)
+	var targets []attrTarget
 	for _, p := range sortedKeys(plan.Attrs) {
-		if err := s.copyAttrs(ctx, p, plan.Attrs[p], false, lost, now); err != nil {
-			return err
+		targets = append(targets, attrTarget{path: p, ino: plan.Attrs[p]})
+	}
+	for _, p := range sortedKeys(dirs) {
+		if _, ok := plan.Attrs[p]; !ok {
+			targets = append(targets, attrTarget{path: p, dirOnly: true})
 		}
 	}
-	// Mode and mtime of every changed directory are copied from the store
-	// last, when nothing changes their entries any more. (A directory
-	// whose attributes were just copied as a plan attribute is done.)
-	for _, p := range sortedKeys(dirs) {
-		if _, ok := plan.Attrs[p]; ok {
-			continue
-		}
-		if err := s.copyAttrs(ctx, p, 0, true, lost, now); err != nil {
-			return err
-		}
+	if err := s.copyAllAttrs(ctx, targets, lost); err != nil {
+		return err
 	}
 	if _, ok := s.xattrs(); ok {
 		for _, p := range sortedKeys(plan.Xattrs) {
@@ -273,28 +272,89 @@ func (d *dirTracker) WriteFileAtomic(ctx context.Context, p string, r io.Reader,
 	return d.Transport.WriteFileAtomic(ctx, p, r, a)
 }
 
-// copyAttrs copies the store's attributes of p to the worker; an excluded
-// path is skipped, and so is a path the store no longer has: it is added
-// to lost (with the time now), to be copied again by the next plan at the
-// name the op that moved it gives (see Plan.Lost). With ino set, a p the
-// store has meanwhile given to another file (not a directory) is skipped
-// too, see Plan.Attrs.
-func (s *Shipper) copyAttrs(ctx context.Context, p string, ino uint64, dirOnly bool, lost map[string]int64, now int64) error {
-	sfi, err := s.storeLstat(p)
+// attrTarget is a path whose attributes copyAllAttrs copies: if ino is not
+// 0 and the store's entry is no directory, only from that inode; if
+// dirOnly, only from a directory.
+type attrTarget struct {
+	path    string
+	ino     uint64
+	dirOnly bool
+}
+
+// attrSource is the store entry whose attributes t gets; ok is false when
+// there is none to copy. An excluded path is skipped, and so is a path the
+// store no longer has: it is added to lost (with the time now), to be
+// copied again by the next plan at the name the op that moved it gives
+// (see Plan.Lost). With t.ino set, a path the store has meanwhile given to
+// another file (not a directory) is skipped too, see Plan.Attrs.
+func (s *Shipper) attrSource(t attrTarget, lost map[string]int64, now int64) (fs.FileInfo, bool) {
+	sfi, err := s.storeLstat(t.path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) && lost != nil {
-			lost[p] = now
+			lost[t.path] = now
+		}
+		return nil, false
+	}
+	if (t.dirOnly && !sfi.IsDir()) || s.excl.Excluded(t.path, sfi.IsDir()) {
+		return nil, false
+	}
+	if t.ino != 0 && !sfi.IsDir() && inode(sfi) != t.ino {
+		s.log.Debug("not copying attributes: the store holds another file there now", "path", t.path, "inode", inode(sfi), "want", t.ino)
+		return nil, false
+	}
+	return sfi, true
+}
+
+// copyAllAttrs copies the store's attributes of targets to the worker
+// (setAttrs), in one round trip where the transport can (AttrSetter): the
+// end of every batch. Symlinks go one by one.
+func (s *Shipper) copyAllAttrs(ctx context.Context, targets []attrTarget, lost map[string]int64) error {
+	now := time.Now().UnixNano()
+	as, ok := unwrap(s.t).(AttrSetter)
+	if !ok {
+		for _, t := range targets {
+			if sfi, ok := s.attrSource(t, lost, now); ok {
+				if err := s.setAttrs(ctx, t.path, sfi, nil); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	}
-	if (dirOnly && !sfi.IsDir()) || s.excl.Excluded(p, sfi.IsDir()) {
+	var items []AttrItem
+	for _, t := range targets {
+		sfi, ok := s.attrSource(t, lost, now)
+		switch {
+		case !ok:
+		case sfi.Mode()&fs.ModeSymlink != 0:
+			if err := s.setAttrs(ctx, t.path, sfi, nil); err != nil {
+				return err
+			}
+		default:
+			items = append(items, AttrItem{Path: t.path, Dir: sfi.IsDir(), Attrs: s.fileAttrs(sfi)})
+		}
+	}
+	if len(items) == 0 {
 		return nil
 	}
-	if ino != 0 && !sfi.IsDir() && inode(sfi) != ino {
-		s.log.Debug("not copying attributes: the store holds another file there now", "path", p, "inode", inode(sfi), "want", ino)
-		return nil
+	res, err := as.SetAttrs(ctx, items)
+	if err != nil {
+		return s.errf(items[0].Path, fmt.Errorf("setting the attributes of %d entries: %w", len(items), err))
 	}
-	return s.setAttrs(ctx, p, sfi, nil)
+	for i, r := range res {
+		p := items[i].Path
+		if errors.Is(r.Err, ErrOwner) {
+			s.ownerRefused(p, r.Err)
+		} else if r.Err != nil {
+			return s.errf(p, fmt.Errorf("set attributes: %w", r.Err))
+		}
+		if r.Found {
+			if err := s.syncXattrsAt(ctx, p, false); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // applyStep applies one namespace step. When the step cannot be applied

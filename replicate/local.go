@@ -825,6 +825,66 @@ func (l *Local) keepIfSame(ctx context.Context, p string, size int64, hash func(
 	return true, nil
 }
 
+var _ AttrSetter = (*Local)(nil)
+
+// SetAttrs implements AttrSetter.
+func (l *Local) SetAttrs(ctx context.Context, items []AttrItem) ([]AttrResult, error) {
+	out := make([]AttrResult, len(items))
+	for i, it := range items {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		out[i].Found, out[i].Err = l.setAttrs(ctx, it)
+	}
+	return out, nil
+}
+
+// setAttrs is SetAttrs for one item. The owner goes first: a chown clears
+// a file's setuid and setgid bits, which the chmod after it sets again.
+func (l *Local) setAttrs(ctx context.Context, it AttrItem) (found bool, err error) {
+	if err := l.prep(ctx, it.Path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	name := rootName(it.Path)
+	fi, err := l.root.Lstat(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 || fi.IsDir() != it.Dir {
+		return false, nil
+	}
+	a := it.Attrs
+	var ownerErr error
+	chowned := false
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (a.UID >= 0 && uint32(a.UID) != st.Uid || a.GID >= 0 && uint32(a.GID) != st.Gid) {
+		switch err := l.root.Lchown(name, a.UID, a.GID); {
+		case errors.Is(err, fs.ErrPermission):
+			ownerErr = fmt.Errorf("%s: %w: %w", it.Path, ErrOwner, err)
+		case err != nil:
+			return true, err
+		default:
+			chowned = true
+		}
+	}
+	if perm := permBits(a.Perm); chowned || permBits(fi.Mode()) != perm {
+		if err := l.root.Chmod(name, perm); err != nil {
+			return true, err
+		}
+	}
+	if !a.Mtime.IsZero() && !a.Mtime.Equal(fi.ModTime()) {
+		if err := l.root.Chtimes(name, a.Atime, a.Mtime); err != nil {
+			return true, err
+		}
+	}
+	return true, ownerErr
+}
+
 // WriteSmallFiles implements SmallWriter.
 func (l *Local) WriteSmallFiles(ctx context.Context, files []SmallFile) ([]SmallResult, error) {
 	out := make([]SmallResult, len(files))

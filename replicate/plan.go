@@ -682,7 +682,7 @@ func (f *folder) rename(op journal.Op) {
 	// The attributes of the moved entry are copied from the store at its
 	// new name. A setattr of the old name folded into an earlier plan
 	// found nothing to copy when the store had already renamed the entry
-	// (copyAttrs skips a path the store lacks), as with rsync's
+	// (copyAllAttrs skips a path the store lacks), as with rsync's
 	// write-temp, chmod, utimes, rename: nothing else would fix the
 	// worker's mode and mtime. (Dropped in fold when the data ships.)
 	f.attrs.put(op.NewPath, op.File)

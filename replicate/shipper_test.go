@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"golang.org/x/sys/unix"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -1323,6 +1324,84 @@ func (l *loggingLocal) WriteSmallFiles(ctx context.Context, files []SmallFile) (
 	}
 	l.log.add("WriteSmallFiles", fmt.Sprint(len(files)))
 	return l.Local.WriteSmallFiles(ctx, files)
+}
+
+func (l *loggingLocal) Chtimes(ctx context.Context, p string, atime, mtime time.Time) error {
+	l.log.add("Chtimes", p)
+	return l.Local.Chtimes(ctx, p, atime, mtime)
+}
+
+func (l *loggingLocal) SetAttrs(ctx context.Context, items []AttrItem) ([]AttrResult, error) {
+	for _, it := range items {
+		l.log.add("SetAttrs", it.Path)
+	}
+	return l.Local.SetAttrs(ctx, items)
+}
+
+// A batch ends by giving the worker's directories the store's attributes
+// (every page saved changes its directory's mtime): one request for all of
+// them, not a look and a chtimes per directory.
+func TestShipperDirAttrsInOneRequest(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	dirs := []string{"a", "b", "c"}
+	for _, d := range dirs {
+		f.mkdir(d)
+	}
+	var calls callLog
+	wrap := func(tr Transport) Transport { return &loggingLocal{Local: tr.(*Local), log: &calls} }
+	caughtUpThenStopped(t, f, worker, nil, wrap)
+	for _, d := range dirs {
+		f.writeFile(d+"/index.html", "page "+d)
+	}
+	calls.reset()
+	startedShipper(t, f, worker, nil, wrap)
+	compareTrees(t, f.store, worker, nil)
+	got := calls.get()
+	for _, d := range dirs {
+		if !slices.Contains(got, "SetAttrs "+d) {
+			t.Errorf("requests: %q; want the attributes of %s set with the others", got, d)
+		}
+		if slices.Contains(got, "Lstat "+d) || slices.Contains(got, "Chtimes "+d) {
+			t.Errorf("requests: %q; want no look or chtimes of %s alone", got, d)
+		}
+	}
+}
+
+// A setuid file given another owner in the store (chown, then chmod: the
+// kernel clears the bit on a chown) keeps its bit on the worker, whose own
+// chown clears it there too: over
+// a transport that sets attributes in one request and over one that does
+// not (chmod, chown and chtimes one by one).
+func TestShipperChownKeepsSetuid(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root to chown")
+		}
+		t.Skip("needs root to chown")
+	}
+	for name, wrap := range map[string]func(Transport) Transport{
+		"AttrSetter": nil,
+		"one by one": func(tr Transport) Transport { return struct{ Transport }{tr} },
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFsim(t)
+			worker := workerDir(t)
+			id := f.writeFile("tool", "#!/bin/sh\n")
+			f.chmod("tool", 0o755|fs.ModeSetuid)
+			caughtUpThenStopped(t, f, worker, nil, wrap)
+			// The store's chown clears the bit too: the owner sets it again.
+			f.must(os.Chown(f.abs("tool"), 4242, 4343))
+			f.j.Append(journal.Op{Kind: journal.KindSetattr, File: id, Path: "tool", Mask: journal.AttrUID | journal.AttrGID, UID: 4242, GID: 4343})
+			f.chmod("tool", 0o755|fs.ModeSetuid)
+			startedShipper(t, f, worker, nil, wrap)
+			var st unix.Stat_t
+			f.must(unix.Lstat(filepath.Join(worker, "tool"), &st))
+			if st.Uid != 4242 || st.Gid != 4343 || st.Mode&0o7777 != 0o4755 {
+				t.Errorf("worker's tool: uid %d gid %d mode %o; want 4242 4343 4755", st.Uid, st.Gid, st.Mode&0o7777)
+			}
+		})
+	}
 }
 
 // A page hard-linked to another name, then saved by rename with the same

@@ -447,17 +447,22 @@ func (s *Shipper) setAttrs(ctx context.Context, p string, sfi fs.FileInfo, wfi *
 	if wfi.Mode&fs.ModeSymlink != 0 || wfi.IsDir() != sfi.IsDir() {
 		return nil
 	}
-	if perm := permBits(sfi.Mode()); permBits(wfi.Mode) != perm {
-		if err := s.t.Chmod(ctx, p, perm); err != nil {
-			return s.errf(p, fmt.Errorf("chmod: %w", err))
-		}
-	}
+	// The owner goes first: a chown clears a file's setuid and setgid
+	// bits, which the chmod after it sets again.
+	chowned := false
 	if st, ok := sfi.Sys().(*syscall.Stat_t); ok && !s.chownOff && (st.Uid != wfi.UID || st.Gid != wfi.GID) {
 		if err := s.t.Chown(ctx, p, int(st.Uid), int(st.Gid)); err != nil {
 			if !errors.Is(err, fs.ErrPermission) {
 				return s.errf(p, fmt.Errorf("chown: %w", err))
 			}
 			s.ownerRefused(p, err)
+		} else {
+			chowned = true
+		}
+	}
+	if perm := permBits(sfi.Mode()); chowned || permBits(wfi.Mode) != perm {
+		if err := s.t.Chmod(ctx, p, perm); err != nil {
+			return s.errf(p, fmt.Errorf("chmod: %w", err))
 		}
 	}
 	if mt := sfi.ModTime(); !sameMtime(mt, wfi.Mtime, linkAttrs) {

@@ -201,6 +201,37 @@ type SmallResult struct {
 // SmallWriter; larger ones by delta or streamed.
 const SmallMax = 64 << 10
 
+// AttrSetter is an optional Transport capability: the mode, owner and
+// times of many entries in one round trip. A batch ends by giving every
+// directory it changed the store's attributes (each rename, create or
+// removal changes a directory's mtime on the worker too); over a
+// transport without it, that is a look and a chtimes per directory, two
+// round trips, after the files are already in place.
+//
+// For each item, the worker looks at its entry p without following a
+// symlink. An entry that is missing, a symlink, or a directory where the
+// item is none (or the other way round) is left alone: Found is false.
+// Otherwise it gets the item's permission bits, owner (UID or GID -1:
+// left) and times where they differ; a refused chown is an ErrOwner error
+// and the times are set nonetheless. SetAttrs answers each item with its
+// own outcome; the error it returns alone is the transport's.
+type AttrSetter interface {
+	SetAttrs(ctx context.Context, items []AttrItem) ([]AttrResult, error)
+}
+
+// AttrItem is one entry for AttrSetter.
+type AttrItem struct {
+	Path  string
+	Dir   bool // the worker's entry must be a directory, else not one
+	Attrs Attrs
+}
+
+// AttrResult is the outcome of one AttrItem.
+type AttrResult struct {
+	Found bool // the worker has the entry, of the item's kind
+	Err   error
+}
+
 // Keeper is an optional Transport capability, for files saved again with
 // the content the worker already has (a deploy that rewrites everything,
 // an editor's save without changes). KeepIfSame answers, for each item,

@@ -47,6 +47,7 @@ func Run(t *testing.T, newT Factory) {
 		{"Special", testSpecial},
 		{"Hash", testHash},
 		{"SmallWriter", testSmallWrite},
+		{"AttrSetter", testSetAttrs},
 		{"Sync", testSync},
 	}
 	for _, tc := range tests {
@@ -1086,4 +1087,79 @@ func testSmallWrite(t *testing.T, tr replicate.Transport, dir string) {
 	mustContent(t, dir, "b1", "one")
 	mustContent(t, dir, "b2", string(page))
 	noTemps(t, dir)
+}
+
+func testSetAttrs(t *testing.T, tr replicate.Transport, dir string) {
+	as, ok := tr.(replicate.AttrSetter)
+	if !ok {
+		t.Skip("transport lacks the AttrSetter capability")
+	}
+	ctx := t.Context()
+	t0, t1, t2 := time.Unix(1_500_000_000, 0), time.Unix(1_600_000_000, 123), time.Unix(1_700_000_000, 456)
+	put(t, tr, "f.html", "page", 0o644, t0)
+	if err := tr.Mkdir(ctx, "d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Symlink(ctx, "f.html", "l"); err != nil {
+		t.Fatal(err)
+	}
+	attrs := func(perm fs.FileMode, mt time.Time) replicate.Attrs {
+		return replicate.Attrs{Perm: perm, UID: -1, GID: -1, Atime: mt, Mtime: mt}
+	}
+	items := []replicate.AttrItem{
+		{Path: "d", Dir: true, Attrs: attrs(0o750, t1)},
+		{Path: "f.html", Attrs: attrs(0o600, t2)},
+		{Path: "missing", Attrs: attrs(0o600, t2)},
+		{Path: "no/such/parent", Dir: true, Attrs: attrs(0o700, t2)},
+		{Path: "l", Attrs: attrs(0o777, t2)},                 // a symlink: left alone, not followed
+		{Path: "d", Attrs: attrs(0o700, t2)},                 // not a directory: left alone
+		{Path: "f.html", Dir: true, Attrs: attrs(0o700, t1)}, // a directory: left alone
+		{Path: "../up", Attrs: attrs(0o700, t1)},
+	}
+	res, err := as.SetAttrs(ctx, items)
+	if err != nil || len(res) != len(items) {
+		t.Fatalf("SetAttrs: %d results, %v", len(res), err)
+	}
+	want := []bool{true, true, false, false, false, false, false, false}
+	for i, r := range res[:len(res)-1] {
+		if r.Err != nil || r.Found != want[i] {
+			t.Errorf("item %d (%s, dir %v): found %v, %v; want found %v, no error", i, items[i].Path, items[i].Dir, r.Found, r.Err, want[i])
+		}
+	}
+	if r := res[len(res)-1]; !errors.Is(r.Err, replicate.ErrInvalidPath) {
+		t.Errorf("item ../up: %v, want ErrInvalidPath", r.Err)
+	}
+	check := func(p string, perm fs.FileMode, mt time.Time) {
+		t.Helper()
+		fi, err := os.Lstat(filepath.Join(dir, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != perm || !fi.ModTime().Equal(mt) {
+			t.Errorf("%s: mode %v, mtime %v; want %v, %v", p, fi.Mode().Perm(), fi.ModTime(), perm, mt)
+		}
+	}
+	check("d", 0o750, t1)
+	check("f.html", 0o600, t2)
+	if _, err := os.Lstat(filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing: %v, want it still missing", err)
+	}
+
+	if os.Geteuid() != 0 {
+		return
+	}
+	// As root: a new owner for a setuid file, whose bit the chown clears.
+	put(t, tr, "tool", "#!/bin/sh\n", 0o755|fs.ModeSetuid, t0)
+	owned := replicate.Attrs{Perm: 0o755 | fs.ModeSetuid, UID: 4242, GID: 4343, Atime: t1, Mtime: t1}
+	res, err = as.SetAttrs(ctx, []replicate.AttrItem{{Path: "tool", Attrs: owned}})
+	if err != nil || len(res) != 1 || !res[0].Found || res[0].Err != nil {
+		t.Fatalf("SetAttrs of an owner: %+v, %v", res, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(dir, "tool"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != 4242 || st.Gid != 4343 || st.Mode&0o7777 != 0o4755 {
+		t.Errorf("tool: uid %d gid %d mode %o; want 4242 4343 4755", st.Uid, st.Gid, st.Mode&0o7777)
+	}
 }
