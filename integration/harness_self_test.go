@@ -426,7 +426,7 @@ control: "/m/ctl.sock"
 exclude: ["*.swp", "we\"ird"]
 batch: {delay: "10ms", max_ops: 50000, hold_open: 60s}
 retry: {min: 50ms, max: 1s}
-log: {level: debug}
+log: {level: "debug"}
 ssh: {user: root, identity: ["/k/id_ed25519"], known_hosts: "/m/known_hosts", connect_timeout: 5s}
 workers:
   - {name: "w1", host: 127.0.0.1, port: 40001, root: "/r/w1"}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -230,9 +231,6 @@ func newCluster(t testing.TB, opts clusterOptions) *cluster {
 	if opts.BatchDelay == "" {
 		opts.BatchDelay = "10ms"
 	}
-	if opts.LogLevel == "" {
-		opts.LogLevel = "debug"
-	}
 	c := &cluster{opts: opts, Bin: mirrorfsBinary(t), excluded: excludeMatcher(opts.Exclude)}
 
 	// Resolve symlinks so that the mount point is spelled as in mountinfo.
@@ -335,7 +333,7 @@ func (c *cluster) configYAML() string {
 	fmt.Fprintf(&b, "exclude: [%s]\n", strings.Join(ex, ", "))
 	fmt.Fprintf(&b, "batch: {delay: %s, max_ops: 50000, hold_open: 60s}\n", yamlString(c.opts.BatchDelay))
 	fmt.Fprintf(&b, "retry: {min: 50ms, max: 1s}\n")
-	fmt.Fprintf(&b, "log: {level: %s}\n", yamlString(c.opts.LogLevel))
+	fmt.Fprintf(&b, "log: {level: %s}\n", yamlString(cmp.Or(c.opts.LogLevel, "debug")))
 	fmt.Fprintf(&b, "ssh: {user: root, identity: [%s], known_hosts: %s, connect_timeout: 5s}\n",
 		yamlString(c.Identity), yamlString(c.KnownHosts))
 	if len(c.Workers) == 0 {
