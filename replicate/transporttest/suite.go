@@ -1115,19 +1115,23 @@ func testSetAttrs(t *testing.T, tr replicate.Transport, dir string) {
 		{Path: "d", Attrs: attrs(0o700, t2)},                 // not a directory: left alone
 		{Path: "f.html", Dir: true, Attrs: attrs(0o700, t1)}, // a directory: left alone
 		{Path: "../up", Attrs: attrs(0o700, t1)},
+		{Path: "", Dir: true, Attrs: attrs(0o711, t2)}, // the root
 	}
 	res, err := as.SetAttrs(ctx, items)
 	if err != nil || len(res) != len(items) {
 		t.Fatalf("SetAttrs: %d results, %v", len(res), err)
 	}
-	want := []bool{true, true, false, false, false, false, false, false}
-	for i, r := range res[:len(res)-1] {
-		if r.Err != nil || r.Found != want[i] {
-			t.Errorf("item %d (%s, dir %v): found %v, %v; want found %v, no error", i, items[i].Path, items[i].Dir, r.Found, r.Err, want[i])
+	want := []bool{true, true, false, false, false, false, false, false, true}
+	for i, r := range res {
+		if items[i].Path == "../up" {
+			if !errors.Is(r.Err, replicate.ErrInvalidPath) {
+				t.Errorf("item ../up: %v, want ErrInvalidPath", r.Err)
+			}
+			continue
 		}
-	}
-	if r := res[len(res)-1]; !errors.Is(r.Err, replicate.ErrInvalidPath) {
-		t.Errorf("item ../up: %v, want ErrInvalidPath", r.Err)
+		if r.Err != nil || r.Found != want[i] {
+			t.Errorf("item %d (%q, dir %v): found %v, %v; want found %v, no error", i, items[i].Path, items[i].Dir, r.Found, r.Err, want[i])
+		}
 	}
 	check := func(p string, perm fs.FileMode, mt time.Time) {
 		t.Helper()
@@ -1141,6 +1145,7 @@ func testSetAttrs(t *testing.T, tr replicate.Transport, dir string) {
 	}
 	check("d", 0o750, t1)
 	check("f.html", 0o600, t2)
+	check("", 0o711, t2)
 	if _, err := os.Lstat(filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("missing: %v, want it still missing", err)
 	}
