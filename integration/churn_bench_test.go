@@ -32,7 +32,9 @@ import (
 //	                 initial sync (then one warm-up save, after which the
 //	                 daemon reports w4 disconnected) and stays down, so the
 //	                 daemon keeps its changes and retries it meanwhile. Every 10th save is
-//	                 a sample: a poller (every 1 ms) reads the page on each
+//	                 a sample: a poller, woken by inotify when a page is
+//	                 renamed into place on a worker (polling every 1 ms until
+//	                 2026-12-07), reads the page on each
 //	                 live worker until the worker has that save or a later
 //	                 one of the same page (later saves of a page come 2.5 s
 //	                 apart); lag runs from the rename returning to then.
@@ -134,8 +136,8 @@ type churnProbe struct {
 	rss int // pid whose VmRSS is sampled
 }
 
-// churnRun saves into dir at rate saves per second for d and polls every
-// 10th save on each of roots. probe's CPU is read at the start, at the end
+// churnRun saves into dir at rate saves per second for d and watches for
+// every 10th save on each of roots (rootsWatch). probe's CPU is read at the start, at the end
 // of the churn and once every sample is seen; its RSS every 100 ms.
 func churnRun(b *testing.B, dir string, roots []string, rate int, d time.Duration, probe churnProbe, workerCPU func() time.Duration) churnResult {
 	b.Helper()
@@ -179,9 +181,11 @@ func churnRun(b *testing.B, dir string, roots []string, rate int, d time.Duratio
 		}
 	}()
 
-	// Poller: until the writer is done and nothing is pending, or the
-	// drain deadline.
+	// Poller, woken by each page renamed into place on a worker: until
+	// the writer is done and nothing is pending, or the drain deadline.
 	maxSaves := int(d.Seconds()*float64(rate)) + 1
+	watch := newRootsWatch(b, roots)
+	defer watch.close()
 	pollDone := make(chan struct{})
 	go func() {
 		defer close(pollDone)
@@ -241,7 +245,7 @@ func churnRun(b *testing.B, dir string, roots []string, rate int, d time.Duratio
 				}
 			default:
 			}
-			time.Sleep(time.Millisecond)
+			watch.wait()
 		}
 	}()
 

@@ -298,14 +298,14 @@ func lsyncdBenchSaves(b *testing.B, dir string, roots []string, saves int) []tim
 	return lat
 }
 
-// rootsWatch tells when a page becomes visible on every worker root. It
-// waits on inotify rather than polling: a page lands on a worker by a
-// rename into place (rsync and mirrorfs alike), and the event wakes the
-// wait within microseconds, where a poll every millisecond added half a
-// millisecond on average to a measurement of about two, and a tighter poll
-// would take CPU from the workers it measures. Every wake-up checks the
-// content, so an event for another name or an older content only costs a
-// read; the wait also checks every 5 ms, in case an event is missed.
+// rootsWatch tells when pages become visible on the worker roots. It waits
+// on inotify rather than polling: a page lands on a worker by a rename into
+// place (rsync and mirrorfs alike), and the event wakes the wait within
+// microseconds, where a poll every millisecond added half a millisecond on
+// average to a measurement of about two, and a tighter poll would take CPU
+// from the workers it measures. Every wake-up checks the content, so an
+// event for another name or an older content only costs a read; a wait
+// also ends after watchFallback, in case a page arrives another way.
 type rootsWatch struct {
 	b     *testing.B
 	fd    int
@@ -320,12 +320,26 @@ func newRootsWatch(b *testing.B, roots []string) *rootsWatch {
 		b.Fatalf("inotify_init1: %v", err)
 	}
 	for _, r := range roots {
-		if _, err := unix.InotifyAddWatch(fd, r, unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE|unix.IN_CREATE); err != nil {
+		if _, err := unix.InotifyAddWatch(fd, r, unix.IN_MOVED_TO); err != nil {
 			unix.Close(fd)
 			b.Fatalf("inotify watch on %s: %v", r, err)
 		}
 	}
 	return &rootsWatch{b: b, fd: fd, roots: roots, buf: make([]byte, 64<<10)}
+}
+
+// watchFallback bounds a wait for an event.
+const watchFallback = 5 * time.Millisecond
+
+// wait returns after an event in a root, or after watchFallback, with the
+// events queued so far discarded. It may run on any goroutine.
+func (w *rootsWatch) wait() {
+	fds := []unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLIN}}
+	if _, err := unix.Poll(fds, int(watchFallback.Milliseconds())); err != nil && err != unix.EINTR {
+		w.b.Errorf("poll inotify: %v", err)
+		time.Sleep(watchFallback)
+	}
+	w.drain()
 }
 
 // drain discards the events queued so far.
@@ -356,11 +370,7 @@ func (w *rootsWatch) waitAll(rel string, want []byte) time.Time {
 		if now.After(deadline) {
 			w.b.Fatalf("%s: new content (%d B) not on %v after %v", rel, len(want), pending, lsyncdBenchTimeout)
 		}
-		fds := []unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLIN}}
-		if _, err := unix.Poll(fds, 5); err != nil && err != unix.EINTR {
-			w.b.Fatalf("poll inotify: %v", err)
-		}
-		w.drain()
+		w.wait()
 	}
 }
 
