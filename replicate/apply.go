@@ -589,16 +589,55 @@ func (s *Shipper) keepUnchanged(ctx context.Context, plan *Plan) (map[string]boo
 	if !ok {
 		return nil, nil
 	}
-	var items []KeepItem
+	var cands []keepCand
 	for _, id := range plan.Ship {
 		if len(id.Names) != 1 || id.Free[id.Names[0]] || s.openForWrite(id.ID) {
 			continue
 		}
-		if it, ok := s.keepItem(id.Names[0], id.ID); ok {
+		cands = append(cands, keepCand{path: id.Names[0], ino: id.ID, size: -1})
+	}
+	return s.keepFiles(ctx, k, cands)
+}
+
+// keepCand is a store file Keeper may keep: its path, inode and size (-1
+// when not looked at yet).
+type keepCand struct {
+	path string
+	ino  uint64
+	size int64
+}
+
+// keepFiles hashes the store files cands and asks the worker which of them
+// it has already (askKeep). A lone small file is not even read: it goes
+// whole in one request anyway (see loneWhole).
+func (s *Shipper) keepFiles(ctx context.Context, k Keeper, cands []keepCand) (map[string]bool, error) {
+	if len(cands) == 1 {
+		c := cands[0]
+		if c.size < 0 {
+			if fi, err := s.storeLstat(c.path); err == nil {
+				c.size = fi.Size()
+			}
+		}
+		if c.size >= 0 && s.loneWhole(c.size) {
+			return nil, nil
+		}
+	}
+	var items []KeepItem
+	for _, c := range cands {
+		if it, ok := s.keepItem(c.path, c.ino); ok {
 			items = append(items, it)
 		}
 	}
 	return s.askKeep(ctx, k, items)
+}
+
+// loneWhole reports whether a file of size bytes, alone in its batch (an
+// editor's save), goes in one request that the worker skips if it has the
+// content (SmallWriter), rather than being offered first (Keeper): asking
+// first would cost a round trip more when it has not, as it mostly has not.
+func (s *Shipper) loneWhole(size int64) bool {
+	_, ok := unwrap(s.t).(SmallWriter)
+	return ok && size <= loneKeepMax
 }
 
 // askKeep asks the worker which of items it has already (Keeper) and
@@ -607,11 +646,8 @@ func (s *Shipper) askKeep(ctx context.Context, k Keeper, items []KeepItem) (map[
 	if len(items) == 0 {
 		return nil, nil
 	}
-	if _, ok := unwrap(s.t).(SmallWriter); ok && len(items) == 1 && items[0].Size <= loneKeepMax {
-		// A lone small file (an editor's save) goes in one request that
-		// the worker skips if it has the content: asking first would
-		// cost a round trip more when it has not, as it mostly has not.
-		return nil, nil
+	if len(items) == 1 && s.loneWhole(items[0].Size) {
+		return nil, nil // one left of several candidates
 	}
 	same, err := k.KeepIfSame(ctx, items)
 	if err != nil {
@@ -636,7 +672,7 @@ func (s *Shipper) keepRefreshed(ctx context.Context, sy *syncer, paths []string)
 	if !ok {
 		return nil, nil
 	}
-	var items []KeepItem
+	var cands []keepCand
 	for _, p := range paths {
 		if sy.skip[p] || p == "" {
 			continue
@@ -645,11 +681,9 @@ func (s *Shipper) keepRefreshed(ctx context.Context, sy *syncer, paths []string)
 		if err != nil || !sfi.Mode().IsRegular() || sfi.Size() > keepMaxSize || s.excl.Excluded(p, false) || s.openForWrite(inode(sfi)) {
 			continue
 		}
-		if it, ok := s.keepItem(p, inode(sfi)); ok {
-			items = append(items, it)
-		}
+		cands = append(cands, keepCand{path: p, ino: inode(sfi), size: sfi.Size()})
 	}
-	return s.askKeep(ctx, k, items)
+	return s.keepFiles(ctx, k, cands)
 }
 
 // keepItem describes the store file p (inode ino) for Keeper, reading it
