@@ -787,7 +787,6 @@ func (l *Local) keepIfSame(ctx context.Context, p string, size int64, hash func(
 		// file splits it.
 		return false, nil
 	}
-	fi := localInfo(ofi)
 	sum, err := l.Hash(ctx, p)
 	if err != nil || !bytes.Equal(sum, hash()) {
 		return false, nil
@@ -801,26 +800,8 @@ func (l *Local) keepIfSame(ctx context.Context, p string, size int64, hash func(
 			}
 		}
 	}
-	perm := a.Perm & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-	if (a.UID >= 0 && uint32(a.UID) != fi.UID) || (a.GID >= 0 && uint32(a.GID) != fi.GID) {
-		if err := l.Chown(ctx, p, a.UID, a.GID); err != nil {
-			return false, nil
-		}
-		fi.Mode = 0 // chown cleared setuid/setgid: set the mode below
-	}
-	if fi.Mode.Perm() != perm.Perm() || fi.Mode&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != perm&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) {
-		if err := l.Chmod(ctx, p, perm); err != nil {
-			return false, nil
-		}
-	}
-	if !a.Mtime.IsZero() && !a.Mtime.Equal(fi.Mtime) {
-		at := a.Atime
-		if at.IsZero() {
-			at = a.Mtime
-		}
-		if err := l.Chtimes(ctx, p, at, a.Mtime); err != nil {
-			return false, nil
-		}
+	if err := l.applyAttrs(p, ofi, a); err != nil {
+		return false, nil // a refused owner too: a new file gets the error
 	}
 	return true, nil
 }
@@ -839,8 +820,7 @@ func (l *Local) SetAttrs(ctx context.Context, items []AttrItem) ([]AttrResult, e
 	return out, nil
 }
 
-// setAttrs is SetAttrs for one item. The owner goes first: a chown clears
-// a file's setuid and setgid bits, which the chmod after it sets again.
+// setAttrs is SetAttrs for one item.
 func (l *Local) setAttrs(ctx context.Context, it AttrItem) (found bool, err error) {
 	if err := l.prep(ctx, it.Path); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -848,8 +828,7 @@ func (l *Local) setAttrs(ctx context.Context, it AttrItem) (found bool, err erro
 		}
 		return false, err
 	}
-	name := rootName(it.Path)
-	fi, err := l.root.Lstat(name)
+	fi, err := l.root.Lstat(rootName(it.Path))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -859,30 +838,44 @@ func (l *Local) setAttrs(ctx context.Context, it AttrItem) (found bool, err erro
 	if fi.Mode()&fs.ModeSymlink != 0 || fi.IsDir() != it.Dir {
 		return false, nil
 	}
-	a := it.Attrs
+	return true, l.applyAttrs(it.Path, fi, it.Attrs)
+}
+
+// applyAttrs gives p, whose lstat is fi (not a symlink), the owner,
+// permission bits and times of a where they differ, as WriteFileAtomic
+// sets them (a zero atime becomes the mtime). The owner goes first: a
+// chown clears a file's setuid and setgid bits, which the chmod after it
+// sets again. A refused chown is an ErrOwner error, after the mode and
+// times are set.
+func (l *Local) applyAttrs(p string, fi fs.FileInfo, a Attrs) error {
+	name := rootName(p)
 	var ownerErr error
 	chowned := false
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (a.UID >= 0 && uint32(a.UID) != st.Uid || a.GID >= 0 && uint32(a.GID) != st.Gid) {
 		switch err := l.root.Lchown(name, a.UID, a.GID); {
 		case errors.Is(err, fs.ErrPermission):
-			ownerErr = fmt.Errorf("%s: %w: %w", it.Path, ErrOwner, err)
+			ownerErr = fmt.Errorf("%s: %w: %w", p, ErrOwner, err)
 		case err != nil:
-			return true, err
+			return err
 		default:
 			chowned = true
 		}
 	}
 	if perm := permBits(a.Perm); chowned || permBits(fi.Mode()) != perm {
 		if err := l.root.Chmod(name, perm); err != nil {
-			return true, err
+			return err
 		}
 	}
 	if !a.Mtime.IsZero() && !a.Mtime.Equal(fi.ModTime()) {
-		if err := l.root.Chtimes(name, a.Atime, a.Mtime); err != nil {
-			return true, err
+		at := a.Atime
+		if at.IsZero() {
+			at = a.Mtime
+		}
+		if err := l.root.Chtimes(name, at, a.Mtime); err != nil {
+			return err
 		}
 	}
-	return true, ownerErr
+	return ownerErr
 }
 
 // WriteSmallFiles implements SmallWriter.
