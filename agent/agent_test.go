@@ -11,7 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -189,9 +191,9 @@ func TestServeRefusesSymlinkRoot(t *testing.T) {
 	}
 }
 
-// rawAgent runs Serve on root and returns a function sending one request
-// frame and returning the decoded answer (none for opWriteBegin).
-func rawAgent(t *testing.T, root string) func(request) (response, bool) {
+// agentPipes serves an agent on root until the test ends, over pipes: the
+// master's frames go to fromMaster, the agent's answers come from toMaster.
+func agentPipes(t *testing.T, root string) (fromMaster *io.PipeWriter, toMaster *io.PipeReader) {
 	t.Helper()
 	toAgent, fromMaster := io.Pipe()
 	toMaster, fromAgent := io.Pipe()
@@ -207,6 +209,14 @@ func rawAgent(t *testing.T, root string) func(request) (response, bool) {
 			t.Errorf("agent: %v", err)
 		}
 	})
+	return fromMaster, toMaster
+}
+
+// rawAgent runs Serve on root and returns a function sending one request
+// frame and returning the decoded answer (none for opWriteBegin).
+func rawAgent(t *testing.T, root string) func(request) (response, bool) {
+	t.Helper()
+	fromMaster, toMaster := agentPipes(t, root)
 	var buf []byte
 	send := func(r request) (response, bool) {
 		t.Helper()
@@ -584,5 +594,58 @@ func TestPipelineAcrossGroups(t *testing.T) {
 		if !ok {
 			t.Fatalf("file %d not kept", i)
 		}
+	}
+}
+
+// Small files that arrive together are written as one run (their fsyncs
+// side by side: replicate.Local.WriteSmallFiles), and a request of another
+// kind ends the run: the answers come in order, and a removal sent after
+// a file's write finds the file there.
+func TestSmallFilesRunUntilAnotherRequest(t *testing.T) {
+	var mu sync.Mutex
+	var runs []int
+	testHookSmallRun = func(n int) { mu.Lock(); runs = append(runs, n); mu.Unlock() }
+	t.Cleanup(func() { testHookSmallRun = nil })
+
+	root := t.TempDir()
+	fromMaster, toMaster := agentPipes(t, root)
+	small := func(p, data string) request {
+		return request{Op: opWriteSmall, Path: p, Mode: 0o644, UID: -1, GID: -1, Atime: noTime, Mtime: noTime, Data: []byte(data)}
+	}
+	reqs := []request{{Op: opHello, Off: Version}, small("a.html", "a"), small("b.html", "b"), {Op: opRemove, Path: "a.html"}, small("c.html", "c")}
+	var frames bytes.Buffer
+	for _, r := range reqs {
+		if err := writeFrame(&frames, r.encode()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := make(chan error, 1)
+	go func() { _, err := fromMaster.Write(frames.Bytes()); sent <- err }() // one write: all buffered at once
+	var buf []byte
+	for _, r := range reqs {
+		var err error
+		if buf, err = readFrame(toMaster, buf); err != nil {
+			t.Fatalf("answer to %v %s: %v", r.Op, r.Path, err)
+		}
+		resp, err := decodeResponse(buf)
+		if err != nil || resp.err() != nil {
+			t.Fatalf("answer to %v %s: %v, %v", r.Op, r.Path, err, resp.err())
+		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "a.html")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a.html after its removal: %v", err)
+	}
+	for _, p := range []string{"b.html", "c.html"} {
+		if b, err := os.ReadFile(filepath.Join(root, p)); err != nil || string(b) != p[:1] {
+			t.Errorf("%s = %q, %v", p, b, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(runs, []int{2, 1}) {
+		t.Errorf("small files per run: %v, want [2 1] (a.html and b.html, then c.html after the removal)", runs)
 	}
 }

@@ -94,12 +94,28 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, root string, log *s
 		if s.w == nil && (req.Op == opWriteData || req.Op == opWriteEnd || req.Op == opWriteAbort) {
 			return errors.New("agent protocol: file data without a transfer in progress")
 		}
-		resp, answer := s.handle(ctx, req)
-		if !answer {
-			continue
-		}
-		if err := writeFrame(s.out, resp.encode()); err != nil {
-			return err
+		if req.Op == opWriteSmall && s.w == nil {
+			s.small = append(s.small, smallRequest(req))
+			// The master sends a batch's small files together: the ones
+			// already here are written as one group, whose fsyncs share
+			// a journal commit (replicate.Local.WriteSmallFiles).
+			if br.Buffered() > 0 && len(s.small) < smallRunMax {
+				continue
+			}
+			if err := s.writeSmall(ctx); err != nil {
+				return err
+			}
+		} else {
+			if err := s.writeSmall(ctx); err != nil { // the run before req
+				return err
+			}
+			resp, answer := s.handle(ctx, req)
+			if !answer {
+				continue
+			}
+			if err := writeFrame(s.out, resp.encode()); err != nil {
+				return err
+			}
 		}
 		// Flush once nothing more is waiting: a burst of small requests
 		// is answered in one write.
@@ -140,6 +156,65 @@ type server struct {
 	out   *bufio.Writer
 	hello bool
 	w     *pendingWrite // the WriteFileAtomic in progress, if any
+	small []smallFile   // opWriteSmall requests read, not yet answered
+}
+
+// smallRunMax bounds the opWriteSmall requests answered together.
+const smallRunMax = 256
+
+// testHookSmallRun, set by tests, sees the number of requests in each run
+// of small files written together.
+var testHookSmallRun func(n int)
+
+// smallFile is one opWriteSmall request: its file, or why its data is
+// unusable.
+type smallFile struct {
+	file replicate.SmallFile
+	err  error
+}
+
+func smallRequest(r request) smallFile {
+	data, err := decodeData(r.Rdev, r.Data) // a copy: r.Data is the frame buffer's
+	return smallFile{file: replicate.SmallFile{Path: r.Path, Data: data, Attrs: r.attrs()}, err: err}
+}
+
+// writeSmall writes the small files read since the last answer, as one
+// group, and answers each request in order: kept or not, or its error.
+func (s *server) writeSmall(ctx context.Context) error {
+	if len(s.small) == 0 {
+		return nil
+	}
+	if testHookSmallRun != nil {
+		testHookSmallRun(len(s.small))
+	}
+	var files []replicate.SmallFile
+	for _, f := range s.small {
+		if f.err == nil {
+			files = append(files, f.file)
+		}
+	}
+	res, err := s.l.WriteSmallFiles(ctx, files)
+	for _, f := range s.small {
+		var resp response
+		switch {
+		case f.err != nil:
+			resp = errorResponse(f.err)
+		case err != nil: // the context's: nothing is known of the files
+			resp = errorResponse(err)
+		default:
+			resp = flagResponse(res[0].Kept)
+			if res[0].Err != nil {
+				resp = errorResponse(res[0].Err)
+			}
+			res = res[1:]
+		}
+		if err := writeFrame(s.out, resp.encode()); err != nil {
+			return err
+		}
+	}
+	clear(s.small) // drop the data
+	s.small = s.small[:0]
+	return nil
 }
 
 // pendingWrite is a WriteFileAtomic fed by WriteData frames.
@@ -342,17 +417,6 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 			return errorResponse(err), true
 		}
 		return flagResponse(same[0]), true
-	case opWriteSmall:
-		data, err := decodeData(r.Rdev, r.Data)
-		if err != nil {
-			return errorResponse(err), true
-		}
-		a := r.attrs()
-		kept, err := l.WriteSmallFile(ctx, r.Path, data, a)
-		if err != nil {
-			return errorResponse(err), true
-		}
-		return flagResponse(kept), true
 	case opSetAttrs:
 		res, err := l.SetAttrs(ctx, []replicate.AttrItem{{Path: r.Path, Dir: fs.FileMode(r.Mode)&fs.ModeDir != 0, Attrs: r.attrs()}})
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -1086,6 +1087,46 @@ func testSmallWrite(t *testing.T, tr replicate.Transport, dir string) {
 	}
 	mustContent(t, dir, "b1", "one")
 	mustContent(t, dir, "b2", string(page))
+	noTemps(t, dir)
+
+	// A path twice in one call: the later content wins, whatever the
+	// worker had (here the later one: it must not be kept and then
+	// replaced by the earlier).
+	twice := []replicate.SmallFile{
+		{Path: "b1", Data: []byte("earlier"), Attrs: replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}},
+		{Path: "b1", Data: []byte("one"), Attrs: replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}},
+	}
+	if res, err := sw.WriteSmallFiles(ctx, twice); err != nil || len(res) != 2 || res[0].Err != nil || res[1].Err != nil {
+		t.Fatalf("the same path twice: %+v, %v", res, err)
+	}
+	mustContent(t, dir, "b1", "one")
+
+	// Many files at once (more than an implementation may write side by
+	// side), one of them refused: each gets its own outcome, in order.
+	if err := os.Mkdir(filepath.Join(dir, "many"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var many []replicate.SmallFile
+	for i := range 300 {
+		p := fmt.Sprintf("many/f%03d", i)
+		if i == 150 {
+			p = "missing/f150"
+		}
+		many = append(many, replicate.SmallFile{Path: p, Data: []byte(p), Attrs: replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}})
+	}
+	res, err = sw.WriteSmallFiles(ctx, many)
+	if err != nil || len(res) != len(many) {
+		t.Fatalf("300 files: %d results, %v", len(res), err)
+	}
+	for i, r := range res {
+		if (r.Err == nil) != (i != 150) || r.Kept {
+			t.Errorf("file %d (%s): kept %v, %v; want written, or refused for a missing parent", i, many[i].Path, r.Kept, r.Err)
+			continue
+		}
+		if i != 150 {
+			mustContent(t, dir, many[i].Path, many[i].Path)
+		}
+	}
 	noTemps(t, dir)
 }
 
