@@ -652,24 +652,31 @@ const quietGap = 2 * time.Millisecond
 // for a rename to end settle's wait at once (see settle).
 const saveIdle = 10 * time.Millisecond
 
-// settle waits, after a wake-up, until no op was journaled for quietGap or
-// Delay has passed: batches coalesce under load, and an idle shipper ships
-// at once instead of always waiting Delay. After an idle spell (saveIdle)
-// a rename ends the wait at once: it is the last op of a save-by-rename
+// settle waits, after a wake-up or a batch, until no op was journaled for
+// quietGap or Delay has passed: batches coalesce under load, and an idle
+// shipper ships at once instead of always waiting Delay.
+//
+// A rename can end the wait at once: it is the last op of a save-by-rename
 // (editors, sed -i, deploy tools' symlink swaps), which quietGap would only
-// delay. A stream of saves (rsync, a deploy) still coalesces: shipping each
-// save alone cost three times the bytes of 1,000 re-saved files.
-func (s *Shipper) settle(ctx context.Context) error {
+// delay. It does after an idle spell (saveIdle): a lone save. It does not
+// for a stream of saves (rsync, a deploy) that wakes an idle shipper: that
+// coalesces, as shipping each save alone cost three times the bytes of
+// 1,000 re-saved files. And it does when the shipper was busy (busy: ops
+// were pending after its batch): saves coming one after another (200 per
+// second) never leave the journal quiet for quietGap, and waiting Delay
+// for each batch doubled their lag to the workers, while files written
+// without renames (a burst, an unpacked archive) still coalesce.
+func (s *Shipper) settle(ctx context.Context, busy bool) error {
 	j := s.opts.Journal
 	deadline := time.Now().Add(s.opts.Delay)
-	lone := time.Since(s.lastOps) >= saveIdle
+	atRename := busy || time.Since(s.lastOps) >= saveIdle
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
 			return nil
 		}
 		last := j.LastSeq()
-		if lone && s.endsSave(last) {
+		if atRename && s.endsSave(last) {
 			return nil
 		}
 		wctx, cancel := context.WithTimeout(ctx, min(s.quietGap, left))
@@ -698,7 +705,8 @@ func (s *Shipper) endsSave(seq uint64) bool {
 // batch waits for ops (or a carried deadline), plans and applies one batch.
 func (s *Shipper) batch(ctx context.Context) error {
 	j := s.opts.Journal
-	if j.LastSeq() < s.readPos {
+	busy := j.LastSeq() >= s.readPos
+	if !busy {
 		wctx, cancel := context.WithCancel(ctx)
 		if d, ok := s.nextDeadline(time.Now()); ok {
 			cancelBase := cancel
@@ -729,10 +737,16 @@ func (s *Shipper) batch(ctx context.Context) error {
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("%s: journal wait: %w", s.opts.Name, err)
 		}
-		if j.LastSeq() >= s.readPos && s.opts.Delay > 0 {
-			if err := s.settle(ctx); err != nil {
-				return err
-			}
+	}
+	// Ops pending already, right after a batch, settle too: a writer that
+	// keeps the shipper busy (a burst) then gets batches of Delay's worth
+	// of files, not of one round trip's worth. One small file per request
+	// and per fsync on each worker was what slowed a burst of 1,000 files
+	// most (BENCHMARKS.md, "A worker syncs a group of small files
+	// together"). A full batch waiting (a backlog) ships at once.
+	if last := j.LastSeq(); last >= s.readPos && last-s.readPos < uint64(s.opts.MaxOps) && s.opts.Delay > 0 {
+		if err := s.settle(ctx, busy); err != nil {
+			return err
 		}
 	}
 	if first := j.FirstSeq(); first > 0 && s.readPos < first {

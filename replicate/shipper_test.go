@@ -1607,3 +1607,94 @@ func TestShipperShipsSaveAtRename(t *testing.T) {
 	waitSynced(t, s, f.j)
 	compareTrees(t, f.store, worker, nil)
 }
+
+// A shipper that finds changes pending right after a batch settles before
+// the next one too: the files that follow one another quickly go in one
+// batch, not one round trip's worth at a time (a burst of 1,000 small
+// files went one or two per request and per fsync on each worker). The
+// idle case is TestShipperShipsAtOnceWhenQuiet.
+func TestShipperCoalescesWhileBusy(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	g := &gatedSmall{entered: make(chan struct{}), gate: make(chan struct{})}
+	wrap := func(tr Transport) Transport { g.Local = tr.(*Local); return g }
+	s := newShipper(t, f, worker, func(o *Options) { o.Delay = time.Hour }, wrap)
+	s.quietGap = 500 * time.Millisecond // far more than the writes' spacing below
+	f.writeFile("index.html", "home")   // shipped by the first start's full copy
+	start(t, s)
+	waitSynced(t, s, f.j)
+	g.mu.Lock()
+	g.calls = nil
+	g.mu.Unlock()
+
+	f.writeFile("a.html", "a")
+	<-g.entered // the batch of a.html is at the worker
+	f.writeFile("b.html", "b")
+	close(g.gate)
+	for _, p := range []string{"c.html", "d.html", "e.html"} {
+		time.Sleep(5 * time.Millisecond)
+		f.writeFile(p, p)
+	}
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	if got := g.sizes(); !slices.Equal(got, []int{1, 4}) {
+		t.Errorf("small files per request: %v, want [1 4] (a.html; then b.html and the three written after the batch)", got)
+	}
+}
+
+// A busy shipper's wait ends at a save's rename, as an idle one's does
+// after a lone save: saves that follow one another closely (200 per
+// second) never leave the journal quiet, and each batch would wait the
+// whole delay (here an hour, as the quiet gap).
+func TestShipperBusyShipsAtRename(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	g := &gatedSmall{entered: make(chan struct{}), gate: make(chan struct{})}
+	wrap := func(tr Transport) Transport { g.Local = tr.(*Local); return g }
+	s := newShipper(t, f, worker, func(o *Options) {
+		o.Delay = time.Hour
+		o.Exclude = []string{"*.swp"}
+	}, wrap)
+	s.quietGap = time.Hour
+	f.writeFile("page.html", "<p>v1</p>") // shipped by the first start's full copy
+	start(t, s)
+	waitSynced(t, s, f.j)
+
+	f.writeFile(".a.html.swp", "a")
+	f.rename(".a.html.swp", "a.html")
+	<-g.entered // the batch of a.html is at the worker
+	f.writeFile(".page.html.swp", "<p>v2</p>")
+	f.rename(".page.html.swp", "page.html")
+	close(g.gate)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
+
+// gatedSmall is Local whose WriteSmallFiles of a.html waits for gate
+// (after closing entered); it records how many files each call carried.
+type gatedSmall struct {
+	*Local
+	entered, gate chan struct{}
+	mu            sync.Mutex
+	held          bool
+	calls         []int
+}
+
+func (g *gatedSmall) WriteSmallFiles(ctx context.Context, files []SmallFile) ([]SmallResult, error) {
+	g.mu.Lock()
+	g.calls = append(g.calls, len(files))
+	first := !g.held && files[0].Path == "a.html"
+	g.held = g.held || first
+	g.mu.Unlock()
+	if first {
+		close(g.entered)
+		<-g.gate
+	}
+	return g.Local.WriteSmallFiles(ctx, files)
+}
+
+func (g *gatedSmall) sizes() []int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.calls)
+}
