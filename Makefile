@@ -13,8 +13,9 @@ LDFLAGS   := -X main.version=$(VERSION)
 DEB_PKGS  := fuse3 openssh-server openssh-client iproute2 iptables \
              vim git tar rsync attr nginx-light wrk
 # Debian packages only `make bench` needs, on top of DEB_PKGS: lsyncd, run
-# side by side with mirrorfs (integration/lsyncd_bench_test.go).
-BENCH_PKGS := lsyncd
+# side by side with mirrorfs (integration/lsyncd_bench_test.go); mount and
+# e2fsprogs for the benchmarks' own file system (integration/benchfs).
+BENCH_PKGS := lsyncd mount e2fsprogs
 TEST_TIMEOUT ?= 14m
 
 .PHONY: all build deps bench-deps test race lint fuzz bench demo install clean
@@ -75,13 +76,17 @@ bench-deps: deps
 # `go run ./integration/benchtable $(BENCH_OUT)` later). The whole run takes
 # about half an hour; BENCH selects benchmarks (go test -bench), e.g.
 # make bench BENCH=LocalCostGit. A failed benchmark shows as "not run" in
-# the table and fails the target after it.
+# the table and fails the target after it. The benchmarks run on a new,
+# empty ext4 file system with a journal, made for the run and removed after
+# it (integration/benchfs); BENCH_FS=root runs them in $TMPDIR instead.
 BENCH         ?= .
 BENCH_OUT     ?= bin/bench.out
 BENCH_TIMEOUT ?= 120m
+BENCH_FS      ?= ext4
+BENCH_IN       = $(if $(filter root,$(BENCH_FS)),,$(if $(filter ext4,$(BENCH_FS)),integration/benchfs bin,$(error BENCH_FS must be ext4 or root, not $(BENCH_FS))))
 bench: bench-deps
 	@mkdir -p $(dir $(BENCH_OUT))
-	@{ $(GO) test -p 1 -run='^$$' -bench='$(BENCH)' -benchtime=1x -benchmem -timeout $(BENCH_TIMEOUT) ./... 2>&1; \
+	@{ $(BENCH_IN) $(GO) test -p 1 -run='^$$' -bench='$(BENCH)' -benchtime=1x -benchmem -timeout $(BENCH_TIMEOUT) ./... 2>&1; \
 		echo $$? > $(BENCH_OUT).rc; } | tee $(BENCH_OUT)
 	@echo; $(GO) run ./integration/benchtable $(BENCH_OUT); table=$$?; \
 		rc=$$(cat $(BENCH_OUT).rc); rm -f $(BENCH_OUT).rc; \
