@@ -1659,6 +1659,7 @@ func TestShipperBusyShipsAtRename(t *testing.T) {
 	f.writeFile("page.html", "<p>v1</p>") // shipped by the first start's full copy
 	start(t, s)
 	waitSynced(t, s, f.j)
+	time.Sleep(2 * saveIdle) // a lone save: it ships at its rename
 
 	f.writeFile(".a.html.swp", "a")
 	f.rename(".a.html.swp", "a.html")
