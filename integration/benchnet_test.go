@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"cmp"
 	"os"
 	"testing"
 	"time"
@@ -25,10 +26,7 @@ import (
 func benchCluster(b *testing.B, opts clusterOptions) *cluster {
 	b.Helper()
 	opts.NetNS = os.Getenv("BENCH_NETNS") == "1"
-	opts.LogLevel = "info"
-	if v := os.Getenv("MIRRORFS_BENCH_LOG_LEVEL"); v != "" {
-		opts.LogLevel = v
-	}
+	opts.LogLevel = cmp.Or(os.Getenv("MIRRORFS_BENCH_LOG_LEVEL"), "info")
 	var delay time.Duration
 	if v := os.Getenv("BENCH_NETEM_DELAY"); v != "" {
 		d, err := time.ParseDuration(v)

@@ -404,33 +404,24 @@ func (t *tempFile) finish(a Attrs) (ownerErr, err error) {
 	if err := f.Sync(); err != nil {
 		return nil, err
 	}
-	perm := a.Perm & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-	if err := f.Chmod(perm); err != nil {
-		return nil, err
-	}
+	// The owner goes first: a chown clears setuid and setgid.
 	if a.UID >= 0 || a.GID >= 0 {
 		if err := f.Chown(a.UID, a.GID); err != nil {
 			if !errors.Is(err, fs.ErrPermission) {
 				return nil, err
 			}
 			ownerErr = fmt.Errorf("%s: %w: %w", t.p, ErrOwner, err)
-		} else if a.Perm&(fs.ModeSetuid|fs.ModeSetgid) != 0 {
-			// chown clears setuid/setgid: set the mode again.
-			if err := f.Chmod(perm); err != nil {
-				return nil, err
-			}
 		}
+	}
+	if err := f.Chmod(permBits(a.Perm)); err != nil {
+		return nil, err
 	}
 	t.f = nil
 	if err := f.Close(); err != nil {
 		return nil, err
 	}
 	if !a.Mtime.IsZero() {
-		at := a.Atime
-		if at.IsZero() {
-			at = a.Mtime
-		}
-		if err := t.l.root.Chtimes(t.name, at, a.Mtime); err != nil {
+		if err := t.l.root.Chtimes(t.name, a.atime(), a.Mtime); err != nil {
 			return nil, err
 		}
 	}
@@ -912,11 +903,7 @@ func (l *Local) applyAttrs(p string, fi fs.FileInfo, a Attrs) error {
 		}
 	}
 	if !a.Mtime.IsZero() && !a.Mtime.Equal(fi.ModTime()) {
-		at := a.Atime
-		if at.IsZero() {
-			at = a.Mtime
-		}
-		if err := l.root.Chtimes(name, at, a.Mtime); err != nil {
+		if err := l.root.Chtimes(name, a.atime(), a.Mtime); err != nil {
 			return err
 		}
 	}

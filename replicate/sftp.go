@@ -547,11 +547,7 @@ func (t *SFTP) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Att
 			return err
 		}
 		if !a.Mtime.IsZero() {
-			at := a.Atime
-			if at.IsZero() {
-				at = a.Mtime
-			}
-			if err := t.c.Chtimes(tmp, at, a.Mtime); err != nil {
+			if err := t.c.Chtimes(tmp, a.atime(), a.Mtime); err != nil {
 				return fmt.Errorf("chtimes: %w", err)
 			}
 		}

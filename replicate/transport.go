@@ -274,6 +274,15 @@ type Attrs struct {
 	Atime    time.Time   // zero uses Mtime
 }
 
+// atime is the access time a transport sets with Mtime: Atime, or Mtime
+// when Atime is zero.
+func (a Attrs) atime() time.Time {
+	if a.Atime.IsZero() {
+		return a.Mtime
+	}
+	return a.Atime
+}
+
 // Sentinel errors of the package.
 var (
 	ErrInvalidPath = errors.New("invalid path")

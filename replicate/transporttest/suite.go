@@ -209,6 +209,14 @@ func testWrite(t *testing.T, tr replicate.Transport, dir string) {
 	if err != nil || fi.Size != 0 || int(fi.UID) != uid || int(fi.GID) != gid {
 		t.Errorf("g = %+v, %v", fi, err)
 	}
+	// A setuid file with an owner: the chown, which clears setuid and
+	// setgid even to the same owner, must not leave it without them.
+	if err := tr.WriteFileAtomic(ctx, "h", strings.NewReader("#!/bin/sh\n"), replicate.Attrs{Perm: 0o755 | fs.ModeSetuid | fs.ModeSetgid, UID: uid, GID: gid}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Lstat(filepath.Join(dir, "h")); st.Mode()&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid) != 0o755|fs.ModeSetuid|fs.ModeSetgid {
+		t.Errorf("h: mode %v after a write with an owner, want setuid and setgid kept", st.Mode())
+	}
 	if err := tr.WriteFileAtomic(ctx, "missing/f", strings.NewReader("x"), replicate.Attrs{Perm: 0o644, UID: -1, GID: -1}); err == nil {
 		t.Error("write under a missing directory succeeded")
 	}
