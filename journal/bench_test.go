@@ -1,10 +1,14 @@
 package journal
 
 import (
+	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func benchJournal(b *testing.B) *Journal {
@@ -109,4 +113,84 @@ func BenchmarkRead(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*1000), "ns/op-read")
+}
+
+// BenchmarkSyncFloor measures what one durable 100-byte record costs on the
+// file system under TMPDIR, three ways, to tell how much of BenchmarkAppend
+// is the disk: the way Badger's write-ahead log is made durable (a store
+// into a shared mapping of a file created sparse, then fdatasync: what
+// walSyncer does), and the two ways a log of the journal's own could do it
+// instead, into a file written with zeros beforehand so that no sync has
+// to allocate blocks (a store into a mapping then fdatasync; a pwrite with
+// O_DSYNC). If those were much cheaper than the first, the journal would
+// be worth a log of its own ahead of Badger; see BENCHMARKS.md.
+func BenchmarkSyncFloor(b *testing.B) {
+	const size = 64 << 20 // room for b.N records of recordSize
+	const recordSize = 100
+	mapped := func(b *testing.B, prewrite bool) {
+		f := syncFloorFile(b, size, prewrite)
+		m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer unix.Munmap(m)
+		off := 0
+		for b.Loop() {
+			if off+recordSize > size {
+				off = 0
+			}
+			copy(m[off:off+recordSize], syncFloorRecord)
+			off += recordSize
+			if err := unix.Fdatasync(int(f.Fd())); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("sparse-mmap-fdatasync", func(b *testing.B) { mapped(b, false) })
+	b.Run("prewritten-mmap-fdatasync", func(b *testing.B) { mapped(b, true) })
+	b.Run("prewritten-pwrite-odsync", func(b *testing.B) {
+		f := syncFloorFile(b, size, true)
+		fd, err := unix.Open(f.Name(), unix.O_WRONLY|unix.O_DSYNC|unix.O_CLOEXEC, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer unix.Close(fd)
+		off := int64(0)
+		for b.Loop() {
+			if off+recordSize > size {
+				off = 0
+			}
+			if _, err := unix.Pwrite(fd, syncFloorRecord, off); err != nil {
+				b.Fatal(err)
+			}
+			off += recordSize
+		}
+	})
+}
+
+var syncFloorRecord = bytes.Repeat([]byte{0xa5}, 100)
+
+// syncFloorFile makes a file of size bytes in the benchmark's temp
+// directory: sparse, or written with zeros and synced (so that its blocks
+// are allocated and written before the timed loop).
+func syncFloorFile(b *testing.B, size int, prewrite bool) *os.File {
+	b.Helper()
+	f, err := os.Create(filepath.Join(b.TempDir(), "log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { f.Close() })
+	if !prewrite {
+		if err := f.Truncate(int64(size)); err != nil {
+			b.Fatal(err)
+		}
+		return f
+	}
+	if _, err := f.Write(make([]byte, size)); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	return f
 }
