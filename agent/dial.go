@@ -53,28 +53,25 @@ func start(ctx context.Context, sc *replicate.SSHConn, root string) (*Client, er
 	if err != nil {
 		return nil, fmt.Errorf("this executable's build id: %w", err)
 	}
-	exe, err := os.Executable()
+	remote, fresh, err := install(ctx, sc, selfExe, id, root, false)
 	if err != nil {
 		return nil, err
 	}
-	remote, fresh, err := install(ctx, sc, exe, id, root, false)
-	if err != nil {
-		return nil, err
-	}
-	c, err := run(ctx, sc, remote, root)
+	c, release, err := run(ctx, sc, remote, root)
 	if err == nil && c.BuildID() != id && !fresh {
-		// Same name, other content (a damaged upload): replace it.
-		c.Close()
-		if remote, _, err = install(ctx, sc, exe, id, root, true); err != nil {
+		// Same name, other content (a damaged upload): replace it. Only
+		// the agent's session ends: the connection serves the upload.
+		release()
+		if remote, _, err = install(ctx, sc, selfExe, id, root, true); err != nil {
 			return nil, err
 		}
-		c, err = run(ctx, sc, remote, root)
+		c, release, err = run(ctx, sc, remote, root)
 	}
 	if err != nil {
 		return nil, err
 	}
 	if c.BuildID() != id {
-		c.Close()
+		release() // Dial goes on with SFTP over the same connection
 		return nil, fmt.Errorf("agent %s reports build %.16s, want %.16s", remote, c.BuildID(), id)
 	}
 	return c, nil
@@ -123,6 +120,12 @@ func install(ctx context.Context, sc *replicate.SSHConn, exe, id, root string, f
 		return "", false, fmt.Errorf("upload agent to %s: %w", tmp, err)
 	}
 	_, err = dst.ReadFrom(src)
+	if _, ok := c.HasExtension("fsync@openssh.com"); ok && err == nil {
+		// On disk before the rename: after a power cut the worker has the
+		// old name or the whole binary, never a damaged one under its name
+		// (which would fail to run until someone removed it).
+		err = dst.Sync()
+	}
 	if cerr := dst.Close(); err == nil {
 		err = cerr
 	}
@@ -146,40 +149,45 @@ func within(p, root string) bool {
 	return p == root || root == "/" || strings.HasPrefix(p, root+"/")
 }
 
-// run starts the agent at remote on an exec channel and greets it.
-func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (*Client, error) {
+// run starts the agent at remote on an exec channel and greets it. The
+// client's Close also closes the connection, which it then owns; release
+// ends the agent's session only and leaves the connection open.
+func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (c *Client, release func(), err error) {
 	sess, err := sc.NewSession()
 	if err != nil {
-		return nil, fmt.Errorf("open a session: %w", err)
+		return nil, nil, fmt.Errorf("open a session: %w", err)
 	}
 	stdin, err := sess.StdinPipe()
 	if err != nil {
 		sess.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	stdout, err := sess.StdoutPipe()
 	if err != nil {
 		sess.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	stderr := &tailBuffer{max: 4 << 10}
 	sess.Stderr = stderr
 	cmd := shellQuote(remote) + " agent --root " + shellQuote(root)
 	if err := sess.Start(cmd); err != nil {
 		sess.Close()
-		return nil, fmt.Errorf("run %s: %w", cmd, err)
+		return nil, nil, fmt.Errorf("run %s: %w", cmd, err)
 	}
 	done := make(chan struct{})
 	var once sync.Once
-	closeFn := func() error {
+	release = func() {
 		once.Do(func() { close(done) })
 		stdin.Close()
 		sess.Close()
+	}
+	closeFn := func() error {
+		release()
 		return sc.Close()
 	}
 	hctx, cancel := context.WithTimeout(ctx, sc.Timeout())
 	defer cancel()
-	c, err := NewClient(hctx, stdout, stdin, sc.Kill, closeFn, sc)
+	c, err = NewClient(hctx, stdout, stdin, sc.Kill, closeFn, sc)
 	if err != nil {
 		// The agent's own words say most (exec format error, bad root),
 		// but its stderr arrives on its own: wait for the session to end
@@ -198,10 +206,10 @@ func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (*Clie
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			err = fmt.Errorf("%s exited at start: %w", cmd, err)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	go sc.KeepAlive(done)
-	return c, nil
+	return c, release, nil
 }
 
 // shellQuote quotes s for the worker's POSIX shell.

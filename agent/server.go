@@ -38,14 +38,15 @@ type (
 	}
 )
 
+// selfExe names the running executable's own file, even after a package
+// upgrade replaced the file at its path (os.Executable would name the new
+// one): the build the master uploads is the build it hashed.
+const selfExe = "/proc/self/exe"
+
 // BuildID identifies this executable: the SHA-256 of its file. The master
 // compares it with the agent's to know whether to upload itself.
 var BuildID = sync.OnceValues(func() (string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return "", err
-	}
-	f, err := os.Open(exe)
+	f, err := os.Open(selfExe)
 	if err != nil {
 		return "", err
 	}

@@ -1,8 +1,15 @@
 package integration
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -33,5 +40,145 @@ func TestAgentFallsBackToSFTP(t *testing.T) {
 	log := readFile(t, c.LogPath)
 	if !strings.Contains(log, "agent transport unavailable on this worker: using SFTP") {
 		t.Fatalf("no logged reason for the SFTP fallback in the daemon log:\n%s", logTail(c.LogPath, 40))
+	}
+}
+
+// agentCachePath is where the master keeps the agent build of bin on a
+// worker: the SSH user's (root's) home, .cache/mirrorfs, mirrorfs-<id>.
+func agentCachePath(t *testing.T, bin string) string {
+	t.Helper()
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(u.HomeDir, ".cache/mirrorfs", "mirrorfs-"+mustSHA256(t, bin)[:16])
+}
+
+func mustSHA256(t *testing.T, p string) string {
+	t.Helper()
+	sum, err := fileSHA256(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum
+}
+
+// replaceFile puts data at p through a rename: p may be a running
+// executable, which cannot be written in place.
+func replaceFile(t *testing.T, p string, data []byte, perm os.FileMode) {
+	t.Helper()
+	tmp := p + ".replace"
+	if err := os.WriteFile(tmp, data, perm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// damagedCopy is bin with one letter of a log message changed: it still
+// runs, as the agent, but it is another build (another SHA-256) of the
+// same size.
+func damagedCopy(t *testing.T, bin string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(data, []byte("uploaded the agent"))
+	if i < 0 {
+		t.Fatalf("%s: no %q to change", bin, "uploaded the agent")
+	}
+	data[i] = 'U'
+	return data
+}
+
+// A worker's cached agent that runs but is another build under this
+// build's name (a damaged upload) is replaced over the same connection,
+// and replication goes on with the agent.
+func TestAgentReplacesDamagedUpload(t *testing.T) {
+	c := newCluster(t, clusterOptions{Workers: 1})
+	writeFile(t, c.Mount+"/index.html", "first\n")
+	c.waitConverged(t, converge)
+	cached := agentCachePath(t, c.Bin)
+	want := mustSHA256(t, c.Bin)
+	if got := mustSHA256(t, cached); got != want {
+		t.Fatalf("%s: SHA-256 %.16s, want the master's build %.16s", cached, got, want)
+	}
+	c.Stop(t)
+	replaceFile(t, cached, damagedCopy(t, c.Bin), 0o700)
+	logged := len(readFile(t, c.LogPath))
+
+	c.Start(t)
+	writeFile(t, c.Mount+"/index.html", "second\n")
+	c.waitConverged(t, converge)
+	log := readFile(t, c.LogPath)[logged:]
+	if strings.Contains(log, "agent transport unavailable") || !strings.Contains(log, "uploaded the agent") {
+		t.Fatalf("the damaged agent was not replaced, or replication fell back to SFTP; daemon log since the restart:\n%s", lastLines(log, 40))
+	}
+	if got := mustSHA256(t, cached); got != want {
+		t.Errorf("%s: SHA-256 %.16s after the restart, want %.16s", cached, got, want)
+	}
+}
+
+// When a package upgrade replaces the master's executable while the
+// daemon runs, a worker that needs the agent again gets the build that
+// runs, not the new file at the executable's path (which would run as
+// another build and push the worker to SFTP).
+func TestAgentUploadIsTheRunningBuild(t *testing.T) {
+	c := newCluster(t, clusterOptions{Workers: 1})
+	c.Stop(t)
+	// A private copy of the binary, which the test may replace.
+	running := filepath.Join(c.Dir, "mirrorfs")
+	orig, err := os.ReadFile(c.Bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replaceFile(t, running, orig, 0o755)
+	c.Bin = running
+	cached := agentCachePath(t, running)
+	c.Start(t)
+	writeFile(t, c.Mount+"/index.html", "first\n")
+	c.waitConverged(t, converge)
+
+	// The upgrade, then a worker that lacks the build and must reconnect.
+	replaceFile(t, running, damagedCopy(t, running), 0o755)
+	if err := os.Remove(cached); err != nil {
+		t.Fatal(err)
+	}
+	logged := len(readFile(t, c.LogPath))
+	killAgents(t, cached)
+
+	writeFile(t, c.Mount+"/index.html", "second\n")
+	c.waitConverged(t, converge)
+	log := readFile(t, c.LogPath)[logged:]
+	if strings.Contains(log, "agent transport unavailable") {
+		t.Fatalf("replication fell back to SFTP after the upgrade; daemon log since:\n%s", lastLines(log, 40))
+	}
+	sum := sha256.Sum256(orig)
+	if got, want := mustSHA256(t, cached), hex.EncodeToString(sum[:]); got != want {
+		t.Errorf("%s: SHA-256 %.16s, want the running build's %.16s", cached, got, want)
+	}
+}
+
+// killAgents kills the agent processes running the executable exe (this
+// test's own: exe is named after its build), so that the master dials again.
+func killAgents(t *testing.T, exe string) {
+	t.Helper()
+	procs, err := filepath.Glob("/proc/[0-9]*/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := 0
+	for _, p := range procs {
+		if target, err := os.Readlink(p); err == nil && strings.TrimSuffix(target, " (deleted)") == exe {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+				killed++
+			}
+		}
+	}
+	if killed == 0 {
+		t.Fatalf("no agent process runs %s", exe)
 	}
 }
