@@ -91,7 +91,10 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	if h.writer && h.node.m.takeDirty(h.node.id(), false) {
 		return h.recordClose(ctx, true)
 	}
-	return 0
+	// Nothing to journal (a reader's fsync, or the Close is journaled),
+	// but the file's last changes may still wait for the background sync:
+	// fsync returns once they are on disk too, as it promises.
+	return h.node.m.syncJournal()
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {

@@ -80,7 +80,8 @@ func (m *mirror) record(ctx context.Context, op journal.Op) syscall.Errno {
 //     every worker is compared with the store once, which brings such a
 //     file over whole.
 //   - An fsync through the mount journals a durable Close, which covers
-//     every change before it (the journal syncs in order).
+//     every change before it (the journal syncs in order), or, with
+//     nothing to close, syncs the journal.
 func (m *mirror) recordChange(ctx context.Context, op journal.Op) (covered bool, errno syscall.Errno) {
 	covered = m.changeCovered(op.File)
 	return covered, m.append(ctx, op, !covered)
@@ -120,6 +121,15 @@ func (m *mirror) append(ctx context.Context, op journal.Op, sync bool) syscall.E
 	if _, err := appendOp(context.WithoutCancel(ctx), op); err != nil {
 		m.log.Error("journal append failed: the store changed but the change is not journaled",
 			"op", op.Kind.String(), "path", op.Path, "err", err)
+		return syscall.EIO
+	}
+	return 0
+}
+
+// syncJournal makes every op journaled so far durable.
+func (m *mirror) syncJournal() syscall.Errno {
+	if err := m.rec.Sync(); err != nil {
+		m.log.Error("journal sync failed", "err", err)
 		return syscall.EIO
 	}
 	return 0

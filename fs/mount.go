@@ -30,6 +30,8 @@ type Recorder interface {
 	// other op. The mount uses it only for changes that a durable op
 	// already covers: see mirror.recordChange.
 	AppendUnsynced(ctx context.Context, op journal.Op) (uint64, error)
+	// Sync must return only once every op appended so far is durable.
+	Sync() error
 }
 
 // Options configure a mount.

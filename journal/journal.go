@@ -412,12 +412,11 @@ func (j *Journal) use(op string) (release func(), err error) {
 
 // Append journals op and returns the Seq it was given once the op is durable
 // on disk. It sets op.Time to now when it is zero; op.Seq is ignored.
-// Concurrent appends share one transaction and one sync (see commitLoop).
+// Concurrent appends share one transaction and one sync (see submit).
 //
-// ctx bounds only the wait for the committer to accept the op. Once
-// accepted, Append waits for the outcome, so that its answer is always true:
-// an op that is in the journal is never reported as failed because the
-// caller gave up early.
+// ctx is checked once, before the op is queued. Once queued, Append waits
+// for the outcome, so that its answer is always true: an op that is in the
+// journal is never reported as failed because the caller gave up early.
 func (j *Journal) Append(ctx context.Context, op Op) (uint64, error) {
 	return j.append(ctx, op, true)
 }
@@ -434,6 +433,27 @@ func (j *Journal) Append(ctx context.Context, op Op) (uint64, error) {
 // first change since its last close was appended with Append).
 func (j *Journal) AppendUnsynced(ctx context.Context, op Op) (uint64, error) {
 	return j.append(ctx, op, false)
+}
+
+// Sync returns once every op appended so far is durable, as if the last of
+// them had been appended with Append: for an fsync through the mount that
+// has nothing of its own to journal.
+func (j *Journal) Sync() error {
+	if j.readOnly {
+		return j.wrap("sync", ErrReadOnly)
+	}
+	release, err := j.use("sync")
+	if err != nil {
+		return err
+	}
+	defer release()
+	if errp := j.failure.Load(); errp != nil {
+		return *errp
+	}
+	if w := j.written.Load(); w > j.last.Load() {
+		return j.syncTo(w)
+	}
+	return nil
 }
 
 func (j *Journal) append(ctx context.Context, op Op, sync bool) (uint64, error) {

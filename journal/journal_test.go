@@ -927,6 +927,29 @@ func TestAppendUnsynced(t *testing.T) {
 	}
 }
 
+// TestSync: Sync returns once the ops appended without a sync are durable
+// and visible, without waiting for the background sync (which, right after
+// a durable Append, waits syncGap first).
+func TestSync(t *testing.T) {
+	j, _ := newTestJournal(t)
+	if _, err := j.Append(t.Context(), writeOp(0)); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := j.AppendUnsynced(t.Context(), writeOp(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.LastSeq(); got < seq {
+		t.Fatalf("after Sync the durable ops end at seq %d, want %d", got, seq)
+	}
+	if err := j.Sync(); err != nil { // nothing left: no sync
+		t.Fatal(err)
+	}
+}
+
 // TestSetCursorSyncedInBackground: SetCursor does not wait for a sync of its
 // own, but the background sync follows it without any other write.
 func TestSetCursorSyncedInBackground(t *testing.T) {
