@@ -21,7 +21,8 @@ type mirror struct {
 	rec      Recorder
 	log      *slog.Logger
 	root     *node
-	rootFd   int // the store directory, O_PATH: base of reader opens
+	rootFd   int    // the store directory, O_PATH: base of opens
+	storeDev uint64 // the store's device, whose inode numbers are node ids
 	readOnly atomic.Bool
 
 	mu      sync.Mutex
@@ -135,14 +136,19 @@ func (m *mirror) syncJournal() syscall.Errno {
 	return 0
 }
 
-// openReader opens the store file at rel for reading: one openat2 below
-// the store's root descriptor that refuses symlinks on the way, as go-fuse's
-// loopback does with three calls. A web server pays an open per request.
-// O_NONBLOCK means nothing for a regular file and would only make the Go
-// runtime try to register the descriptor with its poller.
-func (m *mirror) openReader(rel string, flags uint32) (int, syscall.Errno) {
+// openIgnored are the open flags that the store's open must not get: the
+// kernel handles O_APPEND (and sends offsets), O_NONBLOCK means nothing for
+// a regular file, FMODE_EXEC is the kernel's own.
+const openIgnored = syscall.O_APPEND | syscall.O_NONBLOCK | fuse.FMODE_EXEC
+
+// openAt opens the store file at rel: one openat2 below the store's root
+// descriptor that refuses symlinks on the way, as go-fuse's loopback does
+// with three calls. A web server pays an open per request. O_NONBLOCK
+// would only make the Go runtime try to register the descriptor with its
+// poller.
+func (m *mirror) openAt(rel string, flags uint32) (int, syscall.Errno) {
 	how := unix.OpenHow{
-		Flags:   uint64(flags&^(syscall.O_APPEND|syscall.O_NONBLOCK|fuse.FMODE_EXEC)) | unix.O_CLOEXEC,
+		Flags:   uint64(flags&^openIgnored) | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH,
 	}
 	if rel == "" {
@@ -153,6 +159,13 @@ func (m *mirror) openReader(rel string, flags uint32) (int, syscall.Errno) {
 		return -1, gofs.ToErrno(err)
 	}
 	return fd, 0
+}
+
+// isFile reports whether the store file dev, ino has node id id. An entry
+// on another device below the store (a mount inside it) has an id that
+// go-fuse derives from its device too; it is taken as is.
+func (m *mirror) isFile(dev, ino, id uint64) bool {
+	return dev != m.storeDev || ino == id
 }
 
 // writable refuses mutations after StopWrites.

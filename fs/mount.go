@@ -95,6 +95,7 @@ func New(ctx context.Context, opts Options) (*Mount, error) {
 		return nil, fmt.Errorf("journal mount start: %w", err)
 	}
 	sys := st.Sys().(*syscall.Stat_t)
+	m.storeDev = uint64(sys.Dev)
 	rootData := &gofs.LoopbackRoot{Path: opts.Store, Dev: uint64(sys.Dev)}
 	root := &node{LoopbackNode: &gofs.LoopbackNode{RootData: rootData}, m: m}
 	rootData.RootNode = root

@@ -100,22 +100,32 @@ func (n *node) nameless() bool {
 	return parent == nil
 }
 
-// Getattr answers from an open handle when the file has no name: the
-// kernel sends fstat of a regular file with its handle, but stat of
-// /proc/self/fd/N or of an open directory without one.
+// Getattr answers from the handle when there is one, else from the node's
+// own store file (see statOwn), else, when the file has no name, from an
+// open handle of it: the kernel sends fstat of a regular file with its
+// handle, but stat of /proc/self/fd/N or of an open directory without one.
 func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if f == nil && n.nameless() {
-		if h := n.m.anyHandle(n.id()); h != nil {
-			return h.LoopbackFile.Getattr(ctx, out)
-		}
-		if d := n.m.anyDir(n.id()); d != nil {
-			return d.Getattr(ctx, out)
-		}
-	}
 	if d, ok := f.(*dirHandle); ok {
 		return d.Getattr(ctx, out)
 	}
-	return n.LoopbackNode.Getattr(ctx, f, out)
+	if f != nil {
+		return n.LoopbackNode.Getattr(ctx, f, out)
+	}
+	var st syscall.Stat_t
+	named, errno := n.statOwn(&st)
+	if named {
+		if errno == 0 {
+			out.FromStat(&st)
+		}
+		return errno
+	}
+	if h := n.m.anyHandle(n.id()); h != nil {
+		return h.LoopbackFile.Getattr(ctx, out)
+	}
+	if d := n.m.anyDir(n.id()); d != nil {
+		return d.Getattr(ctx, out)
+	}
+	return syscall.ESTALE
 }
 
 // inheritGroup gives a new entry the group of its directory when that
@@ -172,22 +182,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			return nil, 0, errno
 		}
 	}
-	var lf *gofs.LoopbackFile
-	var fuseFlags uint32
-	if rel, ok := n.relPath(); ok && !writer {
-		fd, errno := n.m.openReader(rel, flags)
-		if errno != 0 {
-			return nil, 0, errno
-		}
-		lf = gofs.NewLoopbackFileFromOS(os.NewFile(uintptr(fd), rel))
-	} else {
-		fh, ff, errno := n.LoopbackNode.Open(ctx, flags)
-		if errno != 0 {
-			return nil, 0, errno
-		}
-		lf, fuseFlags = fh.(*gofs.LoopbackFile), ff
+	f, errno := n.openOwn(flags)
+	if errno != 0 {
+		return nil, 0, errno
 	}
-	h := &handle{LoopbackFile: lf, node: n, writer: writer}
+	var fuseFlags uint32
+	h := &handle{LoopbackFile: gofs.NewLoopbackFileFromOS(f), node: n, writer: writer}
 	n.m.addHandle(n.id(), h)
 	if writer {
 		n.m.openWriter(n.id(), false)

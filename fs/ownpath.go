@@ -1,0 +1,158 @@
+package fs
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+)
+
+// A node reaches its store file by path, and a path can briefly name
+// another file or none. A rename or unlink through the mount changes the
+// store first, then journals the change (a disk sync), and only then does
+// go-fuse move the name in its tree: in between, the replaced file's node
+// still has the name that now holds the new file, and the new file's node
+// still has its old name, which holds nothing. A web server that opens or
+// stats a page during a deploy's rename must get the old file or the new
+// one, never the new bytes under the old file's cached size, nor ENOENT.
+//
+// So an open or stat by path checks that it found the node's own file, and
+// waits for the tree to catch up when it did not (nameSettle at most: a
+// store changed behind the mount's back never catches up). A file left
+// with no name is reached through a descriptor the mount holds; with none,
+// ESTALE makes the kernel look the name up again, and it finds the new
+// file.
+
+// nameSettle bounds the wait for the tree to catch up with the store.
+const nameSettle = 100 * time.Millisecond
+
+// atOwnPath calls try with n's store-relative path until try reports that
+// the path holds n's own file (0) or fails for another reason than ENOENT
+// or ESTALE (another file is there). named is false when n has no name (the
+// caller then uses a descriptor of it).
+func (n *node) atOwnPath(try func(rel string) syscall.Errno) (named bool, errno syscall.Errno) {
+	deadline := time.Now().Add(nameSettle)
+	for wait := 50 * time.Microsecond; ; wait = min(2*wait, 5*time.Millisecond) {
+		rel, ok := n.relPath()
+		if !ok {
+			return false, 0
+		}
+		errno = try(rel)
+		if (errno != syscall.ENOENT && errno != syscall.ESTALE) || time.Now().After(deadline) {
+			return true, errno
+		}
+		time.Sleep(wait)
+	}
+}
+
+// openOwn opens n's store file with flags, by its path or, when it has no
+// name, through a descriptor the mount holds. O_TRUNC is applied once the
+// file is known to be n's.
+func (n *node) openOwn(flags uint32) (*os.File, syscall.Errno) {
+	trunc := flags&syscall.O_TRUNC != 0
+	flags &^= syscall.O_TRUNC
+	var f *os.File
+	named, errno := n.atOwnPath(func(rel string) syscall.Errno {
+		fd, errno := n.m.openAt(rel, flags)
+		if errno != 0 {
+			return errno
+		}
+		if errno := n.checkOwn(fd); errno != 0 {
+			unix.Close(fd)
+			return errno
+		}
+		f = os.NewFile(uintptr(fd), rel)
+		return 0
+	})
+	if !named {
+		f, errno = n.reopen(flags)
+	}
+	if errno != 0 {
+		return nil, errno
+	}
+	if trunc {
+		if err := f.Truncate(0); err != nil {
+			f.Close()
+			return nil, gofs.ToErrno(err)
+		}
+	}
+	return f, 0
+}
+
+// reopen opens n's file through a descriptor of an open handle of it, for
+// a file with no name (unlinked or replaced while open, or O_TMPFILE).
+func (n *node) reopen(flags uint32) (*os.File, syscall.Errno) {
+	h := n.m.anyHandle(n.id())
+	if h == nil {
+		return nil, syscall.ESTALE
+	}
+	hfd, ok := h.LoopbackFile.PassthroughFd()
+	if !ok {
+		return nil, syscall.ESTALE
+	}
+	p := fmt.Sprintf("/proc/self/fd/%d", hfd)
+	fd, err := unix.Open(p, int(flags&^openIgnored)|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	// The handle may have been released meanwhile and its number reused.
+	if errno := n.checkOwn(fd); errno != 0 {
+		unix.Close(fd)
+		return nil, syscall.ESTALE
+	}
+	return os.NewFile(uintptr(fd), p), 0
+}
+
+// checkOwn reports ESTALE when fd is not n's file.
+func (n *node) checkOwn(fd int) syscall.Errno {
+	return n.checkStatx(fd, "", unix.AT_EMPTY_PATH)
+}
+
+// checkStatx reports ESTALE when the file at dirfd, path (not followed) is
+// not n's: another inode, or n's inode number given to a newer file (its
+// birth time is not n's generation).
+func (n *node) checkStatx(dirfd int, path string, flags int) syscall.Errno {
+	var stx unix.Statx_t
+	if err := unix.Statx(dirfd, path, flags|unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO|unix.STATX_BTIME, &stx); err != nil {
+		return gofs.ToErrno(err)
+	}
+	dev := unix.Mkdev(stx.Dev_major, stx.Dev_minor)
+	if !n.m.isFile(dev, stx.Ino, n.id()) {
+		return syscall.ESTALE
+	}
+	if stx.Mask&unix.STATX_BTIME != 0 && nodeGen(stx.Btime) != n.StableAttr().Gen {
+		return syscall.ESTALE
+	}
+	return 0
+}
+
+// nodeGen is the generation go-fuse's loopback gives a node: its file's
+// birth time in nanoseconds, 1 without one. A reused inode number thus
+// makes another node.
+func nodeGen(btime unix.StatxTimestamp) uint64 {
+	if btime.Sec == 0 && btime.Nsec == 0 {
+		return 1
+	}
+	return uint64(btime.Sec)*1e9 + uint64(btime.Nsec)
+}
+
+// statOwn is lstat of n's store file by its path (stat for the root), or
+// ok=false when n has no name.
+func (n *node) statOwn(st *syscall.Stat_t) (named bool, errno syscall.Errno) {
+	root := n.EmbeddedInode() == n.m.root.EmbeddedInode()
+	return n.atOwnPath(func(rel string) syscall.Errno {
+		if root {
+			return gofs.ToErrno(syscall.Stat(n.storePath(rel), st))
+		}
+		if err := syscall.Lstat(n.storePath(rel), st); err != nil {
+			return gofs.ToErrno(err)
+		}
+		if !n.m.isFile(st.Dev, st.Ino, n.id()) {
+			return syscall.ESTALE
+		}
+		return n.checkStatx(unix.AT_FDCWD, n.storePath(rel), 0)
+	})
+}
