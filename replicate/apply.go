@@ -532,8 +532,9 @@ func (s *Shipper) looksLikeStore(ctx context.Context, p string, wfi *FileInfo) (
 	return false, nil
 }
 
-// applyExchange swaps two paths. SFTP has no atomic exchange: it is three
-// renames through a temp name, tolerant of a missing side.
+// applyExchange swaps two paths. No transport has an atomic exchange (SFTP
+// v3 has none, nor has the agent's protocol): it is three renames through
+// a temp name, tolerant of a missing side.
 func (s *Shipper) applyExchange(ctx context.Context, st step, suspect bool, refresh map[string]bool) error {
 	a, b := st.Path, st.NewPath
 	wa, err := s.wlstat(ctx, a)
