@@ -649,3 +649,72 @@ func TestSmallFilesRunUntilAnotherRequest(t *testing.T) {
 		t.Errorf("small files per run: %v, want [2 1] (a.html and b.html, then c.html after the removal)", runs)
 	}
 }
+
+// A directory whose listing is larger than one frame is listed whole, in
+// several frames none of which exceeds the limit, and the agent stays up.
+// The limit is lowered so that a few thousand entries cross it; the
+// listing is the agent's real one.
+func TestReadDirLargerThanAFrame(t *testing.T) {
+	saved := maxFrame
+	maxFrame = 64 << 10
+	t.Cleanup(func() { maxFrame = saved }) // runs after the agent stopped
+	dir := t.TempDir()
+	const n = 2000
+	want := make([]string, 0, n)
+	for i := range n {
+		name := fmt.Sprintf("%04d-%s", i, strings.Repeat("n", 110))
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, name)
+	}
+	// Each entry takes about 130 bytes on the wire: 2000 of them need
+	// several 64 KiB frames.
+	c := pipeClient(t, dir)
+	fis, err := c.ReadDir(t.Context(), "")
+	if err != nil {
+		t.Fatalf("listing %d entries: %v", n, err)
+	}
+	var got []string
+	for _, fi := range fis {
+		got = append(got, fi.Name)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("listing has %d entries, want %d", len(got), len(want))
+	}
+	// The agent is still in step.
+	if _, err := c.Lstat(t.Context(), want[0]); err != nil {
+		t.Fatalf("lstat after the listing: %v", err)
+	}
+}
+
+// listingFrames keeps every frame within the limit, even with the longest
+// names a directory can hold, and loses no entry.
+func TestListingFramesWithinLimit(t *testing.T) {
+	saved := maxFrame
+	maxFrame = 8 << 10
+	defer func() { maxFrame = saved }()
+	var infos []replicate.FileInfo
+	for i := range 500 {
+		infos = append(infos, replicate.FileInfo{Name: fmt.Sprintf("%03d%s", i, strings.Repeat("x", 252)),
+			Mode: fs.ModeDir | fs.ModeSetuid | 0o777, Size: -1 << 62, Mtime: time.Unix(-1<<40, 999999999), UID: 1<<32 - 1, GID: 1<<32 - 1})
+	}
+	parts := listingFrames(response{Infos: infos})
+	var total int
+	for i, p := range parts {
+		if b := p.encode(); len(b) > maxFrame {
+			t.Errorf("frame %d is %d bytes, over %d", i, len(b), maxFrame)
+		}
+		if more := i < len(parts)-1; p.flag() != more {
+			t.Errorf("frame %d of %d: more=%v", i, len(parts), p.flag())
+		}
+		total += len(p.Infos)
+	}
+	if total != len(infos) || len(parts) < 2 {
+		t.Errorf("%d entries in %d frames, want %d in several", total, len(parts), len(infos))
+	}
+	if parts := listingFrames(response{}); len(parts) != 1 || parts[0].flag() {
+		t.Errorf("an empty listing: %+v", parts)
+	}
+}

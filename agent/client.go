@@ -196,10 +196,35 @@ func (c *Client) Lstat(ctx context.Context, p string) (replicate.FileInfo, error
 	return resp.Infos[0], nil
 }
 
-// ReadDir implements replicate.Transport.
+// ReadDir implements replicate.Transport. The agent answers a large
+// directory in several frames (listingFrames): every one but the last is
+// flagged.
 func (c *Client) ReadDir(ctx context.Context, p string) ([]replicate.FileInfo, error) {
 	resp, err := c.call(ctx, request{Op: opReadDir, Path: p})
-	return resp.Infos, err
+	fis := resp.Infos
+	for err == nil && resp.flag() {
+		resp, err = c.receiveMore(ctx)
+		fis = append(fis, resp.Infos...)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return fis, nil
+}
+
+// receiveMore reads a further frame of the answer call already began to
+// read.
+func (c *Client) receiveMore(ctx context.Context) (response, error) {
+	if err := c.usable(ctx); err != nil {
+		return response{}, err
+	}
+	stop := c.watch(ctx)
+	defer stop()
+	resp, err := c.receive()
+	if err != nil {
+		return response{}, c.ctxErr(ctx, err)
+	}
+	return resp, resp.err()
 }
 
 // Readlink implements replicate.Transport.

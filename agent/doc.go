@@ -7,7 +7,9 @@
 // The protocol (wire.go) is versioned and length-prefixed: every frame is a
 // 4-byte big-endian length and a body. The master's first request is hello
 // with the protocol [Version]; the agent answers with its [BuildID]. Then
-// each request gets one answer, in order, except the data frames of a file
+// each request gets one answer, in order, except a directory listing,
+// answered in as many frames as it needs (none larger than the frame
+// limit, whatever the directory's size), and the data frames of a file
 // transfer: WriteBegin, any number of WriteData (offset and bytes, sent
 // without waiting: holes are not sent) and WriteEnd (total size) or
 // WriteAbort, answered once with the outcome. The agent writes the data to

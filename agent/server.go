@@ -114,8 +114,14 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, root string, log *s
 			if !answer {
 				continue
 			}
-			if err := writeFrame(s.out, resp.encode()); err != nil {
-				return err
+			parts := []response{resp}
+			if req.Op == opReadDir {
+				parts = listingFrames(resp)
+			}
+			for _, part := range parts {
+				if err := writeFrame(s.out, part.encode()); err != nil {
+					return err
+				}
 			}
 		}
 		// Flush once nothing more is waiting: a burst of small requests
@@ -464,7 +470,7 @@ func (s *server) signature(ctx context.Context, p string) ([]byte, error) {
 		return nil, err
 	}
 	bs := delta.BlockSize(fi.Size())
-	if blocks := fi.Size()/int64(bs) + 1; blocks*(4+delta.StrongSize) > maxFrame-4096 {
+	if blocks := fi.Size()/int64(bs) + 1; blocks*(4+delta.StrongSize) > int64(maxFrame-4096) {
 		return nil, fmt.Errorf("%w: %s: signature too large for one frame", replicate.ErrUnsupported, p)
 	}
 	sig, err := delta.NewSignature(replicate.ContextReader(ctx, f), bs)

@@ -16,11 +16,13 @@ import (
 
 // Version is the protocol version. Master and agent must speak the same:
 // the master uploads its own binary when the worker's agent differs.
-const Version = 3
+// 4: a directory listing is answered in as many frames as it needs.
+const Version = 4
 
 // maxFrame bounds one frame: a data frame carries at most dataChunk bytes,
-// a directory listing is answered in one frame.
-const maxFrame = 16 << 20
+// a directory listing is split into frames of at most this size
+// (listingFrames). A variable only so that tests can lower it.
+var maxFrame = 16 << 20
 
 // dataChunk is the payload of one WriteData frame.
 const dataChunk = 256 << 10
@@ -171,8 +173,36 @@ type response struct {
 	Xattrs map[string][]byte
 }
 
-// flag is the answer to a yes-or-no request (see flagResponse).
+// flag is the answer to a yes-or-no request (see flagResponse). In a
+// frame of a directory listing it says that more frames follow.
 func (r response) flag() bool { return len(r.Data) == 1 && r.Data[0] == 1 }
+
+// infoMaxOverhead bounds the bytes one replicate.FileInfo takes in an
+// encoded response besides its name: six varints of at most 10 bytes.
+const infoMaxOverhead = 6 * binary.MaxVarintLen64
+
+// listingFrames splits the answer to a directory listing into responses
+// that each encode to at most maxFrame bytes, so that a directory of any
+// size can be listed: every one but the last carries Data = {1} (more
+// follow). An error, or a listing that fits, is one response.
+func listingFrames(r response) []response {
+	// What a response costs besides its entries: class, errno, an empty
+	// message, the entry count, Data and the xattr count.
+	const fixed = 4 * binary.MaxVarintLen64
+	var parts []response
+	start, size := 0, fixed
+	for i, fi := range r.Infos {
+		n := len(fi.Name) + infoMaxOverhead
+		if size+n > maxFrame && i > start {
+			parts = append(parts, response{Infos: r.Infos[start:i], Data: []byte{1}})
+			start, size = i, fixed
+		}
+		size += n
+	}
+	last := r
+	last.Infos = r.Infos[start:]
+	return append(parts, last)
+}
 
 type encoder struct{ b []byte }
 
@@ -370,7 +400,7 @@ func readFrame(r io.Reader, buf []byte) ([]byte, error) {
 		return buf, err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if n > maxFrame {
+	if int64(n) > int64(maxFrame) {
 		return buf, fmt.Errorf("agent protocol: frame of %d bytes exceeds %d", n, maxFrame)
 	}
 	if cap(buf) < int(n) {
