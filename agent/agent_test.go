@@ -20,6 +20,7 @@ import (
 	"github.com/mirrorfs/mirrorfs/delta"
 	"github.com/mirrorfs/mirrorfs/replicate"
 	"github.com/mirrorfs/mirrorfs/replicate/transporttest"
+	"golang.org/x/sys/unix"
 )
 
 // pipeClient runs an agent on dir in this process, connected by pipes.
@@ -716,5 +717,69 @@ func TestListingFramesWithinLimit(t *testing.T) {
 	}
 	if parts := listingFrames(response{}); len(parts) != 1 || parts[0].flag() {
 		t.Errorf("an empty listing: %+v", parts)
+	}
+}
+
+// Requests the master never sends and that would grant privileges on the
+// worker are refused, naming the path and what was refused: device nodes
+// of any number, and setting or removing xattrs outside user.*. FIFOs,
+// sockets and user.* attributes are still served.
+func TestRawFramesRefusePrivileged(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	send := rawAgent(t, root)
+	refused := []struct {
+		req  request
+		want []string
+	}{
+		{request{Op: opMknod, Path: "null", Mode: uint32(fs.ModeDevice | fs.ModeCharDevice | 0o666), Rdev: unix.Mkdev(1, 3)}, []string{"null", "character device"}},
+		{request{Op: opMknod, Path: "sda", Mode: uint32(fs.ModeDevice | 0o660), Rdev: unix.Mkdev(8, 0)}, []string{"sda", "block device"}},
+		{request{Op: opMknod, Path: "mem", Mode: uint32(fs.ModeCharDevice | 0o666), Rdev: unix.Mkdev(1, 1)}, []string{"mem", "character device"}},
+		{request{Op: opSetXattr, Path: "f", Path2: "security.capability", Data: []byte{1, 0, 0, 2, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}}, []string{"f", "security.capability", "set"}},
+		{request{Op: opSetXattr, Path: "f", Path2: "trusted.x", Data: []byte("v")}, []string{"f", "trusted.x", "set"}},
+		{request{Op: opSetXattr, Path: "f", Path2: "system.posix_acl_access", Data: []byte("v")}, []string{"f", "system.posix_acl_access"}},
+		{request{Op: opSetXattr, Path: "f", Path2: "user", Data: []byte("v")}, []string{"f", `"user"`}},
+		{request{Op: opRemoveXattr, Path: "f", Path2: "security.selinux"}, []string{"f", "security.selinux", "remove"}},
+		{request{Op: opRemoveXattr, Path: "f", Path2: "trusted.x"}, []string{"f", "trusted.x", "remove"}},
+	}
+	for _, c := range refused {
+		resp, _ := send(c.req)
+		err := resp.err()
+		if err == nil {
+			t.Errorf("op %d %q %q: accepted", c.req.Op, c.req.Path, c.req.Path2)
+			continue
+		}
+		for _, w := range append(c.want, "refuses") {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("op %d %q %q: error %q does not mention %q", c.req.Op, c.req.Path, c.req.Path2, err, w)
+			}
+		}
+	}
+	for _, name := range []string{"null", "sda", "mem"} {
+		if _, err := os.Lstat(filepath.Join(root, name)); err == nil {
+			t.Errorf("device node %s created", name)
+		}
+	}
+	for _, name := range []string{"security.capability", "trusted.x", "system.posix_acl_access", "user"} {
+		if _, err := unix.Lgetxattr(filepath.Join(root, "f"), name, nil); err == nil {
+			t.Errorf("xattr %s set", name)
+		}
+	}
+	// What the master may send is still served.
+	if resp, _ := send(request{Op: opMknod, Path: "fifo", Mode: uint32(fs.ModeNamedPipe | 0o644)}); resp.err() != nil {
+		t.Errorf("mknod fifo: %v", resp.err())
+	}
+	if resp, _ := send(request{Op: opMknod, Path: "sock", Mode: uint32(fs.ModeSocket | 0o644)}); resp.err() != nil {
+		t.Errorf("mknod socket: %v", resp.err())
+	}
+	resp, _ := send(request{Op: opSetXattr, Path: "f", Path2: "user.k", Data: []byte("v")})
+	if err := resp.err(); errors.Is(err, unix.ENOTSUP) {
+		t.Logf("no user xattrs here: %v", err)
+	} else if err != nil {
+		t.Errorf("set user.k: %v", err)
+	} else if resp, _ := send(request{Op: opRemoveXattr, Path: "f", Path2: "user.k"}); resp.err() != nil {
+		t.Errorf("remove user.k: %v", resp.err())
 	}
 }

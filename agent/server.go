@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -393,14 +394,23 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 			}
 			return response{Xattrs: m}, true
 		case opSetXattr:
+			if err := xattrAllowed("set", r.Path, r.Path2); err != nil {
+				return errorResponse(err), true
+			}
 			return result(x.SetXattr(ctx, r.Path, r.Path2, r.Data)), true
 		default:
+			if err := xattrAllowed("remove", r.Path, r.Path2); err != nil {
+				return errorResponse(err), true
+			}
 			return result(x.RemoveXattr(ctx, r.Path, r.Path2)), true
 		}
 	case opMknod:
 		sp, ok := any(l).(special)
 		if !ok {
 			return errorResponse(replicate.ErrUnsupported), true
+		}
+		if err := mknodAllowed(r.Path, fs.FileMode(r.Mode)); err != nil {
+			return errorResponse(err), true
 		}
 		return result(sp.Mknod(ctx, r.Path, fs.FileMode(r.Mode), r.Rdev)), true
 	case opHash:
@@ -450,6 +460,38 @@ func (s *server) handle(ctx context.Context, r request) (resp response, answer b
 		return response{}, false
 	}
 	return errorResponse(fmt.Errorf("agent protocol: unknown op %d", r.Op)), true
+}
+
+// replicatedXattrs is the one xattr namespace the master replicates
+// (replicate copies user.* only): security.*, trusted.* and system.*
+// belong to each machine.
+const replicatedXattrs = "user."
+
+// xattrAllowed refuses to set or remove (what) an extended attribute
+// outside user.*: the master never sends one, and a security.capability
+// or trusted.* attribute set on a worker would grant privileges there.
+func xattrAllowed(what, p, name string) error {
+	if strings.HasPrefix(name, replicatedXattrs) {
+		return nil
+	}
+	return fmt.Errorf("%s: the agent refuses to %s the extended attribute %q (only %s* attributes are replicated): %w",
+		p, what, name, replicatedXattrs, fs.ErrPermission)
+}
+
+// mknodAllowed refuses device nodes: the master never sends one (it
+// replicates no FIFO, socket or device node), and a device node in a web
+// root would give whoever can open it the device. FIFOs and sockets,
+// harmless, are left to replicate.Local.
+func mknodAllowed(p string, mode fs.FileMode) error {
+	if mode&fs.ModeDevice == 0 && mode&fs.ModeCharDevice == 0 {
+		return nil
+	}
+	kind := "block device"
+	if mode&fs.ModeCharDevice != 0 {
+		kind = "character device"
+	}
+	return fmt.Errorf("%s: the agent refuses to create a %s node (device nodes are never replicated): %w",
+		p, kind, replicate.ErrUnsupported)
 }
 
 // signature returns the marshalled delta.Signature of the regular file p.

@@ -119,8 +119,9 @@ type Special interface {
 	// fs.ModeDevice, plus permission bits) and the device number rdev
 	// (ignored for a FIFO). A socket inode (fs.ModeSocket) may be created
 	// too, as mknod(2) allows. It fails if p exists; any other type fails
-	// with [ErrUnsupported]. The permission bits are applied exactly, not
-	// masked by the worker's umask.
+	// with [ErrUnsupported], and so may a device node (the agent refuses
+	// them: the master replicates none). The permission bits are applied
+	// exactly, not masked by the worker's umask.
 	Mknod(ctx context.Context, p string, mode fs.FileMode, rdev uint64) error
 }
 
