@@ -39,3 +39,46 @@ func TestStoreChangedWhileStopped(t *testing.T) {
 		t.Fatalf("the daemon did not say why it compares the workers:\n%s", logTail(c.LogPath, 30))
 	}
 }
+
+// In place (no store:), the daemon reaches the web root through
+// /proc/self/fd/N, a symlink: the scan at start must walk the directory it
+// names. A clean restart with nothing changed compares nothing; a file
+// edited in the bare mount point while the daemon was stopped is found and
+// replicated.
+func TestInPlaceStoreChangedWhileStopped(t *testing.T) {
+	c := newCluster(t, clusterOptions{Workers: 1, InPlace: true, Prefill: func(dir string) {
+		if err := os.Mkdir(dir+"/sub", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, dir+"/sub/page.html", "prefilled\n")
+	}})
+	writeFile(t, c.Mount+"/index.html", "through the mount\n")
+	c.waitConverged(t, converge)
+	const notice = "the store changed while mirrorfs was stopped"
+	marked := []string{notice, "worker marked for a full copy", "full copy done"}
+
+	c.Stop(t)
+	from := fileSize(c.LogPath)
+	c.Start(t)
+	writeFile(t, c.Mount+"/after-restart.html", "still replicated\n")
+	c.waitConverged(t, converge)
+	for _, m := range marked {
+		if strings.Contains(readFrom(c.LogPath, from), m) {
+			t.Fatalf("a clean in-place restart with nothing changed logged %q:\n%s", m, readFrom(c.LogPath, from))
+		}
+	}
+
+	c.Stop(t)
+	// The mount point is the bare directory now: edit a file in it
+	// directly, one level down, so that only the walk's descent finds it
+	// (no directory's entries change).
+	writeFile(t, c.Mount+"/sub/page.html", "edited while mirrorfs was stopped\n")
+	from = fileSize(c.LogPath)
+	c.Start(t)
+	c.waitConverged(t, converge)
+	c.verify(t)
+	log := readFrom(c.LogPath, from)
+	if !strings.Contains(log, notice) || !strings.Contains(log, "first_change=sub/page.html") {
+		t.Fatalf("the daemon did not notice sub/page.html, edited while it was stopped:\n%s", log)
+	}
+}

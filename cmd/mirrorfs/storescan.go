@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"path/filepath"
+	"os"
 	"syscall"
 	"time"
 
@@ -25,10 +25,15 @@ var errChangedBehind = errors.New("store changed")
 // directory, an entry added or removed in it) after since, or "" when
 // none did. ctime cannot be set back by touch or tar, so nothing made
 // after since hides from it.
+//
+// The store may be reached through a symlink to the directory (in place it
+// is /proc/self/fd/N): the walk starts at the directory it names, with
+// stat, and lstats everything below, so the root is walked but no symlink
+// inside it is followed.
 func storeChangedSince(store string, since time.Time) (string, error) {
 	limit := since.Add(-scanSlack)
 	var changed string
-	err := filepath.WalkDir(store, func(p string, d fs.DirEntry, err error) error {
+	err := fs.WalkDir(os.DirFS(store), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -44,7 +49,7 @@ func storeChangedSince(store string, since time.Time) (string, error) {
 			return nil
 		}
 		if time.Unix(st.Ctim.Sec, st.Ctim.Nsec).After(limit) {
-			changed, _ = filepath.Rel(store, p)
+			changed = p
 			return errChangedBehind
 		}
 		return nil
