@@ -250,6 +250,11 @@ func parse(data []byte, file string) (*Config, error) {
 		return nil, &syntaxError{file, err}
 	}
 
+	// MIRRORFS_JOURNAL names the journal's directory: once bound, viper
+	// answers "journal" with the variable alone, so the file's mapping
+	// (its max_bytes) is taken before.
+	fileJournal, _ := v.Get("journal").(map[string]any)
+
 	src := &source{file: file, lines: map[string]int{}, env: map[string]string{}}
 	for _, k := range envKeys {
 		name := envName(k)
@@ -263,7 +268,7 @@ func parse(data []byte, file string) (*Config, error) {
 
 	p := &problems{src: src}
 	checkShape(&root, src.lines, p)
-	c := decode(v, p)
+	c := decode(v, fileJournal, p)
 	c.src = src
 	c.validate(p)
 	if err := p.err(); err != nil {
@@ -273,8 +278,10 @@ func parse(data []byte, file string) (*Config, error) {
 }
 
 // decode builds a Config from v, with defaults for what v lacks. Values of
-// the wrong type are reported to p and left at their default.
-func decode(v *viper.Viper, p *problems) *Config {
+// the wrong type are reported to p and left at their default. fileJournal
+// is the file's journal mapping, if it has one: its max_bytes holds even
+// when MIRRORFS_JOURNAL overrides the directory.
+func decode(v *viper.Viper, fileJournal map[string]any, p *problems) *Config {
 	d := decoder{p}
 	c := &Config{
 		Journal: defaultJournal,
@@ -294,15 +301,15 @@ func decode(v *viper.Viper, p *problems) *Config {
 	switch jv := v.Get("journal").(type) {
 	case map[string]any:
 		d.path("journal.dir", jv["dir"], &c.Journal, "omit dir to use "+defaultJournal)
-		if mb := jv["max_bytes"]; mb != nil {
-			n, err := toBytes(mb)
-			if err != nil {
-				p.add("journal.max_bytes", "%v", err)
-			}
-			c.JournalMaxBytes = n
-		}
-	default:
+	default: // the file's scalar, or MIRRORFS_JOURNAL
 		d.path("journal", jv, &c.Journal, "")
+	}
+	if mb := fileJournal["max_bytes"]; mb != nil {
+		n, err := toBytes(mb)
+		if err != nil {
+			p.add("journal.max_bytes", "%v", err)
+		}
+		c.JournalMaxBytes = n
 	}
 	d.path("control", v.Get("control"), &c.Control, "")
 	c.Exclude = d.list("exclude", v.Get("exclude"))

@@ -435,6 +435,25 @@ workers: [{name: w, host: h}]
 	}
 }
 
+// MIRRORFS_JOURNAL overrides the journal's directory only: a budget
+// (journal.max_bytes) from the file still holds, and is still checked.
+func TestEnvJournalKeepsMaxBytes(t *testing.T) {
+	clearEnv(t)
+	p := writeConfig(t, "mount: /w\njournal: {dir: /var/lib/j, max_bytes: 1GiB}\n")
+	t.Setenv("MIRRORFS_JOURNAL", "/srv/journal")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Journal != "/srv/journal" || c.JournalMaxBytes != 1<<30 {
+		t.Errorf("journal %q max_bytes %d, want /srv/journal and %d", c.Journal, c.JournalMaxBytes, 1<<30)
+	}
+	p = writeConfig(t, "mount: /w\njournal: {dir: /var/lib/j, max_bytes: lots}\n")
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), p+":2: journal.max_bytes: invalid size") {
+		t.Errorf("a bad max_bytes with MIRRORFS_JOURNAL set: %v", err)
+	}
+}
+
 func TestEnvEmptyIsUnset(t *testing.T) {
 	clearEnv(t)
 	t.Setenv("MIRRORFS_STORE", "")
