@@ -512,6 +512,11 @@ func toBytes(val any) (int64, error) {
 			continue
 		}
 		f, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+		if err == nil && (math.IsNaN(f) || math.IsInf(f, 0)) {
+			// ParseFloat reads "NaN" and "Inf": NaN passes every
+			// comparison below, and int64(NaN) is negative.
+			return 0, fmt.Errorf("invalid size %q: not a finite number (want bytes or a number with a unit: 512MiB, 2GB, 1G)", str)
+		}
 		if err != nil || f < 0 || f*float64(u.mult) > float64(1<<62) {
 			break
 		}
