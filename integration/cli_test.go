@@ -129,6 +129,37 @@ func TestCLIBasics(t *testing.T) {
 	}
 }
 
+// TestJournalUsageErrors: every mistake in how a journal command is
+// called exits 2, as docs/operations.md says, a flag that does not parse
+// included, and the message the user sees names the mistake with no
+// internal suffix. Nothing is read: the configuration does not exist.
+func TestJournalUsageErrors(t *testing.T) {
+	needRoot(t)
+	bin := mirrorfsBinary(t)
+	cfg := filepath.Join(t.TempDir(), "missing.yaml")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"journal", "ls", "--limit", "abc"}, `"abc"`},
+		{[]string{"journal", "ls", "-n", "1.5"}, `"1.5"`},
+		{[]string{"journal", "ls", "--limit", "0"}, "--limit 0"},
+		{[]string{"journal", "ls", "--limit", "100001"}, "--limit 100001"},
+		{[]string{"journal", "ls", "--from", "-3"}, `"-3"`},
+		{[]string{"journal", "ls", "--no-such-flag"}, "--no-such-flag"},
+		{[]string{"journal", "stats", "--json=maybe"}, `"maybe"`},
+		{[]string{"journal", "show", "abc"}, `SEQ "abc"`},
+	} {
+		_, stderr, code := runMirrorfs(t, bin, append(tc.args, "--config", cfg)...)
+		if code != 2 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit 2 and %s", tc.args, code, stderr, tc.want)
+		}
+		if strings.Contains(stderr, ": usage") {
+			t.Errorf("%v: stderr %q ends in the internal %q", tc.args, stderr, ": usage")
+		}
+	}
+}
+
 // TestStatusWithoutDaemon: after the daemon stopped, status reads the
 // journal read-only and still shows each worker's position.
 func TestStatusWithoutDaemon(t *testing.T) {

@@ -64,6 +64,9 @@ func newJournalCmd() *cobra.Command {
 	cmd.PersistentFlags().StringVarP(&o.cfgPath, "config", "c", "/etc/mirrorfs/mirrorfs.yaml", "configuration file")
 	cmd.PersistentFlags().BoolVar(&o.asJSON, "json", false, "print JSON instead of a table")
 	cmd.AddCommand(newJournalStatsCmd(&o), newJournalLsCmd(&o), newJournalShowCmd(&o))
+	// docs/operations.md: exit 2 for a bad --limit, whether its value is
+	// out of range or not a number at all. Subcommands inherit this.
+	cmd.SetFlagErrorFunc(flagUsageError)
 	return cmd
 }
 
@@ -163,7 +166,7 @@ and the --from that lists them.` + "\n\n" + journalPathHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if limit <= 0 || limit > journal.MaxListLimit {
-				return fmt.Errorf("--limit %d: want 1 to %d: %w", limit, journal.MaxListLimit, errUsage)
+				return usageErrorf("--limit %d: want 1 to %d", limit, journal.MaxListLimit)
 			}
 			cfg, err := config.Load(o.cfgPath)
 			if err != nil {
@@ -232,7 +235,7 @@ were trimmed once every worker had them) to its last.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			seq, err := parseSeq(args[0])
 			if err != nil {
-				return fmt.Errorf("SEQ %q: %v: %w", args[0], err, errUsage)
+				return usageErrorf("SEQ %q: %v", args[0], err)
 			}
 			cfg, err := config.Load(o.cfgPath)
 			if err != nil {

@@ -13,8 +13,27 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-// errDrift and friends map to distinct exit codes so scripts can react.
+// errUsage marks a mistake in how a command was called (exit status 2,
+// where a command documents it): match it with errors.Is; build such
+// errors with usageErrorf, whose text is the mistake alone.
 var errUsage = errors.New("usage")
+
+// usageError is a mistake in how a command was called: it reads as the
+// mistake and matches errUsage.
+type usageError struct{ err error }
+
+func (e usageError) Error() string        { return e.err.Error() }
+func (e usageError) Unwrap() error        { return e.err }
+func (e usageError) Is(target error) bool { return target == errUsage }
+
+func usageErrorf(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// flagUsageError makes a flag that does not parse (unknown, or a value of
+// the wrong type) a usage error; set on commands whose exit status 2
+// documents usage errors (cobra's default makes them exit 1).
+func flagUsageError(_ *cobra.Command, err error) error { return usageError{err} }
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
