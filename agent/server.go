@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -67,8 +66,8 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, root string, log *s
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := checkRoot(root); err != nil {
-		return err
+	if err := replicate.CheckRoot(root); err != nil {
+		return fmt.Errorf("agent %w", err)
 	}
 	l, err := replicate.NewLocal(root)
 	if err != nil {
@@ -133,29 +132,6 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, root string, log *s
 			}
 		}
 	}
-}
-
-// checkRoot requires root to be a real directory, not a symlink: a root
-// that is a link (to / or ../.., say) would send every change to wherever
-// it points. The message names the target and the resolved path to
-// configure instead.
-func checkRoot(root string) error {
-	fi, err := os.Lstat(root)
-	if err != nil {
-		return fmt.Errorf("agent root %s: %w", root, err)
-	}
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		target, _ := os.Readlink(root)
-		resolved, rerr := filepath.EvalSymlinks(root)
-		if rerr != nil {
-			resolved = "unresolvable: " + rerr.Error()
-		}
-		return fmt.Errorf("agent root %s is a symlink to %s (resolves to %s): a worker root must be a real directory; configure the resolved path instead", root, target, resolved)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("agent root %s: not a directory", root)
-	}
-	return nil
 }
 
 type server struct {

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -93,6 +94,30 @@ func (l *Local) Sync(ctx context.Context) error {
 		l.mu.Lock()
 		l.dirSynced++
 		l.mu.Unlock()
+	}
+	return nil
+}
+
+// CheckRoot requires root, a worker's root, to be a real directory, not a
+// symlink: a root that is a link (to / or ../.., say) would send every
+// change to wherever it points. The message names the target and the
+// resolved path to configure instead. The agent and `mirrorfs worker`
+// both check their root with it.
+func CheckRoot(root string) error {
+	fi, err := os.Lstat(root)
+	if err != nil {
+		return fmt.Errorf("root %s: %w", root, err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		target, _ := os.Readlink(root)
+		resolved, rerr := filepath.EvalSymlinks(root)
+		if rerr != nil {
+			resolved = "unresolvable: " + rerr.Error()
+		}
+		return fmt.Errorf("root %s is a symlink to %s (resolves to %s): a worker root must be a real directory; configure the resolved path instead", root, target, resolved)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("root %s: not a directory", root)
 	}
 	return nil
 }

@@ -14,7 +14,9 @@
 //     and TCP forwarding are refused; every refusal is logged with its reason.
 //   - Every file operation goes through an [os.Root] for the configured directory. Client paths
 //     are relative to it ("/" is the root, ".." cannot climb above it), and no operation follows a
-//     symlink out of it. Symlinks with any target may be created and read back.
+//     symlink out of it. Symlinks with any target may be created and read back. The root itself
+//     must be a real directory: a root that is a symlink is refused at start, and a session is
+//     refused if the root has been replaced by one since.
 //   - A successful reply means the change is on stable storage: closing a handle that wrote,
 //     created or truncated a file fsyncs it (pkg/sftp's request server cannot route the
 //     fsync@openssh.com extension, so the server does it on close), and rename, posix-rename,

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mirrorfs/mirrorfs/replicate"
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 )
@@ -45,7 +46,8 @@ const (
 	extComment     = "mirrorfs-key-comment"
 )
 
-// New validates opts and returns a Server. It fails if the root is not an existing directory, the
+// New validates opts and returns a Server. It fails if the root is not an existing directory (a
+// symlink to one is refused, naming its target and the resolved path), the
 // host key cannot be read or parsed (or is encrypted), or the authorized keys file cannot be read;
 // every error names the file at fault.
 func New(opts Options) (*Server, error) {
@@ -60,12 +62,9 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("worker: root %s: %w", opts.Root, err)
 	}
-	fi, err := os.Stat(root)
-	if err != nil {
-		return nil, fmt.Errorf("worker: root %s: %w", root, err)
-	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("worker: root %s: not a directory", root)
+	// Like the agent, never follow a symlinked root.
+	if err := replicate.CheckRoot(root); err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
 	}
 	r, err := os.OpenRoot(root)
 	if err != nil {
@@ -289,7 +288,9 @@ func (s *Server) serveSession(log *slog.Logger, nc ssh.NewChannel) {
 			case started:
 				log.Warn("refused subsystem", "subsystem", p.Name, "reason", "session already runs sftp")
 			default:
-				root, err := os.OpenRoot(s.root)
+				// The root is checked again: a symlink put in its
+				// place since the start is not followed either.
+				root, err := s.openRoot()
 				if err != nil {
 					log.Error("refused subsystem: cannot open root", "root", s.root, "err", err)
 					break
@@ -313,6 +314,15 @@ func (s *Server) serveSession(log *slog.Logger, nc ssh.NewChannel) {
 	}
 	done.Wait()
 	ch.Close()
+}
+
+// openRoot opens the root for one session, refusing it if it has become
+// a symlink (os.OpenRoot follows one).
+func (s *Server) openRoot() (*os.Root, error) {
+	if err := replicate.CheckRoot(s.root); err != nil {
+		return nil, err
+	}
+	return os.OpenRoot(s.root)
 }
 
 // serveSFTP runs pkg/sftp's request server on ch, confined to root, then reports an exit status

@@ -318,3 +318,52 @@ func TestGenerateKeyFiles(t *testing.T) {
 		t.Errorf("left temporary files behind: %v", entries)
 	}
 }
+
+// A root that is a symlink is refused at start, naming the root, its
+// target and the resolved path, as the agent refuses it; a root replaced
+// by a symlink after the start is not followed by a new session either.
+func TestSymlinkRootRefused(t *testing.T) {
+	w := startWorker(t)
+	hostKey := filepath.Join(w.base, "host_key")
+	link := filepath.Join(w.base, "www")
+	if err := os.Symlink(w.outside, link); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(Options{Root: link, AuthorizedKeys: w.authKeys, HostKey: hostKey})
+	if err == nil {
+		t.Fatalf("New with root %s -> %s: no error", link, w.outside)
+	}
+	for _, want := range []string{link, "symlink", w.outside, "configure the resolved path"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+
+	// The running worker's root becomes a symlink to outside.
+	if err := os.Rename(w.root, w.root+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(w.outside, w.root); err != nil {
+		t.Fatal(err)
+	}
+	c := w.client(t)
+	if sc, err := sftp.NewClient(c); err == nil {
+		werr := writeRemote(sc, "/escaped")
+		sc.Close()
+		t.Errorf("an sftp session was served through a symlinked root (write: %v)", werr)
+	}
+	if ents, _ := os.ReadDir(w.outside); len(ents) != 0 {
+		t.Errorf("files created through the symlinked root: %v", ents)
+	}
+	if !strings.Contains(w.logs.String(), "symlink") {
+		t.Errorf("the refusal is not logged:\n%s", w.logs.String())
+	}
+}
+
+func writeRemote(sc *sftp.Client, p string) error {
+	f, err := sc.Create(p)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}

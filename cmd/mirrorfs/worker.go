@@ -18,7 +18,8 @@ func newWorkerCmd() *cobra.Command {
 		Short: "Run an SFTP-only SSH server that confines the master to one directory",
 		Long: `Run an embedded SSH server on a worker host that accepts nothing but SFTP,
 only from the keys in --authorized-keys, and confines every file operation
-to --root (symlinks cannot lead out of it). Use it on hosts that should give
+to --root (symlinks cannot lead out of it; --root itself must not be a
+symlink: configure the directory it resolves to). Use it on hosts that should give
 the master no shell; a worker with OpenSSH needs no mirrorfs binary at all.
 
 The master then lists this host as a worker with the port given here, and
