@@ -347,6 +347,11 @@ func TestDotDotAndAbsolutePathsStayInRoot(t *testing.T) {
 	w := startWorker(t)
 	c := w.sftp(t)
 	parent := filepath.Dir(w.root)
+	// The directories an absolute path names, made inside the root, so
+	// that creating /PARENT/escape5 can succeed there.
+	if err := os.MkdirAll(w.inRoot(parent), 0o755); err != nil {
+		t.Fatal(err)
+	}
 
 	for _, p := range []string{"../escape1", "/../escape2", "../../../../../escape3", "a/../../escape4", "/" + parent + "/escape5"} {
 		f, err := c.Create(p)
@@ -378,8 +383,13 @@ func TestDotDotAndAbsolutePathsStayInRoot(t *testing.T) {
 			t.Errorf("%s did not land in the root: %v", n, err)
 		}
 	}
-	if _, err := os.Lstat(w.inRoot(parent + "/escape5")); err == nil {
-		t.Errorf("an absolute path did not land in the root")
+	// The absolute path /PARENT/escape5 names ROOT/PARENT/escape5, never
+	// PARENT/escape5 beside the root.
+	if _, err := os.Lstat(w.inRoot(parent + "/escape5")); err != nil {
+		t.Errorf("an absolute path did not land in the root: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(parent, "escape5")); err == nil {
+		t.Errorf("an absolute path escaped the root")
 	}
 
 	// Reading above the root: /../../etc/passwd is /etc/passwd of the root, which does not exist.
