@@ -4,9 +4,12 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -456,6 +459,46 @@ func TestEnvJournalKeepsMaxBytes(t *testing.T) {
 	p = writeConfig(t, "mount: /w\njournal: {dir: /var/lib/j, max_bytes: lots}\n")
 	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), p+":2: journal.max_bytes: invalid size") {
 		t.Errorf("a bad max_bytes with MIRRORFS_JOURNAL set: %v", err)
+	}
+}
+
+// The variables the package documentation names are exactly those that
+// exist, and keys it says have none (journal.dir, journal.max_bytes,
+// workers) are not read from the environment.
+func TestEnvVariablesDocumented(t *testing.T) {
+	doc, err := os.ReadFile("doc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile(`MIRRORFS_[A-Z_]*[A-Z]`).FindAllString(string(doc), -1) {
+		documented[m] = true
+	}
+	want := map[string]bool{}
+	for _, k := range envKeys {
+		want[envName(k)] = true
+	}
+	if !reflect.DeepEqual(documented, want) {
+		t.Errorf("doc.go names %v, the variables are %v", slices.Sorted(maps.Keys(documented)), slices.Sorted(maps.Keys(want)))
+	}
+	for _, text := range []string{string(doc), defaultYAML} {
+		for _, claim := range []string{"Every single-value key", "Each scalar key"} {
+			if strings.Contains(text, claim) {
+				t.Errorf("the documentation still says %q", claim)
+			}
+		}
+	}
+
+	clearEnv(t)
+	t.Setenv("MIRRORFS_JOURNAL_DIR", "/env/journal")
+	t.Setenv("MIRRORFS_JOURNAL_MAX_BYTES", "1GiB")
+	t.Setenv("MIRRORFS_WORKERS_0_HOST", "envhost")
+	c, err := Parse(strings.NewReader("mount: /w\njournal: {dir: /j}\nworkers: [{name: w, host: h}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Journal != "/j" || c.JournalMaxBytes != 0 || c.Workers[0].Host != "h" {
+		t.Errorf("undocumented variables were read: journal %q, max_bytes %d, host %q", c.Journal, c.JournalMaxBytes, c.Workers[0].Host)
 	}
 }
 

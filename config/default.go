@@ -7,9 +7,12 @@ func Default() string { return defaultYAML }
 const defaultYAML = `# mirrorfs configuration, normally /etc/mirrorfs/mirrorfs.yaml.
 #
 # Keys are lower case; an unknown key is an error. All paths are absolute.
-# Every single-value key can be overridden by an environment variable named
-# MIRRORFS_ and the key path in upper case with _ for dots, for example
-# MIRRORFS_MOUNT, MIRRORFS_BATCH_DELAY, MIRRORFS_SSH_USER.
+# The single-value keys of the top level and of batch, retry, log and ssh
+# can be overridden by an environment variable named MIRRORFS_ and the key
+# path in upper case with _ for dots, for example MIRRORFS_MOUNT,
+# MIRRORFS_BATCH_DELAY, MIRRORFS_SSH_USER. MIRRORFS_JOURNAL sets the
+# journal's directory (journal.dir) and keeps a max_bytes given here;
+# journal.max_bytes, the lists and the workers' keys come from this file only.
 
 # The web root that editors, deploy scripts and the web server use
 # (required). mirrorfs mounts itself here.

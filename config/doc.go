@@ -1,6 +1,7 @@
 // Package config loads and validates the mirrorfs configuration: one YAML
-// file (DefaultPath unless told otherwise) whose scalar keys can be
-// overridden by MIRRORFS_* environment variables. Its one job is to turn that
+// file (DefaultPath unless told otherwise) whose top-level, batch, retry,
+// log and ssh scalar keys can be overridden by MIRRORFS_* environment
+// variables. Its one job is to turn that
 // file into a complete, checked Config, or into errors that say which key is
 // wrong, where it is, and what is expected.
 //
@@ -51,14 +52,17 @@
 //
 // # Environment
 //
-// Each scalar key has a variable named MIRRORFS_ followed by the key path in
-// upper case with dots as underscores: MIRRORFS_MOUNT, MIRRORFS_STORE,
+// These scalar keys have a variable named MIRRORFS_ followed by the key path
+// in upper case with dots as underscores: MIRRORFS_MOUNT, MIRRORFS_STORE,
 // MIRRORFS_JOURNAL, MIRRORFS_CONTROL, MIRRORFS_BATCH_DELAY,
 // MIRRORFS_BATCH_MAX_OPS, MIRRORFS_BATCH_HOLD_OPEN, MIRRORFS_RETRY_MIN,
 // MIRRORFS_RETRY_MAX, MIRRORFS_LOG_LEVEL, MIRRORFS_SSH_USER,
 // MIRRORFS_SSH_KNOWN_HOSTS and MIRRORFS_SSH_CONNECT_TIMEOUT. A variable set
-// to the empty string counts as unset. Lists (exclude, ssh.identity) and
-// workers come from the file only. Every Load and Parse uses its own viper
+// to the empty string counts as unset. MIRRORFS_JOURNAL sets the journal's
+// directory whether the file writes journal as a path or as a mapping, and
+// a journal.max_bytes from the file still holds. journal.max_bytes, the
+// lists (exclude, ssh.identity) and workers (every workers[i] key) have no
+// variable: they come from the file only. Every Load and Parse uses its own viper
 // instance and reads the environment at that moment.
 //
 // # Exclude patterns
