@@ -267,7 +267,13 @@ func parse(data []byte, file string) (*Config, error) {
 	}
 
 	p := &problems{src: src}
-	checkShape(&root, src.lines, p)
+	nulls := checkShape(&root, src.lines, p)
+	// An omitted store mounts in place, over the web root: never do that
+	// because a template left `store: ${STORE}` empty. Omitting the key is
+	// the one way to ask for it.
+	if nulls["store"] && src.env["store"] == "" {
+		p.add("store", "has no value (a template variable left empty?): give the store directory, or omit the key to mount in place")
+	}
 	c := decode(v, fileJournal, p)
 	c.src = src
 	c.validate(p)

@@ -151,8 +151,8 @@ func TestDefaultCases(t *testing.T) {
 	}{
 		{"zero workers", "mount: /w\n", func(c *Config) bool { return len(c.Workers) == 0 }},
 		{"empty workers list", "mount: /w\nworkers: []\n", func(c *Config) bool { return len(c.Workers) == 0 }},
-		{"key without value is omitted", "mount: /w\nstore:\nbatch:\n", func(c *Config) bool {
-			return c.InPlace && c.Batch.MaxOps == 50000
+		{"key without value is omitted", "mount: /w\njournal:\nbatch:\nlog: ~\n", func(c *Config) bool {
+			return c.InPlace && c.Batch.MaxOps == 50000 && c.Journal == defaultJournal && c.Log.Level == "info"
 		}},
 		{"store given", "mount: /w\nstore: /s\n", func(c *Config) bool { return !c.InPlace && c.Store == "/s" }},
 		{"journal as a mapping", "mount: /w\njournal: {dir: /j/, max_bytes: 512MiB}\n", func(c *Config) bool {
@@ -253,6 +253,10 @@ func TestErrors(t *testing.T) {
 		{"mount relative", "mount: www\n", "mount", "absolute"},
 		{"mount root", "mount: /\n", "mount", "must not be /"},
 		{"store empty", "mount: /w\nstore: ''\n", "store", "omit store"},
+		// A template's `store: ${STORE}` with STORE unset must not mount in place.
+		{"store without value", "mount: /w\nstore:\n", "store", "omit the key to mount in place"},
+		{"store ~", "mount: /w\nstore: ~\n", "store", "has no value"},
+		{"store null", "mount: /w\nstore: null\n", "store", "has no value"},
 		{"store relative", "mount: /w\nstore: s\n", "store", "absolute"},
 		{"store is mount", "mount: /w\nstore: /w/\n", "store", "must differ from mount"},
 		{"store inside mount", "mount: /w\nstore: /w/s\n", "store", "inside mount"},
@@ -502,15 +506,26 @@ func TestEnvVariablesDocumented(t *testing.T) {
 	}
 }
 
-func TestEnvEmptyIsUnset(t *testing.T) {
-	clearEnv(t)
-	t.Setenv("MIRRORFS_STORE", "")
-	c, err := Parse(strings.NewReader("mount: /w\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !c.InPlace {
-		t.Error("empty MIRRORFS_STORE should leave store unset")
+// An empty MIRRORFS_STORE leaves store unset (in place); a set one gives
+// the value a `store:` with no value left out, which alone is refused.
+func TestEnvStore(t *testing.T) {
+	for _, tc := range []struct {
+		env, file string
+		inPlace   bool
+		store     string
+	}{
+		{"", "mount: /w\n", true, ""},
+		{"/srv/store", "mount: /w\nstore:\n", false, "/srv/store"},
+	} {
+		clearEnv(t)
+		t.Setenv("MIRRORFS_STORE", tc.env)
+		c, err := Parse(strings.NewReader(tc.file))
+		if err != nil {
+			t.Fatalf("MIRRORFS_STORE=%q, %q: %v", tc.env, tc.file, err)
+		}
+		if c.InPlace != tc.inPlace || c.Store != tc.store {
+			t.Errorf("MIRRORFS_STORE=%q, %q: store %q, in place %v; want %q, %v", tc.env, tc.file, c.Store, c.InPlace, tc.store, tc.inPlace)
+		}
 	}
 }
 

@@ -19,7 +19,8 @@ const defaultYAML = `# mirrorfs configuration, normally /etc/mirrorfs/mirrorfs.y
 mount: /var/www/html
 
 # Where the real bytes live. Omit it to mount over the existing directory
-# in place, keeping the bytes in the directory the mount covers.
+# in place, keeping the bytes in the directory the mount covers. A store:
+# with no value is an error, not in place.
 store: /var/lib/mirrorfs/store
 
 # The journal of every mutation (default /var/lib/mirrorfs/journal).

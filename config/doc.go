@@ -28,9 +28,11 @@
 //	workers[i].root    the same path as mount
 //	workers[i].user    ssh.user
 //
-// A key present with no value (`store:`) counts as omitted; a key set to the
-// empty string is an error, so that a template with a missing variable cannot
-// silently switch to a default (for store: to mounting in place).
+// A key present with no value (`journal:`, `journal: ~`) counts as omitted,
+// except store: `store:` with no value is an error, because omitting store
+// mounts in place and a template rendering `store: ${STORE}` with STORE
+// unset must not switch to that. A key set to the empty string ("") is an
+// error too; omit the key for its default.
 //
 // Zero workers is a valid configuration: mirrorfs then only mounts and
 // journals.

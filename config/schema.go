@@ -66,25 +66,32 @@ var schema = mappingOf(
 // checkShape reports unknown keys and values of the wrong kind (a list
 // where a mapping belongs, ...) in the parsed document root, and records
 // the line of every key it meets in lines.
-func checkShape(root *yaml.Node, lines map[string]int, p *problems) {
+//
+// It returns the keys present with no value (`store:`, `store: ~`), which
+// count as absent.
+func checkShape(root *yaml.Node, lines map[string]int, p *problems) (nulls map[string]bool) {
+	nulls = map[string]bool{}
 	if root.Kind == yaml.DocumentNode {
 		if len(root.Content) == 0 {
-			return // empty file
+			return nulls // empty file
 		}
 		root = root.Content[0]
 	}
-	w := shapeWalker{lines: lines, p: p}
+	w := shapeWalker{lines: lines, nulls: nulls, p: p}
 	w.walk(root, schema, "")
+	return nulls
 }
 
 type shapeWalker struct {
 	lines map[string]int
+	nulls map[string]bool
 	p     *problems
 }
 
 func (w shapeWalker) walk(n *yaml.Node, s *shape, key string) {
 	n = deref(n)
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		w.nulls[key] = true
 		return // present but empty: same as absent
 	}
 	if n.Kind != s.kind && s.alt != nil && n.Kind == s.alt.kind {
