@@ -303,12 +303,15 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 	}
 }
 
-// waitSynced waits until the durable cursor reached the journal's end.
+// waitSynced waits until the durable cursor reached the journal's end,
+// after the first full copy: a shipper that has not begun it yet has no
+// cursor, which an empty journal's end would otherwise match.
 func waitSynced(t testing.TB, s *Shipper, j *fakeJournal) {
 	t.Helper()
 	waitFor(t, "the worker to catch up", 10*time.Second, func() bool {
 		st := s.Status()
-		return !st.InitialCopy && st.Applied == j.LastSeq() && j.cursor("w1").Applied == j.LastSeq() && !j.cursor("w1").FullSync
+		c, ok, _ := j.Cursor("w1")
+		return ok && !c.FullSync && !st.InitialCopy && st.Applied == j.LastSeq() && c.Applied == j.LastSeq()
 	})
 }
 

@@ -64,7 +64,9 @@ type Options struct {
 	// quietGap. 0 means DefaultDelay, a negative value no wait.
 	Delay    time.Duration
 	MaxOps   int           // ops per batch (DefaultMaxOps)
-	HoldOpen time.Duration // ship files still open for writing after this (DefaultHoldOpen)
+	// HoldOpen is how long a file still open for writing is held back.
+	// 0 means DefaultHoldOpen, a negative value never holds one back.
+	HoldOpen time.Duration
 	RetryMin time.Duration // first backoff (DefaultRetryMin)
 	RetryMax time.Duration // backoff cap (DefaultRetryMax)
 	Logger   *slog.Logger  // nil discards
@@ -198,7 +200,9 @@ func NewShipper(opts Options) (*Shipper, error) {
 	if opts.MaxOps <= 0 {
 		opts.MaxOps = DefaultMaxOps
 	}
-	if opts.HoldOpen <= 0 {
+	if opts.HoldOpen < 0 {
+		opts.HoldOpen = 0
+	} else if opts.HoldOpen == 0 {
 		opts.HoldOpen = DefaultHoldOpen
 	}
 	if opts.RetryMin <= 0 {

@@ -158,6 +158,21 @@ func TestShipperHoldOpenAge(t *testing.T) {
 	waitSynced(t, s, f.j)
 }
 
+// A negative HoldOpen (batch.hold_open: 0) ships a file still open for
+// writing at once.
+func TestShipperHoldOpenNegativeNeverHolds(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	s := startedShipper(t, f, worker, func(o *Options) { o.HoldOpen = -1 }, nil)
+	waitSynced(t, s, f.j) // the first full copy is done: the log goes by the journal
+	f.writeOpen("log", "line 1\n")
+	waitFor(t, "the open log to ship", 5*time.Second, func() bool {
+		got, _ := readWorker(t, worker, "log")
+		return got == "line 1\n"
+	})
+	waitSynced(t, s, f.j)
+}
+
 func TestShipperRetriesTransportFailures(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)

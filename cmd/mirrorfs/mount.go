@@ -226,9 +226,9 @@ func startShippers(ctx context.Context, wg *sync.WaitGroup, cfg *config.Config, 
 			// Close record ships them.
 			OpenForWrite: mnt.OpenForWrite,
 			Exclude:      cfg.Exclude,
-			Delay:        cfg.Batch.Delay,
+			Delay:        zeroIsNone(cfg.Batch.Delay),
 			MaxOps:       cfg.Batch.MaxOps,
-			HoldOpen:     cfg.Batch.HoldOpen,
+			HoldOpen:     zeroIsNone(cfg.Batch.HoldOpen),
 			RetryMin:     cfg.Retry.Min,
 			RetryMax:     cfg.Retry.Max,
 			Logger:       log,
@@ -304,4 +304,15 @@ func workerDialer(cfg *config.Config, w config.Worker, log *slog.Logger) func(co
 		}
 		return agent.Dial(ctx, o)
 	}
+}
+
+// zeroIsNone maps a configured duration of 0 (batch.delay: ship at once;
+// batch.hold_open: never hold back) to what replicate.Options spells with
+// a negative value; its 0 means the package default, which the config has
+// already filled in for an omitted key.
+func zeroIsNone(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
