@@ -315,6 +315,22 @@ func waitSynced(t testing.TB, s *Shipper, j *fakeJournal) {
 	})
 }
 
+// replaySince is a crash before the cursor was saved: for each maxOps (the
+// ops a batch reads from the journal; with 1, a batch mostly does not see
+// the later ops), a fresh shipper replays everything after base to the
+// worker, which is then compared with the store.
+func replaySince(t testing.TB, f *fsim, worker string, base uint64, maxOps ...int) {
+	t.Helper()
+	for _, n := range maxOps {
+		f.j.cursors["w1"] = journal.Cursor{Applied: base}
+		s := newShipper(t, f, worker, func(o *Options) { o.MaxOps = n }, nil)
+		stop := start(t, s)
+		waitSynced(t, s, f.j)
+		stop()
+		compareTrees(t, f.store, worker, nil)
+	}
+}
+
 // treeDesc describes a tree for comparison: one line per entry with type,
 // permission bits, owner, mtime (seconds) and content or target, plus the
 // hard-link groups.

@@ -245,16 +245,7 @@ func TestShipperIdempotentReplay(t *testing.T) {
 	compareTrees(t, f.store, worker, nil)
 	stop()
 
-	// Crash before the cursor was saved: replay everything since base,
-	// one op per batch so that no batch sees the later ops.
-	for _, maxOps := range []int{1, 3, 1000} {
-		f.j.cursors["w1"] = journal.Cursor{Applied: base}
-		s := newShipper(t, f, worker, func(o *Options) { o.MaxOps = maxOps }, nil)
-		stop := start(t, s)
-		waitSynced(t, s, f.j)
-		stop()
-		compareTrees(t, f.store, worker, nil)
-	}
+	replaySince(t, f, worker, base, 1, 3, 1000)
 }
 
 // The worker drifted: files missing, extra files, wrong types. Ops touching
@@ -653,6 +644,41 @@ func TestShipperReplayedRenameNotResent(t *testing.T) {
 	if got := workerIno(t, worker, "b"); got != ino {
 		t.Errorf("b was sent again on replay (inode %d, was %d)", got, ino)
 	}
+}
+
+// TestShipperReplayAfterDirBecameSymlink: a deploy replaces a directory by
+// a symlink (`rm -rf current; ln -s releases/2 current`), and its ops are
+// applied again (kill -9 before the cursor was saved). The worker's
+// current is a symlink by then, so the unlink, rename and link ops of
+// paths below it find nothing to do there: they are no entries of the
+// worker's tree (nothing is followed through the symlink). They used to
+// fail on every retry, and the worker got no update any more.
+func TestShipperReplayAfterDirBecameSymlink(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("releases")
+	f.mkdir("releases/2")
+	f.writeFile("releases/2/index.html", "v2")
+	f.mkdir("current")
+	f.writeFile("current/index.html", "v1")
+	f.writeFile("current/a.css", "css")
+	s := newShipper(t, f, worker, nil, nil)
+	stop := start(t, s)
+	waitSynced(t, s, f.j)
+	base := f.j.LastSeq()
+
+	f.rename("current/a.css", "current/b.css")
+	f.link("current/index.html", "current/copy.html")
+	for _, p := range []string{"current/index.html", "current/b.css", "current/copy.html"} {
+		f.unlink(p)
+	}
+	f.rmdir("current")
+	f.symlink("releases/2", "current")
+	waitSynced(t, s, f.j)
+	stop()
+	compareTrees(t, f.store, worker, nil)
+
+	replaySince(t, f, worker, base, 1, 1000) // compares the symlink too
 }
 
 // A batch that failed after part of it reached the worker is applied

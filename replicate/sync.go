@@ -115,9 +115,19 @@ func (s *Shipper) storeLstat(p string) (fs.FileInfo, error) {
 }
 
 // wlstat is the worker's Lstat; missing is (nil, nil).
+//
+// A path below a symlink on the worker is missing too: Lstat refuses it
+// with ErrSymlink (a parent that is a symlink; the final component is
+// never followed), and it names no entry of the worker's tree, which ends
+// at the symlink — as a path below a regular file does (ENOENT). The
+// symlink is the worker's entry, and its own path's ops handle it. Without
+// this, an op re-applied after a deploy's `rm -rf current; ln -s
+// releases/2 current` reached the worker (unlink current/index.html)
+// failed on every retry, and that worker got no update any more. Nothing
+// is followed: every request under the symlink is still refused.
 func (s *Shipper) wlstat(ctx context.Context, p string) (*FileInfo, error) {
 	fi, err := s.t.Lstat(ctx, p)
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrSymlink) {
 		return nil, nil
 	}
 	if err != nil {
