@@ -681,6 +681,39 @@ func TestShipperReplayAfterDirBecameSymlink(t *testing.T) {
 	replaySince(t, f, worker, base, 1, 1000) // compares the symlink too
 }
 
+// TestShipperConvergeBelowStoreSymlink: a path converged from the store
+// after a batch's steps (here the destination of a rename whose source the
+// worker lacked; a rename replayed or applied right after a connect is
+// converged the same way) that the batch then put below a symlink is
+// missing in the store, not the file at the symlink's target: the deploy
+// renamed current/a.css, then swapped current for a symlink to releases/2,
+// which has a b.css too. The worker used to get that b.css at
+// current/b.css, its symlink current replaced by a directory.
+func TestShipperConvergeBelowStoreSymlink(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("releases")
+	f.mkdir("releases/2")
+	f.writeFile("releases/2/b.css", "css 2")
+	f.mkdir("current")
+	f.writeFile("current/a.css", "css 1")
+	s := startedShipper(t, f, worker, nil, nil)
+	f.must(os.Remove(filepath.Join(worker, "current", "a.css"))) // drift
+
+	// One batch: the deploy's calls come within the batch delay.
+	ren := f.renameStore("current/a.css", "current/b.css")
+	ino := f.ino("current/b.css")
+	f.must(os.Remove(f.abs("current/b.css")))
+	f.must(os.Remove(f.abs("current")))
+	f.must(os.Symlink("releases/2", f.abs("current")))
+	f.j.appendAll(ren,
+		journal.Op{Kind: journal.KindUnlink, File: ino, Path: "current/b.css"},
+		journal.Op{Kind: journal.KindRmdir, Path: "current"},
+		journal.Op{Kind: journal.KindSymlink, File: f.ino("current"), Path: "current", Target: "releases/2"})
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
+
 // A batch that failed after part of it reached the worker is applied
 // again with its renames suspect: here the rename's source name already
 // holds the newer file on the worker.

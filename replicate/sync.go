@@ -114,6 +114,31 @@ func (s *Shipper) storeLstat(p string) (fs.FileInfo, error) {
 	return s.store.Lstat(rootName(p))
 }
 
+// storeEntry is storeLstat for a path an op named, which the store may
+// since have put below a symlink: os.Root follows a symlink in a parent
+// (one that stays inside the root), so once current became a symlink to
+// releases/2, storeLstat("current/x") describes releases/2/x. Such a path
+// is no entry of the store's tree; it is missing (fs.ErrNotExist), as on
+// the worker (see wlstat). Converging it from releases/2/x wrote it on the
+// worker, replacing the worker's symlink current by a directory. Each
+// parent is looked at from the root down, so the first symlink is seen
+// itself, not followed.
+func (s *Shipper) storeEntry(p string) (fs.FileInfo, error) {
+	for i := 0; i < len(p); i++ {
+		if p[i] != '/' {
+			continue
+		}
+		fi, err := s.store.Lstat(p[:i])
+		if err != nil {
+			return nil, err
+		}
+		if !fi.IsDir() {
+			return nil, &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
+		}
+	}
+	return s.storeLstat(p)
+}
+
 // wlstat is the worker's Lstat; missing is (nil, nil).
 //
 // A path below a symlink on the worker is missing too: Lstat refuses it
@@ -143,7 +168,7 @@ func (sy *syncer) syncPath(ctx context.Context, p string) error {
 	if sy.skip[p] {
 		return nil
 	}
-	sfi, err := s.storeLstat(p)
+	sfi, err := s.storeEntry(p)
 	if errors.Is(err, fs.ErrNotExist) && p != "" {
 		wfi, err := s.wlstat(ctx, p)
 		if err != nil || wfi == nil || s.excl.Excluded(p, wfi.IsDir()) {
