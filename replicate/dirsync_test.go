@@ -9,16 +9,24 @@ import (
 	"testing"
 )
 
-// TestLocalSyncFlushesEachDirectoryOnce: WriteFileAtomic and the namespace
-// changes leave their directories to Sync, which flushes each changed
-// directory once, whatever the number of changes in it.
-func TestLocalSyncFlushesEachDirectoryOnce(t *testing.T) {
+// newLocal returns a Local on a temp directory, closed when the test ends,
+// and that directory.
+func newLocal(t *testing.T) (*Local, string) {
+	t.Helper()
 	dir := t.TempDir()
 	l, err := NewLocal(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	t.Cleanup(func() { l.Close() })
+	return l, dir
+}
+
+// TestLocalSyncFlushesEachDirectoryOnce: WriteFileAtomic and the namespace
+// changes leave their directories to Sync, which flushes each changed
+// directory once, whatever the number of changes in it.
+func TestLocalSyncFlushesEachDirectoryOnce(t *testing.T) {
+	l, dir := newLocal(t)
 	ctx := t.Context()
 	for _, d := range []string{"a", "b"} {
 		if err := l.Mkdir(ctx, d, 0o755); err != nil {
@@ -95,4 +103,76 @@ func TestShipperSyncsWorkerBeforeCursor(t *testing.T) {
 	if pending != 0 || synced == 0 {
 		t.Fatalf("after the cursor reached the end: %d worker directories not synced, %d synced; want 0 and some", pending, synced)
 	}
+}
+
+// TestLocalSyncSkipsDirectoriesNoLongerThere: a changed directory that is
+// no directory of the tree any more when Sync comes (its parent became a
+// file or a symlink, or it became a symlink itself; here the symlinks lead
+// out of the root) has nothing to flush: Sync skips it, flushes the ancestor
+// whose entries that change touched, and succeeds, the next time too.
+// It used to fail on every Sync (the agent's, so the worker's cursor
+// never advanced again).
+func TestLocalSyncSkipsDirectoriesNoLongerThere(t *testing.T) {
+	l, dir := newLocal(t)
+	ctx := t.Context()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := Attrs{Perm: 0o644, UID: -1, GID: -1}
+	for _, d := range []string{"file", "file/b", "link", "link/b", "out"} {
+		must(l.Mkdir(ctx, d, 0o755))
+	}
+	for _, d := range []string{"file/b", "link/b", "out"} {
+		must(l.WriteFileAtomic(ctx, d+"/x", strings.NewReader("x"), a))
+	}
+	must(l.Sync(ctx))
+	synced := l.dirSynced
+
+	// Each directory gets a change to flush, then is replaced.
+	for _, d := range []string{"file/b", "link/b", "out"} {
+		must(l.WriteFileAtomic(ctx, d+"/y", strings.NewReader("y"), a))
+	}
+	for _, d := range []string{"file", "link", "out"} {
+		must(os.RemoveAll(filepath.Join(dir, d)))
+	}
+	must(l.WriteFileAtomic(ctx, "file", strings.NewReader("now a file"), a)) // file/b: ENOTDIR
+	must(l.Symlink(ctx, "/", "link"))                                        // link/b: below a symlink
+	must(l.Symlink(ctx, "/", "out"))                                         // out: a symlink itself
+	for i := range 2 {
+		if err := l.Sync(ctx); err != nil {
+			t.Fatalf("Sync #%d: %v", i+1, err)
+		}
+	}
+	if got := l.dirSynced - synced; got != 1 {
+		t.Errorf("Sync flushed %d directories, want 1 (the root)", got)
+	}
+}
+
+// TestShipperSyncAfterDirReplaced: a batch that changes a directory and
+// then replaces it (or its parent) by a file or a symlink is applied, and
+// the cursor passes it: the worker's Sync has nothing to flush there.
+func TestShipperSyncAfterDirReplaced(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("cur")
+	f.mkdir("cur/js")
+	s := startedShipper(t, f, worker, nil, nil)
+
+	f.mkdir("a")
+	f.mkdir("a/b")
+	f.symlink("t", "a/b/l")
+	f.writeFile("cur/js/app.js", "v1")
+	f.unlink("a/b/l")
+	f.rmdir("a/b")
+	f.rmdir("a")
+	f.writeFile("a", "now a file")
+	f.unlink("cur/js/app.js")
+	f.rmdir("cur/js")
+	f.rmdir("cur")
+	f.symlink("/srv/releases/42", "cur")
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
 }

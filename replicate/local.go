@@ -67,8 +67,9 @@ func (l *Local) unsyncedDirs(dirs ...string) {
 }
 
 // Sync implements Syncer: it fsyncs every directory whose entries changed
-// since the last Sync. A directory gone meanwhile is skipped: its removal
-// changed its parent, which is synced too.
+// since the last Sync. A directory that is no longer one inside the root
+// is skipped (see syncDir): what removed or replaced it changed an
+// ancestor, which is synced too.
 func (l *Local) Sync(ctx context.Context) error {
 	l.mu.Lock()
 	dirs := slices.Sorted(maps.Keys(l.unsynced))
@@ -79,21 +80,16 @@ func (l *Local) Sync(ctx context.Context) error {
 			l.unsyncedDirs(dirs[i:]...)
 			return err
 		}
-		f, err := l.root.Open(rootName(d))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err == nil {
-			err = f.Sync()
-			f.Close()
-		}
+		gone, err := l.syncDir(ctx, d)
 		if err != nil {
 			l.unsyncedDirs(dirs[i:]...) // for the next Sync
 			return fmt.Errorf("sync directory %q: %w", d, err)
 		}
-		l.mu.Lock()
-		l.dirSynced++
-		l.mu.Unlock()
+		if !gone {
+			l.mu.Lock()
+			l.dirSynced++
+			l.mu.Unlock()
+		}
 	}
 	return nil
 }
@@ -120,6 +116,38 @@ func CheckRoot(root string) error {
 		return fmt.Errorf("root %s: not a directory", root)
 	}
 	return nil
+}
+
+// syncDir fsyncs the directory d, reached without following a symlink;
+// gone reports a d that is no directory of the tree any more: missing,
+// below a file or a symlink, or itself a file or a symlink now (a
+// directory replaced by `ln -s`). Only these are skipped: an error that
+// says nothing about the tree's shape (EIO, say) is returned, and the
+// batch is not acknowledged. Skipping only a missing d made every later
+// Sync fail on such a d (ENOTDIR, or a symlink leading out of the
+// root), and the worker's cursor never advanced again.
+func (l *Local) syncDir(ctx context.Context, d string) (gone bool, err error) {
+	dfd, name, err := l.openParent(ctx, d)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrSymlink) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	switch err {
+	case nil:
+	case unix.ENOENT, unix.ENOTDIR, unix.ELOOP: // ELOOP: O_NOFOLLOW met a symlink
+		return true, nil
+	default:
+		return false, &fs.PathError{Op: "open", Path: d, Err: err}
+	}
+	defer unix.Close(fd)
+	if err := unix.Fsync(fd); err != nil {
+		return false, &fs.PathError{Op: "fsync", Path: d, Err: err}
+	}
+	return false, nil
 }
 
 // NewLocal opens the directory dir as a worker root.
