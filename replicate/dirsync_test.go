@@ -22,6 +22,14 @@ func newLocal(t *testing.T) (*Local, string) {
 	return l, dir
 }
 
+// noErr fails the test at once on an error.
+func noErr(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestLocalSyncFlushesEachDirectoryOnce: WriteFileAtomic and the namespace
 // changes leave their directories to Sync, which flushes each changed
 // directory once, whatever the number of changes in it.
@@ -115,32 +123,26 @@ func TestShipperSyncsWorkerBeforeCursor(t *testing.T) {
 func TestLocalSyncSkipsDirectoriesNoLongerThere(t *testing.T) {
 	l, dir := newLocal(t)
 	ctx := t.Context()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
 	a := Attrs{Perm: 0o644, UID: -1, GID: -1}
 	for _, d := range []string{"file", "file/b", "link", "link/b", "out"} {
-		must(l.Mkdir(ctx, d, 0o755))
+		noErr(t, l.Mkdir(ctx, d, 0o755))
 	}
 	for _, d := range []string{"file/b", "link/b", "out"} {
-		must(l.WriteFileAtomic(ctx, d+"/x", strings.NewReader("x"), a))
+		noErr(t, l.WriteFileAtomic(ctx, d+"/x", strings.NewReader("x"), a))
 	}
-	must(l.Sync(ctx))
+	noErr(t, l.Sync(ctx))
 	synced := l.dirSynced
 
 	// Each directory gets a change to flush, then is replaced.
 	for _, d := range []string{"file/b", "link/b", "out"} {
-		must(l.WriteFileAtomic(ctx, d+"/y", strings.NewReader("y"), a))
+		noErr(t, l.WriteFileAtomic(ctx, d+"/y", strings.NewReader("y"), a))
 	}
 	for _, d := range []string{"file", "link", "out"} {
-		must(os.RemoveAll(filepath.Join(dir, d)))
+		noErr(t, os.RemoveAll(filepath.Join(dir, d)))
 	}
-	must(l.WriteFileAtomic(ctx, "file", strings.NewReader("now a file"), a)) // file/b: ENOTDIR
-	must(l.Symlink(ctx, "/", "link"))                                        // link/b: below a symlink
-	must(l.Symlink(ctx, "/", "out"))                                         // out: a symlink itself
+	noErr(t, l.WriteFileAtomic(ctx, "file", strings.NewReader("now a file"), a)) // file/b: ENOTDIR
+	noErr(t, l.Symlink(ctx, "/", "link"))                                        // link/b: below a symlink
+	noErr(t, l.Symlink(ctx, "/", "out"))                                         // out: a symlink itself
 	for i := range 2 {
 		if err := l.Sync(ctx); err != nil {
 			t.Fatalf("Sync #%d: %v", i+1, err)
@@ -175,4 +177,30 @@ func TestShipperSyncAfterDirReplaced(t *testing.T) {
 	f.symlink("/srv/releases/42", "cur")
 	waitSynced(t, s, f.j)
 	compareTrees(t, f.store, worker, nil)
+}
+
+// TestLocalSyncFollowsRenamedDirectory: files written into a directory
+// that is renamed before the Sync (a release built under a temp name and
+// moved into place) are flushed at the directory's new name, and so are
+// those of its subdirectories. They used to be left unflushed: Sync
+// looked for them under the old name, found nothing and skipped them.
+func TestLocalSyncFollowsRenamedDirectory(t *testing.T) {
+	l, _ := newLocal(t)
+	ctx := t.Context()
+	a := Attrs{Perm: 0o644, UID: -1, GID: -1}
+	noErr(t, l.Mkdir(ctx, "new", 0o755))
+	noErr(t, l.Mkdir(ctx, "new/css", 0o755))
+	noErr(t, l.Sync(ctx))
+	synced := l.dirSynced
+
+	noErr(t, l.WriteFileAtomic(ctx, "new/index.html", strings.NewReader("page"), a))
+	noErr(t, l.WriteFileAtomic(ctx, "new/css/site.css", strings.NewReader("css"), a))
+	noErr(t, l.Rename(ctx, "new", "live"))
+	noErr(t, l.Sync(ctx))
+	if got := l.dirSynced - synced; got != 3 {
+		t.Errorf("Sync flushed %d directories, want 3 (the root, live, live/css)", got)
+	}
+	if len(l.unsynced) != 0 {
+		t.Errorf("left for the next Sync: %v", l.unsynced)
+	}
 }

@@ -313,8 +313,29 @@ func (l *Local) Rename(ctx context.Context, from, to string) error {
 	if err := l.root.Rename(from, to); err != nil {
 		return err
 	}
+	l.renameUnsynced(from, to)
 	l.changed(from, to)
 	return nil
+}
+
+// renameUnsynced moves the directories noted for the next Sync at or below
+// from to their names below to: a renamed directory keeps its unflushed
+// entries. Under the old name Sync found nothing and skipped them, so the
+// files just written into a directory renamed before the Sync (a release
+// directory moved into place) were never flushed.
+func (l *Local) renameUnsynced(from, to string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var moved []string
+	for d := range l.unsynced {
+		if d == from || strings.HasPrefix(d, from+"/") {
+			moved = append(moved, d)
+		}
+	}
+	for _, d := range moved {
+		delete(l.unsynced, d)
+		l.unsynced[to+d[len(from):]] = true
+	}
 }
 
 // Symlink implements Transport.
