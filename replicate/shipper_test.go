@@ -545,6 +545,25 @@ func TestShipperRelinkRestoresDirTimes(t *testing.T) {
 	}
 }
 
+// TestShipperRelinkMendsMissingParent: a hard-linked file written through
+// one name is linked again at its other names on the worker; a name whose
+// directory the worker lacks (drift) gets that directory back, as a file
+// sent to a missing directory does. The link used to fail on every retry,
+// and the worker got no update any more.
+func TestShipperRelinkMendsMissingParent(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.mkdir("d")
+	f.writeFile("a", "old")
+	f.link("a", "d/b")
+	caughtUpThenStopped(t, f, worker, nil, nil)
+	f.must(os.RemoveAll(filepath.Join(worker, "d"))) // drift
+
+	f.writeFile("a", "new content")
+	startedShipper(t, f, worker, nil, nil)
+	compareTrees(t, f.store, worker, nil) // with d/b linked to a
+}
+
 // A worker that was unreachable gets the ops journaled meanwhile as they
 // are: a rename is a rename (the worker keeps its file), unchanged files
 // are not sent again. Only the batch whose apply failed is suspect.

@@ -774,7 +774,19 @@ func (s *Shipper) putSymlink(ctx context.Context, p, target string) error {
 // relink makes p a hard link to the worker's existing file, atomically.
 func (s *Shipper) relink(ctx context.Context, existing, p string) error {
 	tmp := joinPath(parentDir(p), TempName())
-	if err := s.t.Link(ctx, existing, tmp); err != nil {
+	err := s.t.Link(ctx, existing, tmp)
+	if err != nil && !errors.Is(err, fs.ErrPermission) {
+		// Drift: p's directory is missing on the worker, or not a
+		// directory. Mend it and link again, as the other writes do;
+		// returning the error failed the batch on every retry, and the
+		// worker got no update any more. (A refused link, a worker
+		// without hard links, is the caller's: it sends a copy.)
+		if perr := s.ensureParents(ctx, p); perr != nil {
+			return perr
+		}
+		err = s.t.Link(ctx, existing, tmp)
+	}
+	if err != nil {
 		return s.errf(p, fmt.Errorf("link to %s: %w", existing, err))
 	}
 	return s.replaceWith(ctx, tmp, p)
