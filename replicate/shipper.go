@@ -62,8 +62,8 @@ type Options struct {
 	// Delay is the longest wait after a wake-up for a burst of ops to
 	// accumulate; the wait ends earlier once the journal is quiet for
 	// quietGap. 0 means DefaultDelay, a negative value no wait.
-	Delay    time.Duration
-	MaxOps   int           // ops per batch (DefaultMaxOps)
+	Delay  time.Duration
+	MaxOps int // ops per batch (DefaultMaxOps)
 	// HoldOpen is how long a file still open for writing is held back.
 	// 0 means DefaultHoldOpen, a negative value never holds one back.
 	HoldOpen time.Duration
