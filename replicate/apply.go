@@ -483,10 +483,7 @@ func (s *Shipper) applyRename(ctx context.Context, st step, suspect bool, refres
 		if lerr != nil {
 			return lerr
 		}
-		switch {
-		case dst == nil:
-			refresh[st.NewPath] = true
-		case suspect:
+		if dst != nil && suspect {
 			// Most likely applied before: the worker's destination is the
 			// store's when a cheap look says so; else converge it.
 			same, err := s.looksLikeStore(ctx, st.NewPath, dst)
@@ -496,8 +493,13 @@ func (s *Shipper) applyRename(ctx context.Context, st step, suspect bool, refres
 			if !same {
 				refresh[st.NewPath] = true
 			}
+			return nil // re-applied
 		}
-		return nil // re-applied
+		// The worker lacks the source: a destination it has is its old
+		// one (it lost the source behind mirrorfs's back). Converge the
+		// destination from the store either way.
+		refresh[st.NewPath] = true
+		return nil
 	}
 	// The source is there: the destination is in the way (a non-empty
 	// directory, or another type). The store is the truth.

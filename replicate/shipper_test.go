@@ -158,6 +158,26 @@ func TestShipperHoldOpenAge(t *testing.T) {
 	waitSynced(t, s, f.j)
 }
 
+// A rename whose source the worker lost (drift) while it still has the
+// destination's old file: the destination gets the store's new content,
+// not left as it was.
+func TestShipperRenameMendsLostSource(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("a", "content of a")
+	f.writeFile("b", "old b")
+	s := startedShipper(t, f, worker, nil, nil)
+	waitSynced(t, s, f.j)
+	time.Sleep(storeAheadSlack + 50*time.Millisecond) // past the copy: not a replay
+	f.must(os.Remove(filepath.Join(worker, "a")))     // drift
+	f.rename("a", "b")
+	waitSynced(t, s, f.j)
+	if got, _ := readWorker(t, worker, "b"); got != "content of a" {
+		t.Errorf("worker b = %q, want %q", got, "content of a")
+	}
+	compareTrees(t, f.store, worker, nil)
+}
+
 // A negative HoldOpen (batch.hold_open: 0) ships a file still open for
 // writing at once.
 func TestShipperHoldOpenNegativeNeverHolds(t *testing.T) {
