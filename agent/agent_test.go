@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -781,5 +782,45 @@ func TestRawFramesRefusePrivileged(t *testing.T) {
 		t.Errorf("set user.k: %v", err)
 	} else if resp, _ := send(request{Op: opRemoveXattr, Path: "f", Path2: "user.k"}); resp.err() != nil {
 		t.Errorf("remove user.k: %v", resp.err())
+	}
+}
+
+// An agent that stops answering (its disk hangs) while the connection
+// stays up: the stall watch closes the stream once a request waited its
+// limit, and the call fails instead of waiting forever.
+func TestClientGivesUpOnSilentAgent(t *testing.T) {
+	toAgent, fromMaster := io.Pipe()
+	toMaster, fromAgent := io.Pipe()
+	go func() { // answers the hello, then takes requests and never answers
+		if _, err := readFrame(toAgent, nil); err != nil {
+			return
+		}
+		hello := response{Data: []byte("silent")}
+		if err := writeFrame(fromAgent, hello.encode()); err != nil {
+			return
+		}
+		io.Copy(io.Discard, toAgent)
+	}()
+	kill := func() {
+		fromMaster.CloseWithError(errors.New("killed"))
+		toMaster.CloseWithError(errors.New("killed"))
+	}
+	watch := replicate.NewStallWatch(100*time.Millisecond, kill, slog.New(slog.DiscardHandler))
+	defer watch.Stop()
+	c, err := NewClient(t.Context(), watch.Reader(toMaster), watch.Writer(fromMaster), kill, func() error { kill(); return nil }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.watchStall(watch)
+	done := make(chan error, 1)
+	go func() { _, err := c.Lstat(context.Background(), "index.html"); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Lstat answered by a silent agent")
+		}
+	case <-time.After(5 * time.Second):
+		kill()
+		t.Fatal("Lstat still waiting 5 s after the agent went silent (limit 100 ms)")
 	}
 }

@@ -35,9 +35,10 @@ type Client struct {
 	unsynced bool
 	kill     func() // closes the stream so that blocked calls return
 	close    func() error
-	stats    replicate.Stats // may be nil
-	build    string          // the agent's BuildID
-	mu       sync.Mutex      // guards broken against kill from AfterFunc
+	stall    *replicate.StallWatch // nil: requests wait as long as it takes
+	stats    replicate.Stats       // may be nil
+	build    string                // the agent's BuildID
+	mu       sync.Mutex            // guards broken against kill from AfterFunc
 	broken   error
 	closed   sync.Once
 }
@@ -127,8 +128,22 @@ func (c *Client) watch(ctx context.Context) (stop func() bool) {
 	})
 }
 
+// watchStall has the connection closed when the agent stops answering
+// (see replicate.StallWatch). The client's stream must be counted by the
+// watch's Reader and Writer.
+func (c *Client) watchStall(w *replicate.StallWatch) { c.stall = w }
+
+// waiting marks a request waiting on the agent, for the stall watch.
+func (c *Client) waiting() (end func()) {
+	if c.stall == nil {
+		return func() {}
+	}
+	return c.stall.Begin()
+}
+
 // send writes one request frame (buffered).
 func (c *Client) send(req request) error {
+	defer c.waiting()()
 	if err := writeFrame(c.w, req.encode()); err != nil {
 		return c.fail(err)
 	}
@@ -140,6 +155,7 @@ func (c *Client) send(req request) error {
 
 // receive flushes what was sent and reads one response.
 func (c *Client) receive() (response, error) {
+	defer c.waiting()()
 	if err := c.w.Flush(); err != nil {
 		return response{}, c.fail(err)
 	}

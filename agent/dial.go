@@ -176,8 +176,10 @@ func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (c *Cl
 	}
 	done := make(chan struct{})
 	var once sync.Once
+	watch := sc.StallWatch()
 	release = func() {
 		once.Do(func() { close(done) })
+		watch.Stop()
 		stdin.Close()
 		sess.Close()
 	}
@@ -187,8 +189,9 @@ func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (c *Cl
 	}
 	hctx, cancel := context.WithTimeout(ctx, sc.Timeout())
 	defer cancel()
-	c, err = NewClient(hctx, stdout, stdin, sc.Kill, closeFn, sc)
+	c, err = NewClient(hctx, watch.Reader(stdout), watch.Writer(stdin), sc.Kill, closeFn, sc)
 	if err != nil {
+		watch.Stop()
 		// The agent's own words say most (exec format error, bad root),
 		// but its stderr arrives on its own: wait for the session to end
 		// (briefly: a wedged worker must not stall the fallback).
@@ -208,6 +211,7 @@ func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (c *Cl
 		}
 		return nil, nil, err
 	}
+	c.watchStall(watch)
 	go sc.KeepAlive(done)
 	return c, release, nil
 }

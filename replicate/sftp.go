@@ -31,7 +31,12 @@ type SFTPOptions struct {
 	KnownHosts     string
 	ConnectTimeout time.Duration // TCP connect and SSH handshake (default 15 s)
 	KeepAlive      time.Duration // keepalive period; the connection is closed after 3 missed (default 15 s)
-	Logger         *slog.Logger
+	// ReplyTimeout is the longest a request waits for the worker's answer
+	// with nothing received meanwhile; then the connection is closed
+	// (DefaultReplyTimeout). Keepalives cannot tell a worker whose disk
+	// hangs: sshd answers them.
+	ReplyTimeout time.Duration
+	Logger       *slog.Logger
 }
 
 // SFTP is a Transport over SSH to OpenSSH's sftp-server (or any SFTP v3
@@ -45,6 +50,7 @@ type SFTP struct {
 	root   string
 	ssh    *SSHConn
 	c      *sftp.Client
+	watch  *StallWatch // of c's channel
 	log    *slog.Logger
 	dirs   dirCheck
 	posix  bool // posix-rename@openssh.com
@@ -97,16 +103,18 @@ func NewSFTP(sc *SSHConn, o SFTPOptions) (Transport, error) {
 func newSFTP(sc *SSHConn, o SFTPOptions) (*SFTP, error) {
 	log, addr := sc.log, sc.Addr
 	_ = sc.conn.SetDeadline(time.Now().Add(sc.timeout))
-	c, err := sftp.NewClient(sc.Client)
+	watch := sc.StallWatch()
+	c, err := startSFTP(sc, watch)
 	_ = sc.conn.SetDeadline(time.Time{})
 	if err != nil {
+		watch.Stop()
 		return nil, fmt.Errorf("sftp %s: start sftp subsystem: %w", addr, err)
 	}
 	if !path.IsAbs(o.Root) {
 		c.Close()
 		return nil, fmt.Errorf("sftp %s: root %q is not an absolute path", addr, o.Root)
 	}
-	t := &SFTP{root: path.Clean(o.Root), ssh: sc, c: c, log: log, done: make(chan struct{})}
+	t := &SFTP{root: path.Clean(o.Root), ssh: sc, c: c, watch: watch, log: log, done: make(chan struct{})}
 	t.posix = hasExt(c, "posix-rename@openssh.com")
 	t.link = hasExt(c, "hardlink@openssh.com")
 	t.fsync = hasExt(c, "fsync@openssh.com")
@@ -176,18 +184,51 @@ func (t *SFTP) BytesReceived() uint64 { return t.ssh.BytesReceived() }
 // Close implements Transport.
 func (t *SFTP) Close() error {
 	t.closed.Do(func() { close(t.done) })
+	t.watch.Stop()
 	t.c.Close()
 	return t.ssh.Close()
 }
 
+// startSFTP starts the sftp subsystem on a session of sc, as
+// sftp.NewClient does, with what the server sends counted by watch.
+func startSFTP(sc *SSHConn, watch *StallWatch) (*sftp.Client, error) {
+	sess, err := sc.NewSession()
+	if err != nil {
+		return nil, err
+	}
+	if err := sess.RequestSubsystem("sftp"); err != nil {
+		sess.Close()
+		return nil, err
+	}
+	w, err := sess.StdinPipe()
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	r, err := sess.StdoutPipe()
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	c, err := sftp.NewClientPipe(watch.Reader(r), watch.Writer(w))
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
 // call runs f with ctx honoured: cancelling ctx closes the connection
-// (pkg/sftp has no per-request cancellation).
+// (pkg/sftp has no per-request cancellation), as does a worker that stops
+// answering (StallWatch).
 func (t *SFTP) call(ctx context.Context, f func() error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	stop := context.AfterFunc(ctx, t.kill)
+	end := t.watch.Begin()
 	err := f()
+	end()
 	if !stop() && ctx.Err() != nil {
 		return ctx.Err()
 	}

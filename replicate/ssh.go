@@ -26,6 +26,7 @@ type SSHConn struct {
 	log       *slog.Logger
 	timeout   time.Duration
 	keepAlive time.Duration
+	reply     time.Duration // see SFTPOptions.ReplyTimeout
 }
 
 // DialSSH connects to o.Addr and logs in as o.User, accepting only a host
@@ -46,6 +47,9 @@ func DialSSH(ctx context.Context, o SFTPOptions) (*SSHConn, error) {
 	}
 	if o.KeepAlive <= 0 {
 		o.KeepAlive = 15 * time.Second
+	}
+	if o.ReplyTimeout <= 0 {
+		o.ReplyTimeout = DefaultReplyTimeout
 	}
 	hostKey, algos, err := hostKeyCheck(o.KnownHosts, addr)
 	if err != nil {
@@ -84,8 +88,12 @@ func DialSSH(ctx context.Context, o SFTPOptions) (*SSHConn, error) {
 		client.Close()
 		return nil, fmt.Errorf("%s: %w", addr, dctx.Err())
 	}
-	return &SSHConn{Client: client, Addr: addr, conn: conn, log: log, timeout: o.ConnectTimeout, keepAlive: o.KeepAlive}, nil
+	return &SSHConn{Client: client, Addr: addr, conn: conn, log: log, timeout: o.ConnectTimeout, keepAlive: o.KeepAlive, reply: o.ReplyTimeout}, nil
 }
+
+// StallWatch watches the requests of a channel of this connection and
+// closes the connection when the worker stops answering them.
+func (c *SSHConn) StallWatch() *StallWatch { return NewStallWatch(c.reply, c.Kill, c.log) }
 
 // Kill closes the TCP connection so that every blocked call returns.
 func (c *SSHConn) Kill() { _ = c.conn.Close() }

@@ -1,16 +1,20 @@
 package replicate_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -200,4 +204,81 @@ func TestShipperScenarioLocal(t *testing.T) {
 	replicate.ShipperScenario(t, worker, func(ctx context.Context) (replicate.Transport, error) {
 		return replicate.NewLocal(worker)
 	})
+}
+
+// A worker whose sftp-server stops answering (a hung disk or NFS mount)
+// while sshd still answers keepalives: the connection is closed once a
+// request waited ReplyTimeout with nothing coming back, and the request
+// fails instead of holding the worker's shipper (and the journal records
+// it lacks) forever.
+func TestSFTPGivesUpOnSilentServer(t *testing.T) {
+	d := transporttest.StartSSHD(t)
+	o := sftpOptions(t, d, t.TempDir())
+	o.KeepAlive, o.ReplyTimeout = 100*time.Millisecond, 300*time.Millisecond
+	tr, err := replicate.DialSFTP(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	pid := sftpServerOf(t, d.Dir)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	done := make(chan error, 1)
+	go func() { _, err := tr.Lstat(context.Background(), "x"); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Lstat on a stopped sftp-server succeeded")
+		}
+		t.Logf("Lstat: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Lstat still waiting 10 s after the sftp-server stopped (reply timeout 300 ms)")
+	}
+}
+
+// sftpServerOf finds the sftp-server started by the test sshd whose files
+// are in dir (its command line names dir).
+func sftpServerOf(t *testing.T, dir string) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			cmd, err := os.ReadFile(p)
+			if err != nil || !strings.Contains(string(cmd), "sftp-server") {
+				continue
+			}
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			if descendsFrom(pid, dir) {
+				return pid
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no sftp-server of the sshd in %s", dir)
+	return 0
+}
+
+// descendsFrom reports whether pid or one of its ancestors has mark in its
+// command line.
+func descendsFrom(pid int, mark string) bool {
+	for range 10 {
+		if pid <= 1 {
+			return false
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(cmd), mark) {
+			return true
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return false
+		}
+		// The fields after the command name: state, ppid, ...
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+		pid, _ = strconv.Atoi(fields[1])
+	}
+	return false
 }
