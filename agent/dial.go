@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path"
 	"strings"
@@ -140,7 +141,37 @@ func install(ctx context.Context, sc *replicate.SSHConn, exe, id, root string, f
 		return "", false, fmt.Errorf("upload agent to %s: %w", remote, err)
 	}
 	sc.Logger().Info("uploaded the agent", "path", remote, "bytes", local.Size())
+	pruneCache(c, dir, remote, sc.Logger())
 	return remote, true, nil
+}
+
+// staleUpload is the age after which a temp file in the agent's cache is
+// an upload that was cut off, not one under way.
+const staleUpload = time.Hour
+
+// pruneCache removes from the agent's cache dir the builds other than
+// keep (each upgrade of the master left one more, about 25 MB each) and
+// uploads cut off long ago. A running agent of a removed build goes on;
+// a master of that build uploads it again when it next connects.
+func pruneCache(c *sftp.Client, dir, keep string, log *slog.Logger) {
+	ents, err := c.ReadDir(dir)
+	if err != nil {
+		log.Warn("list the agent cache", "dir", dir, "err", err)
+		return
+	}
+	for _, e := range ents {
+		p := path.Join(dir, e.Name())
+		build := strings.HasPrefix(e.Name(), "mirrorfs-") && p != keep
+		cutOff := strings.HasPrefix(e.Name(), replicate.TempPrefix) && time.Since(e.ModTime()) > staleUpload
+		if !e.Mode().IsRegular() || !build && !cutOff {
+			continue
+		}
+		if err := c.Remove(p); err != nil {
+			log.Warn("remove an old agent build", "path", p, "err", err)
+			continue
+		}
+		log.Info("removed an old agent build", "path", p)
+	}
 }
 
 // within reports whether the slash path p is root or below it.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // A worker account that allows SFTP only (a forced sftp-server command, as
@@ -180,5 +181,41 @@ func killAgents(t *testing.T, exe string) {
 	}
 	if killed == 0 {
 		t.Fatalf("no agent process runs %s", exe)
+	}
+}
+
+// An upload of the agent removes the other builds from the worker's cache
+// (one more per upgrade of the master) and uploads cut off long ago, but
+// not an upload that may still be under way.
+func TestAgentUploadRemovesOldBuilds(t *testing.T) {
+	bin := mirrorfsBinary(t)
+	cached := agentCachePath(t, bin)
+	dir := filepath.Dir(cached)
+	mkdirAll(t, dir)
+	if err := os.Remove(cached); err != nil && !os.IsNotExist(err) { // so that this start uploads
+		t.Fatal(err)
+	}
+	oldBuild := filepath.Join(dir, "mirrorfs-0000000000000000")
+	cutOff := filepath.Join(dir, ".mirrorfs-tmp-cut-off-upload")
+	underWay := filepath.Join(dir, ".mirrorfs-tmp-upload-under-way")
+	for _, p := range []string{oldBuild, cutOff, underWay} {
+		writeFile(t, p, "not an agent\n")
+	}
+	t.Cleanup(func() { os.Remove(underWay) })
+	twoHoursAgo := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(cutOff, twoHoursAgo, twoHoursAgo); err != nil {
+		t.Fatal(err)
+	}
+
+	c := newCluster(t, clusterOptions{Workers: 1})
+	writeFile(t, c.Mount+"/index.html", "served by the agent\n")
+	c.waitConverged(t, converge)
+	if !strings.Contains(readFile(t, c.LogPath), "uploaded the agent") {
+		t.Fatalf("the agent was not uploaded; daemon log:\n%s", logTail(c.LogPath, 40))
+	}
+	for p, want := range map[string]bool{cached: true, oldBuild: false, cutOff: false, underWay: true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s: exists = %v, want %v", p, err == nil, want)
+		}
 	}
 }

@@ -78,8 +78,9 @@ compared by content too (SHA-256, computed on the worker by the agent; over
 SFTP the worker's file is read back), since drift may keep sizes and
 mtimes: expect a read of both trees.
 
---dry-run needs no daemon: it connects to the worker itself, read-only,
-and lists what a resync would send or delete (as 'mirrorfs verify
+--dry-run needs no daemon: it connects to the worker itself, reads its
+root only (it may upload this binary to ~/.cache/mirrorfs of the SSH
+account, outside the root, to run the agent), and lists what a resync would send or delete (as 'mirrorfs verify
 --worker WORKER' does, with --checksum if given), then exits 0.
 
 With no daemon running, resync fails: start it ('mirrorfs mount'), or see

@@ -45,8 +45,9 @@ sides (on the worker by the agent, so only digests cross the network; over
 SFTP the file itself is read).
 
 verify works whether or not the daemon runs: it reads the store directory
-itself and opens its own SSH connection to each worker, which it only
-reads. With no 'store:' in the configuration (in-place mode) the store is
+itself and opens its own SSH connection to each worker, whose root it
+only reads (to run the agent there it may first upload this binary to
+~/.cache/mirrorfs of the SSH account, outside the root). With no 'store:' in the configuration (in-place mode) the store is
 hidden under the mount, so the mount point is compared instead: run verify
 while the daemon runs, or the mount point is the bare store directory
 anyway. Changes made while verify runs may show as differences that are
