@@ -5,6 +5,7 @@ import (
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
 
 	"github.com/mirrorfs/mirrorfs/journal"
 )
@@ -55,6 +56,7 @@ func (h *handle) Allocate(ctx context.Context, off uint64, size uint64, mode uin
 func (h *handle) recordData(ctx context.Context, op journal.Op) syscall.Errno {
 	p, ok := h.node.relPath()
 	if !ok {
+		h.warnUnnamedLinks()
 		return 0
 	}
 	op.File, op.Path = h.node.id(), p
@@ -104,4 +106,24 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 		h.recordClose(ctx, false)
 	}
 	return errno
+}
+
+// warnUnnamedLinks says, once per file, that a change to a file the mount
+// knows no name of is not replicated although the file still has hard
+// links: names made before the mount started and not looked up since,
+// which the mount cannot name. A resync brings them over.
+func (h *handle) warnUnnamedLinks() {
+	fd, ok := h.LoopbackFile.PassthroughFd()
+	if !ok {
+		return
+	}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Nlink == 0 {
+		return // really gone: nothing to replicate
+	}
+	if _, warned := h.node.m.warnedUnnamed.LoadOrStore(h.node.id(), true); warned {
+		return
+	}
+	h.node.m.log.Warn("a file changed through a hard link whose other names this mount has not seen since it started: the change is not replicated; run mirrorfs resync",
+		"file", h.node.id(), "links", st.Nlink)
 }

@@ -905,3 +905,87 @@ func TestReopenUnlinkedThroughProc(t *testing.T) {
 		t.Fatalf("reopen through /proc/self/fd: %q, %v", got, err)
 	}
 }
+
+// An unlink says whether the file keeps other hard links (the replicator
+// then does not take the file for dead), and a change to a file the mount
+// knows no name of, though it still has links (made before the mount
+// started), is not lost silently: the daemon says to resync.
+func TestUnlinkOfHardLinkedFile(t *testing.T) {
+	dir := t.TempDir()
+	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
+	for _, d := range []string{store, mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// old and old-link are one file the mount never saw made.
+	if err := os.WriteFile(filepath.Join(store, "old"), []byte("v1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(store, "old"), filepath.Join(store, "old-link")); err != nil {
+		t.Fatal(err)
+	}
+	requireFUSE(t)
+	var logged bytes.Buffer
+	var logMu sync.Mutex
+	rec := &memRecorder{}
+	m, err := New(t.Context(), Options{Store: store, Mountpoint: mnt, Recorder: rec, Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logged}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Unmount() })
+	rec.take()
+
+	writeTo := func(p string) {
+		if err := os.WriteFile(filepath.Join(mnt, p), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeTo("a")
+	if err := os.Link(filepath.Join(mnt, "a"), filepath.Join(mnt, "b")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"a", "b"} {
+		if err := os.Remove(filepath.Join(mnt, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var flags []string
+	for _, op := range rec.take() {
+		if op.Kind == journal.KindUnlink {
+			flags = append(flags, fmt.Sprintf("%s:%d", op.Path, op.Flags))
+		}
+	}
+	if want := []string{fmt.Sprintf("a:%d", journal.UnlinkOtherLinks), "b:0"}; !slices.Equal(flags, want) {
+		t.Errorf("unlinks journaled with flags %v, want %v", flags, want)
+	}
+
+	f, err := os.OpenFile(filepath.Join(mnt, "old"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := os.Remove(filepath.Join(mnt, "old")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("v2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	logMu.Lock()
+	out := logged.String()
+	logMu.Unlock()
+	if !strings.Contains(out, "run mirrorfs resync") {
+		t.Errorf("no warning for a change through a hard link the mount cannot name; log:\n%s", out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}

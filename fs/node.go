@@ -265,11 +265,18 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		return errno
 	}
 	p := n.child(name)
-	id := n.identityOf(p)
+	op := journal.Op{Kind: journal.KindUnlink, Path: p}
+	var st unix.Stat_t
+	if err := unix.Lstat(n.storePath(p), &st); err == nil {
+		op.File = st.Ino
+		if st.Nlink > 1 {
+			op.Flags = journal.UnlinkOtherLinks
+		}
+	}
 	if errno := n.LoopbackNode.Unlink(ctx, name); errno != 0 {
 		return errno
 	}
-	return n.m.record(ctx, journal.Op{Kind: journal.KindUnlink, File: id, Path: p})
+	return n.m.record(ctx, op)
 }
 
 func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {

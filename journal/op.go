@@ -95,7 +95,7 @@ type Op struct {
 	Atime  int64  // Unix nanoseconds
 	Mtime  int64  // Unix nanoseconds
 	Mask   uint32 // setattr: Attr* bits
-	Flags  uint32 // rename: RENAME_* flags; fallocate: FALLOC_FL_* mode
+	Flags  uint32 // rename: RENAME_* flags; fallocate: FALLOC_FL_* mode; unlink: UnlinkOtherLinks
 
 	XattrName  string
 	XattrValue []byte
@@ -113,3 +113,8 @@ func (o Op) String() string {
 		return fmt.Sprintf("#%d %s %q", o.Seq, o.Kind, o.Path)
 	}
 }
+
+// UnlinkOtherLinks in an unlink's Flags: the file had other hard links
+// before the unlink, so it lives on under names the journal may not know
+// (made before the journal began, or looked up by no op since).
+const UnlinkOtherLinks = 1

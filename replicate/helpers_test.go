@@ -195,9 +195,14 @@ func (f *fsim) rmdir(p string) {
 
 func (f *fsim) unlink(p string) {
 	f.t.Helper()
-	id := f.ino(p)
+	op := journal.Op{Kind: journal.KindUnlink, Path: p}
+	fi, err := os.Lstat(f.abs(p))
+	f.must(err)
+	if op.File = inode(fi); nlink(fi) > 1 {
+		op.Flags = journal.UnlinkOtherLinks
+	}
 	f.must(os.Remove(f.abs(p)))
-	f.j.Append(journal.Op{Kind: journal.KindUnlink, File: id, Path: p})
+	f.j.Append(op)
 }
 
 func (f *fsim) renameStore(a, b string) journal.Op {

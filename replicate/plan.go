@@ -158,6 +158,10 @@ type Plan struct {
 	// unlink): later data ops on them (a file written while open after
 	// its unlink) are ignored until a create reuses the inode number.
 	Dead map[uint64]int64
+	// Compare: a file changed under hard links the journal does not name
+	// (see folder.survives); the worker is compared with the store once
+	// this plan is applied.
+	Compare bool
 	// Lost are the paths of Attrs and Dirs whose attributes could not be
 	// copied because the store no longer had them (filled by apply), with
 	// the Unix nanoseconds they were first lost. The store moved ahead of
@@ -273,6 +277,7 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 		}
 	}
 	plan.Attrs, plan.Dirs, plan.Refresh, plan.Dead = f.attrs.m, f.dirs.m, f.refresh.m, f.dead
+	plan.Compare = f.compare
 	plan.Xattrs = f.xattrs.m
 	plan.Lost = map[string]int64{}
 	for p, t := range f.lostSince.m {
@@ -292,6 +297,7 @@ type folder struct {
 	refresh pathSet[bool]
 	xattrs  pathSet[bool]
 	dead    map[uint64]int64
+	compare bool      // see Plan.Compare
 	names   nameIndex // names of ids
 	now     int64     // Op.Time of the op being folded
 	// lostSince: attrs paths taken over from a previous plan's Lost, by
@@ -347,6 +353,18 @@ func (f *folder) dropName(p string) {
 	f.attrs.dropUnder(p)
 	f.refresh.dropUnder(p)
 	f.xattrs.dropUnder(p)
+}
+
+// survives handles id, which lost its last name this plan knows to an
+// unlink, but lives on under hard links the journal does not name. It is
+// not dead: a later write through another name ships to that name. Its
+// changes not shipped yet have nowhere to go but those unknown names: the
+// worker is compared with the store after this plan (Plan.Compare).
+func (f *folder) survives(id *ident) {
+	delete(f.dead, id.ID)
+	if id.Dirty {
+		f.compare = true
+	}
 }
 
 // dropDirs forgets directory mtimes to fix under p (p itself included).
@@ -567,8 +585,12 @@ func (f *folder) op(op journal.Op) {
 		}
 		f.steps = append(f.steps, step{Kind: stepUnlink, Seq: op.Seq, Path: op.Path,
 			SrcPending: f.pending(op.Path), SrcFree: f.free(op.Path)})
+		id := f.byName(op.Path)
 		f.dropName(op.Path)
 		f.changedDir(op.Path)
+		if id != nil && len(id.Names) == 0 && op.Flags&journal.UnlinkOtherLinks != 0 {
+			f.survives(id)
+		}
 
 	case journal.KindRmdir:
 		if !f.valid(op, op.Path) || f.excluded(op.Path, true) {

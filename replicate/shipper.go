@@ -790,10 +790,16 @@ func (s *Shipper) batch(ctx context.Context) error {
 	}
 	s.carried, s.dead, s.lost = plan.Carry, plan.Dead, plan.Lost
 	s.attempt = 0
-	if c := plan.pinned(s.readPos - 1); c > s.durable {
-		if err := s.setApplied(ctx, journal.Cursor{Applied: c}); err != nil {
+	if c := plan.pinned(s.readPos - 1); c > s.durable || plan.Compare {
+		// A comparison asked for is marked in the cursor first, so that
+		// a stop before it is done does not lose it.
+		if err := s.setApplied(ctx, journal.Cursor{Applied: max(c, s.durable), FullSync: plan.Compare}); err != nil {
 			return err
 		}
+	}
+	if plan.Compare {
+		s.log.Info("a hard-linked file changed under names the journal does not know: comparing the worker with the store")
+		s.Resync(false)
 	}
 	s.mu.Lock()
 	s.lastErr = ""
