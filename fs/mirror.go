@@ -22,7 +22,7 @@ type mirror struct {
 	log      *slog.Logger
 	root     *node
 	rootFd   int    // the store directory, O_PATH: base of opens
-	storeDev uint64 // the store's device, whose inode numbers are node ids
+	storeDev uint64 // the store's device (see journal.FileID)
 	readOnly atomic.Bool
 
 	mu      sync.Mutex
@@ -164,11 +164,9 @@ func (m *mirror) openAt(rel string, flags uint32) (int, syscall.Errno) {
 	return fd, 0
 }
 
-// isFile reports whether the store file dev, ino has node id id. An entry
-// on another device below the store (a mount inside it) has an id that
-// go-fuse derives from its device too; it is taken as is.
+// isFile reports whether the store file dev, ino has node id id.
 func (m *mirror) isFile(dev, ino, id uint64) bool {
-	return dev != m.storeDev || ino == id
+	return journal.FileID(dev, ino, m.storeDev) == id
 }
 
 // writable refuses mutations after StopWrites.

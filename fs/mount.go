@@ -198,8 +198,8 @@ func (mt *Mount) Unmount() error {
 	return nil
 }
 
-// OpenForWrite reports whether the store file with inode ino is being
-// written through the mount: a writable handle is open and its writer has
+// OpenForWrite reports whether the store file with identity ino (see
+// journal.FileID) is being written through the mount: a writable handle is open and its writer has
 // not closed (or fsynced) it since its last open or write. Its content may
 // be half-written. A file whose last writer called close(2) is not: the
 // kernel releases the handle asynchronously, after close returned.

@@ -989,3 +989,63 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// A file system mounted inside the store (say uploads/ on its own disk):
+// its files' identities are journal.FileID, the same in every op and for
+// OpenForWrite, and its files open and read through the mount.
+func TestIdentityOnMountInsideStore(t *testing.T) {
+	m, mnt, store, rec := mountFresh(t)
+	uploads := filepath.Join(store, "uploads")
+	if err := os.Mkdir(uploads, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", uploads, "tmpfs", 0, "size=1m"); err != nil {
+		m.Unmount()
+		t.Fatalf("mount a tmpfs inside the store: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Error(err)
+		}
+		if err := unix.Unmount(uploads, 0); err != nil {
+			t.Errorf("unmount %s: %v", uploads, err)
+		}
+	})
+	rec.take()
+
+	f, err := os.Create(filepath.Join(mnt, "uploads", "photo.jpg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("jpeg"); err != nil {
+		t.Fatal(err)
+	}
+	var st, storeSt unix.Stat_t
+	if err := unix.Lstat(filepath.Join(uploads, "photo.jpg"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(store, &storeSt); err != nil {
+		t.Fatal(err)
+	}
+	if st.Dev == storeSt.Dev {
+		t.Fatal("the tmpfs is on the store's device")
+	}
+	want := journal.FileID(st.Dev, st.Ino, storeSt.Dev)
+	if !m.OpenForWrite(want) {
+		t.Errorf("OpenForWrite(%d) = false while a writer has uploads/photo.jpg open", want)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "uploads", "photo.jpg")); err != nil || string(got) != "jpeg" {
+		t.Errorf("read uploads/photo.jpg through the mount: %q, %v", got, err)
+	}
+	if err := os.Remove(filepath.Join(mnt, "uploads", "photo.jpg")); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range rec.take() {
+		if op.Path == "uploads/photo.jpg" && op.File != want {
+			t.Errorf("%v journaled with File %d, want %d (journal.FileID)", op.Kind, op.File, want)
+		}
+	}
+}

@@ -79,14 +79,14 @@ func (n *node) storePath(rel string) string {
 	return path.Join(n.RootData.Path, rel)
 }
 
-// identityOf returns the store inode of the entry at rel without following
-// a symlink, or 0 if it cannot be read.
+// identityOf returns the identity (journal.FileID) of the entry at rel
+// without following a symlink, or 0 if it cannot be read.
 func (n *node) identityOf(rel string) uint64 {
 	var st unix.Stat_t
 	if err := unix.Lstat(n.storePath(rel), &st); err != nil {
 		return 0
 	}
-	return st.Ino
+	return journal.FileID(st.Dev, st.Ino, n.m.storeDev)
 }
 
 // nameless reports whether the node is in no directory: unlinked while
@@ -268,7 +268,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	op := journal.Op{Kind: journal.KindUnlink, Path: p}
 	var st unix.Stat_t
 	if err := unix.Lstat(n.storePath(p), &st); err == nil {
-		op.File = st.Ino
+		op.File = journal.FileID(st.Dev, st.Ino, n.m.storeDev)
 		if st.Nlink > 1 {
 			op.Flags = journal.UnlinkOtherLinks
 		}

@@ -118,3 +118,13 @@ func (o Op) String() string {
 // before the unlink, so it lives on under names the journal may not know
 // (made before the journal began, or looked up by no op since).
 const UnlinkOtherLinks = 1
+
+// FileID is the identity ops give (Op.File) the store file with inode
+// number ino on device dev, the store's own device being storeDev: the
+// inode number itself, mixed with the device for a file system mounted
+// inside the store, so that the inode numbers of two file systems do not
+// meet. go-fuse's loopback numbers the mount's inodes the same way.
+func FileID(dev, ino, storeDev uint64) uint64 {
+	swap := func(d uint64) uint64 { return d<<32 | d>>32 }
+	return swap(dev) ^ swap(storeDev) ^ ino
+}

@@ -298,8 +298,8 @@ func (s *Shipper) attrSource(t attrTarget, lost map[string]int64, now int64) (fs
 	if (t.dirOnly && !sfi.IsDir()) || s.excl.Excluded(t.path, sfi.IsDir()) {
 		return nil, false
 	}
-	if t.ino != 0 && !sfi.IsDir() && inode(sfi) != t.ino {
-		s.log.Debug("not copying attributes: the store holds another file there now", "path", t.path, "inode", inode(sfi), "want", t.ino)
+	if t.ino != 0 && !sfi.IsDir() && s.fileID(sfi) != t.ino {
+		s.log.Debug("not copying attributes: the store holds another file there now", "path", t.path, "inode", s.fileID(sfi), "want", t.ino)
 		return nil, false
 	}
 	return sfi, true
@@ -681,10 +681,10 @@ func (s *Shipper) keepRefreshed(ctx context.Context, sy *syncer, paths []string)
 			continue
 		}
 		sfi, err := s.storeLstat(p)
-		if err != nil || !sfi.Mode().IsRegular() || sfi.Size() > keepMaxSize || s.excl.Excluded(p, false) || s.openForWrite(inode(sfi)) {
+		if err != nil || !sfi.Mode().IsRegular() || sfi.Size() > keepMaxSize || s.excl.Excluded(p, false) || s.openForWrite(s.fileID(sfi)) {
 			continue
 		}
-		cands = append(cands, keepCand{path: p, ino: inode(sfi), size: sfi.Size()})
+		cands = append(cands, keepCand{path: p, ino: s.fileID(sfi), size: sfi.Size()})
 	}
 	return s.keepFiles(ctx, k, cands)
 }
@@ -789,7 +789,7 @@ func (s *Shipper) openLoneFile(p string, ino uint64, max int64) (*os.File, fs.Fi
 		return nil, nil, false
 	}
 	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || inode(fi) != ino || fi.Size() > max || nlink(fi) != 1 {
+	if err != nil || !fi.Mode().IsRegular() || s.fileID(fi) != ino || fi.Size() > max || nlink(fi) != 1 {
 		f.Close()
 		return nil, nil, false
 	}
@@ -890,7 +890,7 @@ func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, name
 			continue
 		}
 		ofi, err := s.storeLstat(other)
-		moved := err != nil || !ofi.Mode().IsRegular() || inode(ofi) != ino
+		moved := err != nil || !ofi.Mode().IsRegular() || s.fileID(ofi) != ino
 		if moved && i >= told {
 			continue // found in the store, and gone again
 		}

@@ -524,3 +524,13 @@ func (c *countingTransport) WriteFileAtomic(ctx context.Context, p string, r io.
 	c.count("WriteFileAtomic")
 	return c.Transport.WriteFileAtomic(ctx, p, r, a)
 }
+
+// inode is the inode number of fi: the identity the mount journals for a
+// file on the store's own device (journal.FileID), which the tests' stores
+// are.
+func inode(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
+}

@@ -115,11 +115,12 @@ var ErrRetention = errors.New("worker fell out of the journal's retention")
 
 // Shipper replicates the journal to one worker.
 type Shipper struct {
-	opts  Options
-	log   *slog.Logger
-	excl  *Excluder
-	store *os.Root
-	pl    planner
+	opts     Options
+	log      *slog.Logger
+	excl     *Excluder
+	store    *os.Root
+	storeDev uint64 // the store's device (see journal.FileID)
+	pl       planner
 	// quietGap is the package's quietGap (tests change it).
 	quietGap time.Duration
 	lastOps  time.Time // when the last batch with ops was applied
@@ -224,7 +225,12 @@ func NewShipper(opts Options) (*Shipper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replicate %s: store: %w", opts.Name, err)
 	}
-	s := &Shipper{opts: opts, log: log, excl: excl, store: store, touched: map[string]bool{}, quietGap: quietGap}
+	rootFi, err := store.Stat(".")
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("replicate %s: store: %w", opts.Name, err)
+	}
+	s := &Shipper{opts: opts, log: log, excl: excl, store: store, storeDev: device(rootFi), touched: map[string]bool{}, quietGap: quietGap}
 	s.pl = planner{excl: excl, holdOpen: opts.HoldOpen, isDir: s.storeIsDir, log: log}
 	s.findLinks = s.walkLinks
 	return s, nil
@@ -508,7 +514,7 @@ func (s *Shipper) checksumPass(ctx context.Context, sy *syncer) (files, bytes in
 		if err != nil {
 			return err
 		}
-		if wfi == nil || !wfi.Mode.IsRegular() || wfi.Size != sfi.Size() || s.openForWrite(inode(sfi)) {
+		if wfi == nil || !wfi.Mode.IsRegular() || wfi.Size != sfi.Size() || s.openForWrite(s.fileID(sfi)) {
 			return nil // the copy saw to it, or the file ships after its writer closes it
 		}
 		ssum, err := s.storeHash(p)
@@ -933,16 +939,25 @@ func (s *Shipper) holdOpen(plan *Plan, id *ident) {
 func (s *Shipper) locate(id *ident) (string, bool) {
 	for _, n := range id.Names {
 		fi, err := s.store.Lstat(n)
-		if err == nil && fi.Mode().IsRegular() && inode(fi) == id.ID {
+		if err == nil && fi.Mode().IsRegular() && s.fileID(fi) == id.ID {
 			return n, true
 		}
 	}
 	return "", false
 }
 
-func inode(fi fs.FileInfo) uint64 {
+// fileID is the identity (journal.FileID) of the store file fi, as the
+// mount journals it.
+func (s *Shipper) fileID(fi fs.FileInfo) uint64 {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
+		return journal.FileID(st.Dev, st.Ino, s.storeDev)
+	}
+	return 0
+}
+
+func device(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Dev
 	}
 	return 0
 }
@@ -979,7 +994,7 @@ func (s *Shipper) walkLinks(ctx context.Context, ino uint64) ([]string, error) {
 		if !d.Type().IsRegular() {
 			return nil
 		}
-		if fi, err := d.Info(); err == nil && inode(fi) == ino && !s.excl.Excluded(p, false) {
+		if fi, err := d.Info(); err == nil && s.fileID(fi) == ino && !s.excl.Excluded(p, false) {
 			out = append(out, p)
 		}
 		return nil

@@ -78,7 +78,7 @@ func (sy *syncer) changedErr() error {
 // will tell when it is not (a Close) — unlike the journal's data ops, a
 // copy reads files outside the close-to-open rule.
 func (sy *syncer) openForWrite(p string, sfi fs.FileInfo) bool {
-	ino := inode(sfi)
+	ino := sy.s.fileID(sfi)
 	if !sy.s.openForWrite(ino) {
 		return false
 	}
@@ -194,7 +194,7 @@ func (sy *syncer) syncPath(ctx context.Context, p string) error {
 		// sendFile mends that and sends again.
 		var err error
 		for i := 1; ; i++ {
-			err = s.shipFile(ctx, p, inode(sfi), []string{p}, false, nil)
+			err = s.shipFile(ctx, p, s.fileID(sfi), []string{p}, false, nil)
 			if !errors.Is(err, errSourceChanged) || i >= sendAttempts || ctx.Err() != nil {
 				break
 			}
@@ -242,7 +242,7 @@ func (sy *syncer) syncEntry(ctx context.Context, p string, sfi fs.FileInfo, wfi 
 		return s.setAttrs(ctx, p, sfi, nil)
 
 	case mode.IsRegular():
-		ino := inode(sfi)
+		ino := sy.s.fileID(sfi)
 		if sy.openForWrite(p, sfi) {
 			return nil // what the worker has at p stays until the file ships
 		}
@@ -576,7 +576,7 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64, changes *i
 	if err != nil {
 		return 0, s.errf(p, fmt.Errorf("store: %w", err))
 	}
-	if !fi.Mode().IsRegular() || (ino != 0 && inode(fi) != ino) {
+	if !fi.Mode().IsRegular() || (ino != 0 && s.fileID(fi) != ino) {
 		return 0, errNotIdentity
 	}
 	a := s.fileAttrs(fi)
