@@ -288,7 +288,9 @@ type attrTarget struct {
 // (see Plan.Lost). With t.ino set, a path the store has meanwhile given to
 // another file (not a directory) is skipped too, see Plan.Attrs.
 func (s *Shipper) attrSource(t attrTarget, lost map[string]int64, now int64) (fs.FileInfo, bool) {
-	sfi, err := s.storeLstat(t.path)
+	// storeEntry: a path below a symlink in the store names no entry
+	// (os.Root would follow the link to another directory's attributes).
+	sfi, err := s.storeEntry(t.path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) && lost != nil {
 			lost[t.path] = now
@@ -557,7 +559,15 @@ func (s *Shipper) applyExchange(ctx context.Context, st step, suspect bool, refr
 		}
 	}
 	if wb != nil {
-		if err := s.t.Rename(ctx, b, a); err != nil {
+		err := s.t.Rename(ctx, b, a)
+		if wa == nil && errors.Is(err, ErrSymlink) {
+			// a is below a directory that became a symlink on the worker
+			// (a replay after a deploy's `ln -s`): no entry of the tree
+			// there. Both paths converge from the store instead.
+			refresh[a], refresh[b] = true, true
+			return nil
+		}
+		if err != nil {
 			return s.errf(b, fmt.Errorf("exchange: %w", err))
 		}
 	}

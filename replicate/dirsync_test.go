@@ -204,3 +204,34 @@ func TestLocalSyncFollowsRenamedDirectory(t *testing.T) {
 		t.Errorf("left for the next Sync: %v", l.unsynced)
 	}
 }
+
+// A deploy that swaps a release directory for a symlink to another release
+// holding the same subdirectories (`rm -rf current; ln -s releases/2
+// current`), in one batch and replayed: the worker converges. The
+// attributes of current/css, a directory the batch changed, were read
+// through the store's new symlink (releases/2/css) and sent to a path
+// below the worker's symlink, which the worker refused on every retry.
+func TestShipperDeployToSymlinkInOneBatch(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	for _, d := range []string{"releases", "releases/2", "releases/2/css", "current", "current/css", "other"} {
+		f.mkdir(d)
+	}
+	f.writeFile("releases/2/css/site.css", "v2")
+	f.writeFile("current/css/site.css", "v1")
+	f.writeFile("current/a", "a")
+	f.writeFile("other/b", "b")
+	caughtUpThenStopped(t, f, worker, nil, nil)
+	base := f.j.cursor("w1").Applied
+
+	f.exchange("current/a", "other/b")
+	f.unlink("current/a")
+	f.unlink("current/css/site.css")
+	f.rmdir("current/css")
+	f.rmdir("current")
+	f.symlink("releases/2", "current")
+	s := startedShipper(t, f, worker, nil, nil) // every op above in one batch
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+	replaySince(t, f, worker, base, 1, 1000)
+}

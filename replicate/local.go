@@ -933,7 +933,9 @@ func (l *Local) SetAttrs(ctx context.Context, items []AttrItem) ([]AttrResult, e
 // setAttrs is SetAttrs for one item.
 func (l *Local) setAttrs(ctx context.Context, it AttrItem) (found bool, err error) {
 	if err := l.prep(ctx, it.Path); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrSymlink) {
+			// Not an entry of the tree: missing, or below a file or a
+			// symlink (never followed), as for wlstat.
 			return false, nil
 		}
 		return false, err
