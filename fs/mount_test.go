@@ -839,7 +839,8 @@ func TestReadersDuringRenameSeeOneVersion(t *testing.T) {
 	var wg sync.WaitGroup
 	var reads, missing, torn atomic.Int64
 	var example atomic.Value
-	for range 2 {
+	// One reader opens as nginx with disable_symlinks does (O_NOFOLLOW).
+	for _, flag := range []int{0, syscall.O_NOFOLLOW} {
 		wg.Go(func() {
 			for {
 				select {
@@ -847,7 +848,7 @@ func TestReadersDuringRenameSeeOneVersion(t *testing.T) {
 					return
 				default:
 				}
-				got, err := os.ReadFile(page)
+				got, err := readWith(page, flag)
 				reads.Add(1)
 				switch {
 				case err != nil:
@@ -882,6 +883,15 @@ func TestReadersDuringRenameSeeOneVersion(t *testing.T) {
 		t.Errorf("%d reads during the renames: %d failed, %d neither version (e.g. %v)", reads.Load(), missing.Load(), torn.Load(), example.Load())
 	}
 	t.Logf("%d reads, %d failed", reads.Load(), missing.Load())
+}
+
+func readWith(p string, flag int) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|flag, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }
 
 // A file unlinked while open can be opened again through its descriptor
@@ -1047,5 +1057,45 @@ func TestIdentityOnMountInsideStore(t *testing.T) {
 		if op.Path == "uploads/photo.jpg" && op.File != want {
 			t.Errorf("%v journaled with File %d, want %d (journal.FileID)", op.Kind, op.File, want)
 		}
+	}
+}
+
+// An open that reaches a file whose name a rename or unlink took away
+// meanwhile is served through a descriptor the mount holds, also when the
+// caller opened with O_NOFOLLOW (nginx's disable_symlinks): the reopen
+// through /proc/self/fd/N, a link, must not refuse to follow it.
+func TestOpenNamelessFileWithNoFollow(t *testing.T) {
+	m, mnt, store, _ := mountFresh(t)
+	t.Cleanup(func() { m.Unmount() })
+	p := filepath.Join(mnt, "page.html")
+	if err := os.WriteFile(p, []byte("old page"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	id := ino(t, filepath.Join(store, "page.html"))
+	held, err := os.Open(p) // another reader's descriptor: the mount's handle
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	h := m.mirror.anyHandle(id)
+	if h == nil {
+		t.Fatal("no handle of page.html")
+	}
+	fh, _, errno := h.node.Open(t.Context(), syscall.O_RDONLY|syscall.O_NOFOLLOW)
+	if errno != 0 {
+		t.Fatalf("open of the nameless page.html with O_NOFOLLOW: %v", errno)
+	}
+	got := make([]byte, 16)
+	res, errno := fh.(*handle).Read(t.Context(), got, 0)
+	if errno != 0 {
+		t.Fatal(errno)
+	}
+	data, _ := res.Bytes(got)
+	fh.(*handle).Release(t.Context())
+	if string(data) != "old page" {
+		t.Errorf("read %q, want %q", data, "old page")
 	}
 }

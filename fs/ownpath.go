@@ -49,14 +49,18 @@ func (n *node) atOwnPath(try func(rel string) syscall.Errno) (named bool, errno 
 }
 
 // openOwn opens n's store file with flags, by its path or, when it has no
-// name, through a descriptor the mount holds. O_TRUNC is applied once the
-// file is known to be n's.
+// name, through a descriptor the mount holds. O_TRUNC never comes here:
+// go-fuse does not ask for atomic O_TRUNC, so the kernel truncates with a
+// SETATTR after the open, once the file is known.
 func (n *node) openOwn(flags uint32) (*os.File, syscall.Errno) {
-	trunc := flags&syscall.O_TRUNC != 0
-	flags &^= syscall.O_TRUNC
 	var f *os.File
 	named, errno := n.atOwnPath(func(rel string) syscall.Errno {
 		fd, errno := n.m.openAt(rel, flags)
+		if errno == syscall.ELOOP {
+			// A symlink on the path (openAt follows none), where a rename
+			// put one (mv -T newlink page): not n's file, a regular one.
+			return syscall.ESTALE
+		}
 		if errno != 0 {
 			return errno
 		}
@@ -73,17 +77,16 @@ func (n *node) openOwn(flags uint32) (*os.File, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	if trunc {
-		if err := f.Truncate(0); err != nil {
-			f.Close()
-			return nil, gofs.ToErrno(err)
-		}
-	}
 	return f, 0
 }
 
 // reopen opens n's file through a descriptor of an open handle of it, for
-// a file with no name (unlinked or replaced while open, or O_TMPFILE).
+// a file with no name (unlinked or replaced while open, or O_TMPFILE). The
+// handle may be released meanwhile and its number reused by another file:
+// the number is first opened with O_PATH (which opens nothing, so a FIFO
+// cannot block it) and checked, then the checked descriptor is reopened.
+// O_NOFOLLOW goes: /proc/self/fd/N is a link, which the caller (say nginx
+// with disable_symlinks) did not ask to follow or not.
 func (n *node) reopen(flags uint32) (*os.File, syscall.Errno) {
 	h := n.m.anyHandle(n.id())
 	if h == nil {
@@ -93,15 +96,18 @@ func (n *node) reopen(flags uint32) (*os.File, syscall.Errno) {
 	if !ok {
 		return nil, syscall.ESTALE
 	}
-	p := fmt.Sprintf("/proc/self/fd/%d", hfd)
-	fd, err := unix.Open(p, int(flags&^openIgnored)|unix.O_CLOEXEC, 0)
+	pfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", hfd), unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, syscall.ESTALE // released meanwhile
+	}
+	defer unix.Close(pfd)
+	if errno := n.checkOwn(pfd); errno != 0 {
+		return nil, syscall.ESTALE
+	}
+	p := fmt.Sprintf("/proc/self/fd/%d", pfd)
+	fd, err := unix.Open(p, int(flags&^(openIgnored|unix.O_NOFOLLOW))|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, gofs.ToErrno(err)
-	}
-	// The handle may have been released meanwhile and its number reused.
-	if errno := n.checkOwn(fd); errno != 0 {
-		unix.Close(fd)
-		return nil, syscall.ESTALE
 	}
 	return os.NewFile(uintptr(fd), p), 0
 }

@@ -101,7 +101,7 @@ func NewSFTP(sc *SSHConn, o SFTPOptions) (Transport, error) {
 }
 
 func newSFTP(sc *SSHConn, o SFTPOptions) (*SFTP, error) {
-	log, addr := sc.log, sc.Addr
+	addr := sc.Addr
 	_ = sc.conn.SetDeadline(time.Now().Add(sc.timeout))
 	watch := sc.StallWatch()
 	c, err := startSFTP(sc, watch)
@@ -110,8 +110,24 @@ func newSFTP(sc *SSHConn, o SFTPOptions) (*SFTP, error) {
 		watch.Stop()
 		return nil, fmt.Errorf("sftp %s: start sftp subsystem: %w", addr, err)
 	}
-	if !path.IsAbs(o.Root) {
+	t, err := checkSFTP(sc, o, c, watch)
+	if err != nil {
+		// The shipper dials again and again a worker whose root is
+		// wrong: nothing of this attempt may outlive it.
 		c.Close()
+		watch.Stop()
+		return nil, err
+	}
+	go sc.KeepAlive(t.done)
+	return t, nil
+}
+
+// checkSFTP makes the transport over the started client c once the root
+// is an absolute path to a real directory, and notes the server's
+// extensions.
+func checkSFTP(sc *SSHConn, o SFTPOptions, c *sftp.Client, watch *StallWatch) (*SFTP, error) {
+	log, addr := sc.log, sc.Addr
+	if !path.IsAbs(o.Root) {
 		return nil, fmt.Errorf("sftp %s: root %q is not an absolute path", addr, o.Root)
 	}
 	t := &SFTP{root: path.Clean(o.Root), ssh: sc, c: c, watch: watch, log: log, done: make(chan struct{})}
@@ -139,17 +155,14 @@ func newSFTP(sc *SSHConn, o SFTPOptions) (*SFTP, error) {
 		if rerr != nil {
 			resolved = "unresolvable: " + rerr.Error()
 		}
-		c.Close()
 		return nil, fmt.Errorf("sftp %s: root %s is a symlink to %s (resolves to %s): a worker root must be a real directory; configure the resolved path instead", addr, t.root, target, resolved)
 	}
 	if err != nil || !fi.IsDir() {
-		c.Close()
 		if err == nil {
 			err = errors.New("not a directory")
 		}
 		return nil, fmt.Errorf("sftp %s: root %s: %w", addr, t.root, err)
 	}
-	go sc.KeepAlive(t.done)
 	return t, nil
 }
 

@@ -98,9 +98,13 @@ func (s stallWriter) Close() error { return s.wc.Close() }
 
 // Begin marks a request waiting for its answer until end is called.
 func (w *StallWatch) Begin() (end func()) {
-	if w.waiting.Add(1) == 1 {
+	// The wait starts now, before it counts: the watch must not see it
+	// waiting since the last byte of an idle spell. (A request already
+	// waiting keeps its start: its answer moves last anyway.)
+	if w.waiting.Load() == 0 {
 		w.last.Store(time.Now().UnixNano())
 	}
+	w.waiting.Add(1)
 	return func() { w.waiting.Add(-1) }
 }
 

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -281,4 +282,25 @@ func descendsFrom(pid int, mark string) bool {
 		pid, _ = strconv.Atoi(fields[1])
 	}
 	return false
+}
+
+// Dialling a worker whose root is wrong leaves nothing running: the
+// shipper dials such a worker again and again.
+func TestSFTPFailedDialLeavesNoGoroutine(t *testing.T) {
+	d := transporttest.StartSSHD(t)
+	watches := func() int {
+		buf := make([]byte, 1<<20)
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "(*StallWatch).run")
+	}
+	before := watches()
+	for range 5 {
+		if tr, err := replicate.DialSFTP(t.Context(), sftpOptions(t, d, "/nonexistent/mirrorfs-root")); err == nil {
+			tr.Close()
+			t.Fatal("dial to a missing root succeeded")
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // stopped watches return
+	if n := watches() - before; n > 0 {
+		t.Errorf("%d stall watches left running by 5 failed dials", n)
+	}
 }
