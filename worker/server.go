@@ -322,7 +322,29 @@ func (s *Server) openRoot() (*os.Root, error) {
 	if err := replicate.CheckRoot(s.root); err != nil {
 		return nil, err
 	}
-	return os.OpenRoot(s.root)
+	r, err := os.OpenRoot(s.root)
+	if err != nil {
+		return nil, err
+	}
+	// A symlink swapped in between the check and the open was followed
+	// by the open: what was opened must still be what was checked.
+	opened, err := r.Stat(".")
+	if err == nil {
+		if err = replicate.CheckRoot(s.root); err == nil {
+			checked, lerr := os.Lstat(s.root)
+			switch {
+			case lerr != nil:
+				err = fmt.Errorf("root %s: %w", s.root, lerr)
+			case !os.SameFile(opened, checked):
+				err = fmt.Errorf("root %s was replaced while it was opened (a symlink swapped in?): refusing it", s.root)
+			}
+		}
+	}
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
 }
 
 // serveSFTP runs pkg/sftp's request server on ch, confined to root, then reports an exit status
