@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -16,6 +17,9 @@ type handle struct {
 	*gofs.LoopbackFile
 	node   *node
 	writer bool
+	// unnamedChange: a change through this handle could not be journaled
+	// (see unnamedLinks); its close asks for a comparison of the workers.
+	unnamedChange atomic.Bool
 }
 
 var (
@@ -56,11 +60,22 @@ func (h *handle) Allocate(ctx context.Context, off uint64, size uint64, mode uin
 func (h *handle) recordData(ctx context.Context, op journal.Op) syscall.Errno {
 	p, ok := h.node.relPath()
 	if !ok {
-		h.warnUnnamedLinks()
+		if h.unnamedLinks() {
+			h.unnamedChange.Store(true)
+		}
 		return 0
 	}
 	op.File, op.Path = h.node.id(), p
 	return h.node.m.recordData(ctx, op)
+}
+
+// publishUnnamed asks for a comparison of the workers with the store when
+// this handle changed a file the journal cannot name, now that its writer
+// closes or syncs it (close-to-open, as for journaled files).
+func (h *handle) publishUnnamed() {
+	if h.unnamedChange.Swap(false) && h.node.m.onUnnamed != nil {
+		h.node.m.onUnnamed()
+	}
 }
 
 // recordClose journals that the file's content is now one its writer
@@ -78,6 +93,7 @@ func (h *handle) recordClose(ctx context.Context, fsync bool) syscall.Errno {
 // asynchronous Release.
 func (h *handle) Flush(ctx context.Context) syscall.Errno {
 	errno := h.LoopbackFile.Flush(ctx)
+	h.publishUnnamed()
 	if h.writer && h.node.m.takeDirty(h.node.id(), true) {
 		if e := h.recordClose(ctx, false); errno == 0 {
 			errno = e
@@ -90,6 +106,7 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	if errno := h.LoopbackFile.Fsync(ctx, flags); errno != 0 {
 		return errno
 	}
+	h.publishUnnamed()
 	if h.writer && h.node.m.takeDirty(h.node.id(), false) {
 		return h.recordClose(ctx, true)
 	}
@@ -101,6 +118,7 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
 	h.node.m.dropHandle(h.node.id(), h)
+	h.publishUnnamed()
 	errno := h.LoopbackFile.Release(ctx)
 	if h.writer && h.node.m.closeWriter(h.node.id()) {
 		h.recordClose(ctx, false)
@@ -108,22 +126,23 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 	return errno
 }
 
-// warnUnnamedLinks says, once per file, that a change to a file the mount
-// knows no name of is not replicated although the file still has hard
-// links: names made before the mount started and not looked up since,
-// which the mount cannot name. A resync brings them over.
-func (h *handle) warnUnnamedLinks() {
+// unnamedLinks reports whether this handle's file, which the mount knows
+// no name of, still has hard links: names made before the mount started
+// and not looked up since. A change to it cannot be journaled (no path);
+// the workers are compared with the store instead (Options.OnUnnamedChange)
+// when its writer closes it. Said once per file in the log.
+func (h *handle) unnamedLinks() bool {
 	fd, ok := h.LoopbackFile.PassthroughFd()
 	if !ok {
-		return
+		return false
 	}
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil || st.Nlink == 0 {
-		return // really gone: nothing to replicate
+		return false // really gone: nothing to replicate
 	}
-	if _, warned := h.node.m.warnedUnnamed.LoadOrStore(h.node.id(), true); warned {
-		return
+	if _, warned := h.node.m.warnedUnnamed.LoadOrStore(h.node.id(), true); !warned {
+		h.node.m.log.Warn("a file changed through a hard link whose other names this mount has not seen since it started: it cannot be journaled; the workers are compared with the store when its writer closes it",
+			"file", h.node.id(), "links", st.Nlink)
 	}
-	h.node.m.log.Warn("a file changed through a hard link whose other names this mount has not seen since it started: the change is not replicated; run mirrorfs resync",
-		"file", h.node.id(), "links", st.Nlink)
+	return true
 }

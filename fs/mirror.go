@@ -33,9 +33,10 @@ type mirror struct {
 	handles map[uint64]map[*handle]struct{}
 	// dirs holds the open handles of each directory, for the same reason.
 	dirs map[uint64]map[*dirHandle]struct{}
-	// warnedUnnamed: files whose unreplicated change was logged (see
-	// handle.warnUnnamedLinks).
+	// warnedUnnamed: files whose unjournaled change was logged (see
+	// handle.unnamedLinks).
 	warnedUnnamed sync.Map
+	onUnnamed     func() // Options.OnUnnamedChange
 }
 
 // writerState counts the writable handles of one file and whether it has

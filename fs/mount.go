@@ -49,6 +49,11 @@ type Options struct {
 	CacheTimeout time.Duration
 	// Debug logs every FUSE request.
 	Debug bool
+	// OnUnnamedChange is called when the writer of a file closes or syncs
+	// it after changes the journal could not record: the mount knew no
+	// name of the file, which still has hard links made before the mount
+	// started. The daemon then compares every worker with the store.
+	OnUnnamedChange func()
 }
 
 // ErrAlreadyMounted is returned when the mount point is already a mount.
@@ -87,6 +92,7 @@ func New(ctx context.Context, opts Options) (*Mount, error) {
 	}
 
 	m := newMirror(opts.Recorder, logger)
+	m.onUnnamed = opts.OnUnnamedChange
 	if m.rootFd, err = unix.Open(opts.Store, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
 		return nil, fmt.Errorf("store %s: %w", opts.Store, err)
 	}

@@ -919,7 +919,7 @@ func TestReopenUnlinkedThroughProc(t *testing.T) {
 // An unlink says whether the file keeps other hard links (the replicator
 // then does not take the file for dead), and a change to a file the mount
 // knows no name of, though it still has links (made before the mount
-// started), is not lost silently: the daemon says to resync.
+// started), is not lost: its close asks for a comparison of the workers.
 func TestUnlinkOfHardLinkedFile(t *testing.T) {
 	dir := t.TempDir()
 	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
@@ -939,7 +939,10 @@ func TestUnlinkOfHardLinkedFile(t *testing.T) {
 	var logged bytes.Buffer
 	var logMu sync.Mutex
 	rec := &memRecorder{}
-	m, err := New(t.Context(), Options{Store: store, Mountpoint: mnt, Recorder: rec, Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logged}, nil))})
+	var compares atomic.Int32
+	m, err := New(t.Context(), Options{Store: store, Mountpoint: mnt, Recorder: rec,
+		Logger:          slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logged}, nil)),
+		OnUnnamedChange: func() { compares.Add(1) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -981,10 +984,19 @@ func TestUnlinkOfHardLinkedFile(t *testing.T) {
 	if _, err := f.WriteAt([]byte("v2"), 0); err != nil {
 		t.Fatal(err)
 	}
+	if n := compares.Load(); n != 0 {
+		t.Errorf("%d comparisons asked for before the writer closed the file", n)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := compares.Load(); n != 1 {
+		t.Errorf("%d comparisons asked for after the writer closed the file changed through an unknown link, want 1", n)
+	}
 	logMu.Lock()
 	out := logged.String()
 	logMu.Unlock()
-	if !strings.Contains(out, "run mirrorfs resync") {
+	if !strings.Contains(out, "cannot be journaled") {
 		t.Errorf("no warning for a change through a hard link the mount cannot name; log:\n%s", out)
 	}
 }

@@ -425,3 +425,36 @@ func TestInPlaceInitialCopy(t *testing.T) {
 		}
 	}
 }
+
+// A file with a hard link made before the daemon started (so the mount has
+// never seen that name), opened by its other name, which is then removed
+// while the writer goes on: the journal cannot name the file any more, so
+// when the writer closes it the daemon compares the workers with the
+// store, and the change reaches the worker's remaining link.
+func TestChangeThroughUnknownHardLinkReachesWorkers(t *testing.T) {
+	c := newCluster(t, clusterOptions{Workers: 1, Prefill: func(store string) {
+		writeFile(t, filepath.Join(store, "upload.dat"), "version 1\n")
+		if err := os.Link(filepath.Join(store, "upload.dat"), filepath.Join(store, "published.dat")); err != nil {
+			t.Fatal(err)
+		}
+	}})
+	c.waitConverged(t, converge)
+
+	f, err := os.OpenFile(filepath.Join(c.Mount, "upload.dat"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(c.Mount, "upload.dat")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("version 2\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.waitConverged(t, converge)
+	if got := readFile(t, filepath.Join(c.Workers[0].Root, "published.dat")); got != "version 2\n" {
+		t.Errorf("worker's published.dat = %q, want %q", got, "version 2\n")
+	}
+}

@@ -120,7 +120,8 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 
-	mnt, err := fs.New(ctx, fs.Options{Store: store, Mountpoint: cfg.Mount, Recorder: j, Logger: log})
+	resync := &resyncAll{log: log}
+	mnt, err := fs.New(ctx, fs.Options{Store: store, Mountpoint: cfg.Mount, Recorder: j, Logger: log, OnUnnamedChange: resync.request})
 	if err != nil {
 		return err
 	}
@@ -135,6 +136,7 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		mnt.Unmount()
 		return err
 	}
+	resync.ready(shippers)
 	wg.Go(func() {
 		d := daemonState{cfg: cfg, j: j, shippers: shippers, store: store, log: log}
 		if err := control.Serve(runCtx, cfg.Control, func() control.Status { return daemonStatus(cfg, j, shippers) }, daemonRoutes(d)...); err != nil {
@@ -315,4 +317,39 @@ func zeroIsNone(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// resyncAll compares every worker with the store on request: for a change
+// through the mount that the journal could not record (fs.Options.
+// OnUnnamedChange). A request made before the shippers run is served
+// once they do.
+type resyncAll struct {
+	log      *slog.Logger
+	mu       sync.Mutex
+	shippers []*replicate.Shipper
+	started  bool
+	pending  bool
+}
+
+func (r *resyncAll) request() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.started {
+		r.pending = true
+		return
+	}
+	r.log.Info("a change the journal could not record: comparing every worker with the store")
+	for _, s := range r.shippers {
+		s.Resync(false)
+	}
+}
+
+func (r *resyncAll) ready(shippers []*replicate.Shipper) {
+	r.mu.Lock()
+	r.shippers, r.started = shippers, true
+	pending := r.pending
+	r.mu.Unlock()
+	if pending {
+		r.request()
+	}
 }
