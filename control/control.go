@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -72,7 +73,14 @@ func Serve(ctx context.Context, path string, status func() Status, routes ...Rou
 		c.Close()
 		return fmt.Errorf("control socket %s: another mirrorfs daemon is answering on it", path)
 	}
-	os.Remove(path)
+	// Only a socket is replaced: a `control:` that names a file by mistake
+	// (the config itself, say) must not delete it.
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return fmt.Errorf("control socket %s: a %s is there, not a socket: refusing to replace it (check control: in the configuration)", path, fileKind(fi.Mode()))
+		}
+		os.Remove(path)
+	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return fmt.Errorf("control socket %s: %w", path, err)
@@ -143,4 +151,17 @@ func Call(ctx context.Context, path, method, target string, out any) error {
 func WriteJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// fileKind names the type of what is at the control path.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m.IsRegular():
+		return "regular file"
+	}
+	return "file of type " + m.Type().String()
 }

@@ -3,7 +3,10 @@ package control
 import (
 	"context"
 	"errors"
+	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -40,5 +43,49 @@ func TestServeAndFetch(t *testing.T) {
 	}
 	if _, err := Fetch(t.Context(), sock); !errors.Is(err, ErrNoDaemon) {
 		t.Fatalf("fetch with no daemon: %v, want ErrNoDaemon", err)
+	}
+}
+
+// A control path that names a file by mistake is refused, not deleted; a
+// stale socket left by a crashed daemon is replaced.
+func TestServeKeepsAFileAtThePath(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mirrorfs.yaml")
+	if err := os.WriteFile(conf, []byte("mount: /var/www/html\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithTimeout(t.Context(), 2*time.Second) // ends a Serve that took the path
+	defer stop()
+	err := Serve(ctx, conf, func() Status { return Status{} })
+	if err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("Serve on a regular file: %v, want a refusal", err)
+	}
+	if data, err := os.ReadFile(conf); err != nil || string(data) != "mount: /var/www/html\n" {
+		t.Fatalf("the file at the control path: %q, %v", data, err)
+	}
+
+	stale := filepath.Join(dir, "ctl.sock")
+	l, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close() // a socket file nobody answers on
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, stale, func() Status { return Status{LastSeq: 1} }) }()
+	var st Status
+	for range 100 {
+		if st, err = Fetch(t.Context(), stale); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil || st.LastSeq != 1 {
+		t.Fatalf("Fetch after replacing a stale socket: %+v, %v", st, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
