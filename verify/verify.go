@@ -9,11 +9,15 @@
 // with Options.Checksum, the SHA-256 of regular files' content. These are
 // the attributes the shipper replicates; what it does not replicate is not
 // compared: FIFOs, sockets and device nodes in the store (see
-// replicate.Special), hard-link groups, a directory's size, and a
-// symlink's mode (its owner and mtime only when the transport has
-// LinkAttrs, the only way they are replicated). user.* extended attributes
-// of files and directories are compared when the transport implements
-// [replicate.Xattrs] (the agent), the only way they are replicated.
+// replicate.Special), a directory's size, and a symlink's mode (its owner
+// and mtime only when the transport has LinkAttrs, the only way they are
+// replicated). user.* extended attributes of files, directories and the
+// root are compared when the transport implements [replicate.Xattrs] (the
+// agent), the only way they are replicated. Hard-link groups are
+// replicated but not compared: neither transport reports a worker file's
+// inode. A worker's temp file (replicate.TempPrefix) is skipped while it
+// may belong to a transfer under way (see inFlight), and reported when it
+// is older or the store has that name.
 package verify
 
 import (
@@ -107,8 +111,14 @@ func Compare(ctx context.Context, store string, t replicate.Transport, o Options
 		return c.diffs, nil
 	}
 	// The root: its mode and owner (the worker root exists before
-	// mirrorfs, which then gives it the store's attributes) and mtime.
+	// mirrorfs, which then gives it the store's attributes), mtime and
+	// user.* xattrs.
 	c.attrs("", s, wfi)
+	if c.xattrs != nil {
+		if err := c.compareXattrs(ctx, ""); err != nil {
+			return c.diffs, err
+		}
+	}
 	err = c.dir(ctx, "")
 	return c.diffs, err
 }
@@ -153,6 +163,19 @@ func special(m fs.FileMode) bool {
 	return m&(fs.ModeNamedPipe|fs.ModeSocket|fs.ModeDevice|fs.ModeCharDevice|fs.ModeIrregular) != 0
 }
 
+// tempAge is how long a worker's temp file may be a transfer under way:
+// older, it is a leftover of one that was cut off (the shipper removes
+// those when it next writes the directory) and is reported, since a web
+// server may serve it.
+const tempAge = time.Hour
+
+// inFlight reports whether the worker entry w is a temp file of a transfer
+// that may be under way, which is not compared: a temp name the store does
+// not have itself, younger than tempAge.
+func inFlight(w replicate.FileInfo, inStore bool, now time.Time) bool {
+	return strings.HasPrefix(w.Name, replicate.TempPrefix) && !inStore && now.Sub(w.Mtime) < tempAge
+}
+
 // dir compares the entries of the directory p, a directory on both sides.
 func (c *comparer) dir(ctx context.Context, p string) error {
 	if err := ctx.Err(); err != nil {
@@ -169,8 +192,12 @@ func (c *comparer) dir(ctx context.Context, p string) error {
 	if err != nil {
 		return fmt.Errorf("worker: read directory %s: %w", displayPath(p), err)
 	}
+	inStore := make(map[string]bool, len(sents))
+	for _, e := range sents {
+		inStore[e.Name] = true
+	}
 	wents = slices.DeleteFunc(wents, func(w replicate.FileInfo) bool {
-		return strings.HasPrefix(w.Name, replicate.TempPrefix)
+		return inFlight(w, inStore[w.Name], time.Now())
 	})
 	slices.SortFunc(wents, func(a, b replicate.FileInfo) int { return strings.Compare(a.Name, b.Name) })
 	i, j := 0, 0

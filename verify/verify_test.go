@@ -198,6 +198,21 @@ func TestEachDrift(t *testing.T) {
 			os.WriteFile(filepath.Join(w, "css", replicate.TempPrefix+"0123"), []byte("in flight"), 0o600)
 			setMtime(t, filepath.Join(w, "css"), mtime)
 		}, map[string]string{}, nil},
+		{"an old temp file is a leftover", func(t *testing.T, store, w string) {
+			p := filepath.Join(w, "css", replicate.TempPrefix+"0123")
+			os.WriteFile(p, []byte("DB_PASSWORD=secret"), 0o600)
+			setMtime(t, p, time.Now().Add(-2*time.Hour))
+			setMtime(t, filepath.Join(w, "css"), mtime)
+		}, map[string]string{"css/" + replicate.TempPrefix + "0123": verify.WhatExtra}, nil},
+		{"a store file with a temp name is compared", func(t *testing.T, store, w string) {
+			for _, root := range []string{store, w} {
+				p := filepath.Join(root, replicate.TempPrefix+"user-file")
+				os.WriteFile(p, []byte("the store's own"), 0o644)
+				setMtime(t, p, mtime)
+				setMtime(t, root, mtime)
+			}
+			os.Chmod(filepath.Join(w, replicate.TempPrefix+"user-file"), 0o600)
+		}, map[string]string{replicate.TempPrefix + "user-file": verify.WhatMode}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -328,4 +343,7 @@ func TestXattrs(t *testing.T) {
 	}
 	set(store+"/css", "user.only-in-store", "y")
 	want(t, compare(t, store, tr, verify.Options{}), map[string]string{"css": verify.WhatXattr})
+	set(worker+"/css", "user.only-in-store", "y")
+	set(store, "user.root", "z") // the root's too
+	want(t, compare(t, store, tr, verify.Options{}), map[string]string{".": verify.WhatXattr})
 }
