@@ -120,8 +120,20 @@ func (c *treeComparison) compareRoot() {
 		c.add("", "roots are not both directories (store %s, worker %s)", typeName(s.Mode), typeName(w.Mode))
 		return
 	}
+	// The worker root exists before mirrorfs, which gives it the store
+	// root's attributes like any directory's: its mtime changes with
+	// every entry made or removed at the top.
 	if perm(s.Mode) != perm(w.Mode) {
 		c.add("", "mode differs: store %04o, worker %04o", perm(s.Mode), perm(w.Mode))
+	}
+	if s.Uid != w.Uid || s.Gid != w.Gid {
+		c.add("", "owner differs: store %d:%d, worker %d:%d", s.Uid, s.Gid, w.Uid, w.Gid)
+	}
+	if s.Mtim.Sec != w.Mtim.Sec || c.precise && s.Mtim != w.Mtim {
+		c.add("", "directory mtime differs: store %s, worker %s", fmtTimeNs(s.Mtim), fmtTimeNs(w.Mtim))
+	}
+	if c.precise {
+		c.compareXattrs("")
 	}
 }
 
@@ -369,7 +381,10 @@ func fileSHA256(p string) (string, error) {
 // compareTrees. A pattern without a slash matches any single path component
 // ("*.swp", ".git"); a pattern with a slash matches the whole relative path
 // ("cache/*", a leading "/" is dropped). Matching uses path.Match, and an
-// excluded directory excludes everything under it.
+// excluded directory excludes everything under it. Unlike the daemon's
+// matcher it does not know a path's type: a directory-only pattern
+// ("node_modules/") skips files of that name too, so tests use file
+// patterns.
 func excludeMatcher(patterns []string) func(rel string) bool {
 	if len(patterns) == 0 {
 		return nil

@@ -278,6 +278,15 @@ func TestHarnessCompareTrees(t *testing.T) {
 		{name: "root mode", mutate: func(w string) {
 			must(t, os.Chmod(w, 0o700))
 		}, want: []string{".: mode differs: store 0755, worker 0700"}},
+		{name: "root mtime", keepDirTimes: true, mutate: func(w string) {
+			must(t, os.Chtimes(w, baseTime, baseTime.Add(-time.Hour)))
+		}, want: []string{".: directory mtime differs"}},
+		{name: "root owner", mutate: func(w string) {
+			if os.Geteuid() != 0 {
+				t.Skip("chown needs root")
+			}
+			must(t, os.Lchown(w, 1234, 1234))
+		}, want: []string{".: owner differs: store 0:0, worker 1234:1234"}},
 		{name: "mtime", mutate: func(w string) {
 			must(t, os.Chtimes(j(w, "index.html"), baseTime, baseTime.Add(time.Second)))
 		}, want: []string{"index.html: mtime differs"}},
