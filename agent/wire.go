@@ -17,7 +17,8 @@ import (
 // Version is the protocol version. Master and agent must speak the same:
 // the master uploads its own binary when the worker's agent differs.
 // 4: a directory listing is answered in as many frames as it needs.
-const Version = 4
+// 5: an entry carries its inode number and link count.
+const Version = 5
 
 // maxFrame bounds one frame: a data frame carries at most dataChunk bytes,
 // a directory listing is split into frames of at most this size
@@ -178,8 +179,8 @@ type response struct {
 func (r response) flag() bool { return len(r.Data) == 1 && r.Data[0] == 1 }
 
 // infoMaxOverhead bounds the bytes one replicate.FileInfo takes in an
-// encoded response besides its name: six varints of at most 10 bytes.
-const infoMaxOverhead = 6 * binary.MaxVarintLen64
+// encoded response besides its name: eight varints of at most 10 bytes.
+const infoMaxOverhead = 8 * binary.MaxVarintLen64
 
 // listingFrames splits the answer to a directory listing into responses
 // that each encode to at most maxFrame bytes, so that a directory of any
@@ -329,6 +330,8 @@ func (r *response) encode() []byte {
 		e.varint(encodeTime(fi.Mtime))
 		e.uvarint(uint64(fi.UID))
 		e.uvarint(uint64(fi.GID))
+		e.uvarint(fi.Ino)
+		e.uvarint(fi.Nlink)
 	}
 	e.bytes(r.Data)
 	e.uvarint(uint64(len(r.Xattrs)))
@@ -346,9 +349,9 @@ func decodeResponse(b []byte) (response, error) {
 	r.Errno = d.u32()
 	r.Msg = d.str()
 	n := d.uvarint()
-	// Every entry takes at least 6 bytes: a count beyond that is a lie
+	// Every entry takes at least 8 bytes: a count beyond that is a lie
 	// that must not allocate.
-	if d.err == nil && n > uint64(len(d.b))/6 {
+	if d.err == nil && n > uint64(len(d.b))/8 {
 		return r, errShort
 	}
 	for i := uint64(0); i < n && d.err == nil; i++ {
@@ -359,6 +362,8 @@ func decodeResponse(b []byte) (response, error) {
 		fi.Mtime = decodeTime(d.varint())
 		fi.UID = d.u32()
 		fi.GID = d.u32()
+		fi.Ino = d.uvarint()
+		fi.Nlink = d.uvarint()
 		r.Infos = append(r.Infos, fi)
 	}
 	r.Data = d.bytes()

@@ -189,6 +189,7 @@ func localInfo(fi fs.FileInfo) FileInfo {
 	out := FileInfo{Name: fi.Name(), Mode: fi.Mode(), Size: fi.Size(), Mtime: fi.ModTime()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		out.UID, out.GID = st.Uid, st.Gid
+		out.Ino, out.Nlink = st.Ino, uint64(st.Nlink)
 	}
 	return out
 }

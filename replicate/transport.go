@@ -262,6 +262,11 @@ type FileInfo struct {
 	Mtime time.Time
 	UID   uint32
 	GID   uint32
+	// Ino and Nlink are the entry's inode number and link count, for
+	// comparing hard-link groups (verify); 0 when the transport does not
+	// report them (SFTP).
+	Ino   uint64
+	Nlink uint64
 }
 
 // IsDir reports whether fi is a directory.

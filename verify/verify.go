@@ -13,9 +13,9 @@
 // and mtime only when the transport has LinkAttrs, the only way they are
 // replicated). user.* extended attributes of files, directories and the
 // root are compared when the transport implements [replicate.Xattrs] (the
-// agent), the only way they are replicated. Hard-link groups are
-// replicated but not compared: neither transport reports a worker file's
-// inode. A worker's temp file (replicate.TempPrefix) is skipped while it
+// agent), the only way they are replicated. Hard-link groups of regular
+// files are compared when the transport reports inode numbers (the agent;
+// SFTP does not). A worker's temp file (replicate.TempPrefix) is skipped while it
 // may belong to a transfer under way (see inFlight), and reported when it
 // is older or the store has that name.
 package verify
@@ -63,6 +63,7 @@ const (
 	WhatTarget  = "target"  // symlink target
 	WhatContent = "content" // SHA-256 (Options.Checksum only)
 	WhatXattr   = "xattr"   // a user.* extended attribute (transports with Xattrs)
+	WhatLinks   = "links"   // the hard-link group (transports that report inodes: the agent)
 )
 
 // Options tune Compare.
@@ -87,7 +88,7 @@ func Compare(ctx context.Context, store string, t replicate.Transport, o Options
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	defer root.Close()
-	c := &comparer{store: root, storePath: store, t: t, o: o}
+	c := &comparer{store: root, storePath: store, t: t, o: o, links: linkGroups{store: map[uint64][]string{}, worker: map[uint64][]string{}}}
 	_, c.nanos = t.(replicate.LinkAttrs)
 	c.xattrs, _ = t.(replicate.Xattrs)
 	if o.Checksum {
@@ -120,7 +121,67 @@ func Compare(ctx context.Context, store string, t replicate.Transport, o Options
 		}
 	}
 	err = c.dir(ctx, "")
+	if err == nil {
+		c.links.compare(c)
+	}
 	return c.diffs, err
+}
+
+// linkGroups gathers the hard-link groups of the regular files compared
+// on both sides, by inode number, to compare them once the walk is done.
+type linkGroups struct {
+	known  bool                // the worker reports inode numbers
+	store  map[uint64][]string // store inode -> paths, files with links
+	worker map[uint64][]string // worker inode -> paths, files with links
+	paths  []linkedPath
+}
+
+type linkedPath struct {
+	p          string
+	sIno, wIno uint64 // 0: no other link on that side
+}
+
+func (g *linkGroups) note(p string, s, w replicate.FileInfo) {
+	if w.Ino != 0 {
+		g.known = true
+	}
+	if s.Nlink < 2 && w.Nlink < 2 {
+		return
+	}
+	lp := linkedPath{p: p}
+	if s.Nlink >= 2 {
+		lp.sIno = s.Ino
+		g.store[s.Ino] = append(g.store[s.Ino], p)
+	}
+	if w.Nlink >= 2 && w.Ino != 0 {
+		lp.wIno = w.Ino
+		g.worker[w.Ino] = append(g.worker[w.Ino], p)
+	}
+	g.paths = append(g.paths, lp)
+}
+
+// compare reports each group that differs once, at its first path: the
+// store's names of the file against the worker's.
+func (g *linkGroups) compare(c *comparer) {
+	if !g.known {
+		return
+	}
+	group := func(m map[uint64][]string, ino uint64, p string) string {
+		if ino == 0 {
+			return p
+		}
+		names := slices.Clone(m[ino])
+		slices.Sort(names)
+		return strings.Join(names, " ")
+	}
+	reported := map[string]bool{}
+	for _, lp := range g.paths {
+		sg, wg := group(g.store, lp.sIno, lp.p), group(g.worker, lp.wIno, lp.p)
+		if sg != wg && !reported[sg] && !reported[wg] {
+			reported[sg], reported[wg] = true, true
+			c.add(lp.p, WhatLinks, "linked: "+sg, "linked: "+wg)
+		}
+	}
 }
 
 type comparer struct {
@@ -132,6 +193,7 @@ type comparer struct {
 	o         Options
 	nanos     bool // the transport keeps nanosecond mtimes (LinkAttrs)
 	hasher    replicate.Hasher
+	links     linkGroups
 	diffs     []Difference
 }
 
@@ -147,6 +209,7 @@ func storeEntry(fi fs.FileInfo) replicate.FileInfo {
 	out := replicate.FileInfo{Name: fi.Name(), Mode: fi.Mode(), Size: fi.Size(), Mtime: fi.ModTime()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		out.UID, out.GID = st.Uid, st.Gid
+		out.Ino, out.Nlink = st.Ino, uint64(st.Nlink)
 	}
 	return out
 }
@@ -273,6 +336,7 @@ func (c *comparer) entry(ctx context.Context, dir string, s, w *replicate.FileIn
 			c.add(p, WhatTarget, st, wt)
 		}
 	case s.Mode.IsRegular():
+		c.links.note(p, *s, *w)
 		if err := c.compareXattrs(ctx, p); err != nil {
 			return err
 		}

@@ -347,3 +347,51 @@ func TestXattrs(t *testing.T) {
 	set(store, "user.root", "z") // the root's too
 	want(t, compare(t, store, tr, verify.Options{}), map[string]string{".": verify.WhatXattr})
 }
+
+// Hard-link groups are compared over a transport that reports inode
+// numbers (Local, like the agent): a file the store has under two names
+// that the worker has as two copies is drift, and so is the reverse.
+func TestHardLinkGroups(t *testing.T) {
+	store, worker, tr := pair(t)
+	link := func(root, a, b string) {
+		t.Helper()
+		if err := os.Link(filepath.Join(root, a), filepath.Join(root, b)); err != nil {
+			t.Fatal(err)
+		}
+		setMtime(t, root, mtime)
+	}
+	link(store, "index.html", "mirror.html")
+	link(worker, "index.html", "mirror.html")
+	if d := compare(t, store, tr, verify.Options{}); len(d) != 0 {
+		t.Fatalf("equal link groups differ: %+v", d)
+	}
+
+	// The worker's mirror.html becomes a copy of its own.
+	data, err := os.ReadFile(filepath.Join(worker, "index.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(worker, "mirror.html")
+	os.Remove(p)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	setMtime(t, p, mtime)
+	setMtime(t, worker, mtime)
+	d := compare(t, store, tr, verify.Options{})
+	want(t, d, map[string]string{"index.html": verify.WhatLinks}) // the group's first name
+	if d[0].Store != "linked: index.html mirror.html" || d[0].Worker != "linked: index.html" {
+		t.Errorf("difference = %+v", d[0])
+	}
+
+	// The reverse: linked on the worker, apart in the store.
+	os.Remove(filepath.Join(store, "mirror.html"))
+	if err := os.WriteFile(filepath.Join(store, "mirror.html"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	setMtime(t, filepath.Join(store, "mirror.html"), mtime)
+	setMtime(t, store, mtime)
+	os.Remove(p)
+	link(worker, "index.html", "mirror.html")
+	want(t, compare(t, store, tr, verify.Options{}), map[string]string{"index.html": verify.WhatLinks})
+}

@@ -34,10 +34,12 @@ owner, the mtime, symlink targets and, with --checksum, the SHA-256 of every
 regular file's content. Mtimes are compared in whole seconds for workers on
 SFTP (it carries no more) and to the nanosecond on the agent transport.
 On the agent transport the user.* extended attributes of files and
-directories are compared too (SFTP cannot carry them). What mirrorfs does
-not replicate is not compared: paths matched by the configuration's
-exclude: patterns (on both sides), FIFOs, sockets and device nodes. Worker files named .mirrorfs-tmp-* are
-transfers in flight and are ignored.
+directories, and hard-link groups (which names share one file), are
+compared too (SFTP carries neither). What mirrorfs does not replicate is
+not compared: paths matched by the configuration's exclude: patterns (on
+both sides), FIFOs, sockets and device nodes. Worker files named
+.mirrorfs-tmp-* younger than an hour are transfers in flight and are
+ignored; older ones are leftovers, reported as extra.
 
 Without --checksum a file whose content changed but whose size and mtime
 did not goes unnoticed; with it, every file of equal size is read on both
