@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // newLocal returns a Local on a temp directory, closed when the test ends,
@@ -234,4 +235,23 @@ func TestShipperDeployToSymlinkInOneBatch(t *testing.T) {
 	waitSynced(t, s, f.j)
 	compareTrees(t, f.store, worker, nil)
 	replaySince(t, f, worker, base, 1, 1000)
+}
+
+// A worker that links two files the store keeps apart (same content and
+// mtime) gets them split by a full copy: kept, a chmod of one name would
+// change the other on the worker.
+func TestFullCopySplitsJoinedFiles(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("a.html", "same")
+	f.writeFile("b.html", "same")
+	tm := time.Unix(1_700_000_000, 0)
+	f.chtimes("a.html", tm)
+	f.chtimes("b.html", tm)
+	f.must(os.WriteFile(filepath.Join(worker, "a.html"), []byte("same"), 0o644))
+	f.must(os.Link(filepath.Join(worker, "a.html"), filepath.Join(worker, "b.html")))
+	f.must(os.Chtimes(filepath.Join(worker, "a.html"), tm, tm))
+	s := startedShipper(t, f, worker, nil, nil)
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil) // link groups included
 }

@@ -255,7 +255,11 @@ func (sy *syncer) syncEntry(ctx context.Context, p string, sfi fs.FileInfo, wfi 
 		// setAttrs below would then give the old content the new mtime,
 		// hiding it from every later comparison.
 		_, nanos := s.linkAttrs()
-		if wfi != nil && wfi.Mode.IsRegular() && wfi.Size == sfi.Size() && sameMtime(sfi.ModTime(), wfi.Mtime, nanos) {
+		// A worker file linked to other names where the store's has none
+		// is sent anew (a temp file renamed over it splits it off): kept,
+		// a mode or owner set on one name would change the others.
+		joined := wfi != nil && wfi.Nlink > 1 && nlink(sfi) < 2
+		if wfi != nil && wfi.Mode.IsRegular() && !joined && wfi.Size == sfi.Size() && sameMtime(sfi.ModTime(), wfi.Mtime, nanos) {
 			sy.links[ino] = p
 			return s.setAttrs(ctx, p, sfi, wfi)
 		}
