@@ -34,6 +34,10 @@ var (
 // write the backing file itself and the journal would miss writes.
 func (h *handle) PassthroughFd() (int, bool) { return -1, false }
 
+// storeFd is the descriptor of the store file the handle holds, which
+// PassthroughFd keeps from the kernel, not from the mount.
+func (h *handle) storeFd() (int, bool) { return h.LoopbackFile.PassthroughFd() }
+
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	if errno := h.node.m.writable(); errno != 0 {
 		return 0, errno
@@ -132,7 +136,7 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 // the workers are compared with the store instead (Options.OnUnnamedChange)
 // when its writer closes it. Said once per file in the log.
 func (h *handle) unnamedLinks() bool {
-	fd, ok := h.LoopbackFile.PassthroughFd()
+	fd, ok := h.storeFd()
 	if !ok {
 		return false
 	}

@@ -277,6 +277,16 @@ func (m *mirror) addHandle(id uint64, h *handle) {
 	hs[h] = struct{}{}
 }
 
+// heldFd returns a descriptor of file id that an open handle holds: the
+// way to a file with no name (unlinked, replaced, O_TMPFILE).
+func (m *mirror) heldFd(id uint64) (int, bool) {
+	h := m.anyHandle(id)
+	if h == nil {
+		return -1, false
+	}
+	return h.storeFd()
+}
+
 // anyHandle returns an open handle of file id, or nil.
 func (m *mirror) anyHandle(id uint64) *handle {
 	m.mu.Lock()

@@ -80,13 +80,14 @@ func (n *node) storePath(rel string) string {
 }
 
 // identityOf returns the identity (journal.FileID) of the entry at rel
-// without following a symlink, or 0 if it cannot be read.
-func (n *node) identityOf(rel string) uint64 {
+// without following a symlink, and its link count; 0, 0 if it cannot be
+// read.
+func (n *node) identityOf(rel string) (id, links uint64) {
 	var st unix.Stat_t
 	if err := unix.Lstat(n.storePath(rel), &st); err != nil {
-		return 0
+		return 0, 0
 	}
-	return journal.FileID(st.Dev, st.Ino, n.m.storeDev)
+	return journal.FileID(st.Dev, st.Ino, n.m.storeDev), uint64(st.Nlink)
 }
 
 // nameless reports whether the node is in no directory: unlinked while
@@ -253,7 +254,7 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return errno
 	}
 	p := n.child(name)
-	id := n.identityOf(p)
+	id, _ := n.identityOf(p)
 	if errno := n.LoopbackNode.Rmdir(ctx, name); errno != 0 {
 		return errno
 	}
@@ -266,12 +267,9 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	}
 	p := n.child(name)
 	op := journal.Op{Kind: journal.KindUnlink, Path: p}
-	var st unix.Stat_t
-	if err := unix.Lstat(n.storePath(p), &st); err == nil {
-		op.File = journal.FileID(st.Dev, st.Ino, n.m.storeDev)
-		if st.Nlink > 1 {
-			op.Flags = journal.UnlinkOtherLinks
-		}
+	var links uint64
+	if op.File, links = n.identityOf(p); links > 1 {
+		op.Flags = journal.UnlinkOtherLinks
 	}
 	if errno := n.LoopbackNode.Unlink(ctx, name); errno != 0 {
 		return errno
@@ -288,7 +286,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		return syscall.EXDEV
 	}
 	from, to := n.child(name), np.child(newName)
-	id := n.identityOf(from)
+	id, _ := n.identityOf(from)
 	if errno := n.LoopbackNode.Rename(ctx, name, np.LoopbackNode, newName, flags); errno != 0 {
 		return errno
 	}
@@ -377,15 +375,11 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 // The replicas never saw the file, so it is journaled as a new file at
 // its new name with all its current bytes.
 func (n *node) linkTmpfile(ctx context.Context, tn *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	h := n.m.anyHandle(tn.id())
-	if h == nil {
+	fd, ok := n.m.heldFd(tn.id())
+	if !ok {
 		// The kernel only lets an O_TMPFILE inode with no links through;
 		// without its descriptor there is nothing to link from.
 		return nil, syscall.ENOENT
-	}
-	fd, ok := h.LoopbackFile.PassthroughFd()
-	if !ok {
-		return nil, syscall.EBADF
 	}
 	p := n.child(name)
 	dst := n.storePath(p)

@@ -88,11 +88,7 @@ func (n *node) openOwn(flags uint32) (*os.File, syscall.Errno) {
 // O_NOFOLLOW goes: /proc/self/fd/N is a link, which the caller (say nginx
 // with disable_symlinks) did not ask to follow or not.
 func (n *node) reopen(flags uint32) (*os.File, syscall.Errno) {
-	h := n.m.anyHandle(n.id())
-	if h == nil {
-		return nil, syscall.ESTALE
-	}
-	hfd, ok := h.LoopbackFile.PassthroughFd()
+	hfd, ok := n.m.heldFd(n.id())
 	if !ok {
 		return nil, syscall.ESTALE
 	}
@@ -155,9 +151,6 @@ func (n *node) statOwn(st *syscall.Stat_t) (named bool, errno syscall.Errno) {
 		}
 		if err := syscall.Lstat(n.storePath(rel), st); err != nil {
 			return gofs.ToErrno(err)
-		}
-		if !n.m.isFile(st.Dev, st.Ino, n.id()) {
-			return syscall.ESTALE
 		}
 		return n.checkStatx(unix.AT_FDCWD, n.storePath(rel), 0)
 	})
