@@ -327,17 +327,12 @@ func (s *Server) openRoot() (*os.Root, error) {
 		return nil, err
 	}
 	// A symlink swapped in between the check and the open was followed
-	// by the open: what was opened must still be what was checked.
+	// by the open: what was opened must be the path's own entry.
 	opened, err := r.Stat(".")
 	if err == nil {
-		if err = replicate.CheckRoot(s.root); err == nil {
-			checked, lerr := os.Lstat(s.root)
-			switch {
-			case lerr != nil:
-				err = fmt.Errorf("root %s: %w", s.root, lerr)
-			case !os.SameFile(opened, checked):
-				err = fmt.Errorf("root %s was replaced while it was opened (a symlink swapped in?): refusing it", s.root)
-			}
+		var own os.FileInfo
+		if own, err = os.Lstat(s.root); err == nil && !os.SameFile(opened, own) {
+			err = fmt.Errorf("root %s was replaced while it was opened (a symlink swapped in?): refusing it", s.root)
 		}
 	}
 	if err != nil {
