@@ -73,12 +73,11 @@ func (sy *syncer) changedErr() error {
 	return fmt.Errorf("%s: %d file(s) kept changing while they were sent, e.g. %s: %w", sy.s.opts.Name, len(names), names[0], errSourceChanged)
 }
 
-// openForWrite reports whether the store file sfi is open for writing, and
-// then notes it as held: its content may be half written, and the journal
-// will tell when it is not (a Close) — unlike the journal's data ops, a
-// copy reads files outside the close-to-open rule.
-func (sy *syncer) openForWrite(p string, sfi fs.FileInfo) bool {
-	ino := sy.s.fileID(sfi)
+// openForWrite reports whether the store file ino, at p, is open for
+// writing, and then notes it as held: its content may be half written, and
+// the journal will tell when it is not (a Close) — unlike the journal's
+// data ops, a copy reads files outside the close-to-open rule.
+func (sy *syncer) openForWrite(p string, ino uint64) bool {
 	if !sy.s.openForWrite(ino) {
 		return false
 	}
@@ -183,7 +182,8 @@ func (sy *syncer) syncPath(ctx context.Context, p string) error {
 		return nil
 	}
 	if sfi.Mode().IsRegular() {
-		if sy.openForWrite(p, sfi) {
+		ino := s.fileID(sfi)
+		if sy.openForWrite(p, ino) {
 			return nil
 		}
 		// A file refreshed by itself is always sent: the worker's copy
@@ -194,7 +194,7 @@ func (sy *syncer) syncPath(ctx context.Context, p string) error {
 		// sendFile mends that and sends again.
 		var err error
 		for i := 1; ; i++ {
-			err = s.shipFile(ctx, p, s.fileID(sfi), []string{p}, false, nil)
+			err = s.shipFile(ctx, p, ino, []string{p}, false, nil)
 			if !errors.Is(err, errSourceChanged) || i >= sendAttempts || ctx.Err() != nil {
 				break
 			}
@@ -242,8 +242,8 @@ func (sy *syncer) syncEntry(ctx context.Context, p string, sfi fs.FileInfo, wfi 
 		return s.setAttrs(ctx, p, sfi, nil)
 
 	case mode.IsRegular():
-		ino := sy.s.fileID(sfi)
-		if sy.openForWrite(p, sfi) {
+		ino := s.fileID(sfi)
+		if sy.openForWrite(p, ino) {
 			return nil // what the worker has at p stays until the file ships
 		}
 		if first, ok := sy.links[ino]; ok && nlink(sfi) > 1 {
