@@ -329,13 +329,13 @@ func (l *Local) renameUnsynced(from, to string) {
 	defer l.mu.Unlock()
 	var moved []string
 	for d := range l.unsynced {
-		if d == from || strings.HasPrefix(d, from+"/") {
+		if from != "" && under(d, from) {
 			moved = append(moved, d)
 		}
 	}
 	for _, d := range moved {
 		delete(l.unsynced, d)
-		l.unsynced[to+d[len(from):]] = true
+		l.unsynced[reparent(d, from, to)] = true
 	}
 }
 
