@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/mirrorfs/mirrorfs/replicate"
 )
@@ -59,10 +60,14 @@ func start(ctx context.Context, sc *replicate.SSHConn, root string) (*Client, er
 		return nil, err
 	}
 	c, release, err := run(ctx, sc, remote, root)
-	if err == nil && c.BuildID() != id && !fresh {
-		// Same name, other content (a damaged upload): replace it. Only
-		// the agent's session ends: the connection serves the upload.
-		release()
+	damaged := err == nil && c.BuildID() != id
+	if (damaged || errors.Is(err, errNotRunnable)) && !fresh {
+		// Same name, other content (a damaged upload), or a cached file
+		// that does not run: replace it. Only the agent's session ends:
+		// the connection serves the upload.
+		if damaged {
+			release()
+		}
 		if remote, _, err = install(ctx, sc, selfExe, id, root, true); err != nil {
 			return nil, err
 		}
@@ -227,10 +232,13 @@ func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (c *Cl
 		// but its stderr arrives on its own: wait for the session to end
 		// (briefly: a wedged worker must not stall the fallback).
 		stdin.Close()
-		ended := make(chan struct{})
-		go func() { sess.Wait(); close(ended) }()
+		ended := make(chan error, 1)
+		go func() { ended <- sess.Wait() }()
 		select {
-		case <-ended:
+		case werr := <-ended:
+			if notRunnable(werr) {
+				err = fmt.Errorf("%w: %w", errNotRunnable, err)
+			}
 		case <-time.After(2 * time.Second):
 		}
 		sess.Close()
@@ -245,6 +253,19 @@ func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (c *Cl
 	c.watchStall(watch)
 	go sc.KeepAlive(done)
 	return c, release, nil
+}
+
+// errNotRunnable is a cached agent the worker's shell could not run at
+// all: gone (another master's upload pruned it after this one looked) or
+// not executable (a `chmod -R` of the home directory, say).
+var errNotRunnable = errors.New("the cached agent could not be run")
+
+// notRunnable reports whether the agent's session ended with the POSIX
+// shell's status for a command it could not find (127) or not execute
+// (126), as opposed to an agent that ran and exited.
+func notRunnable(err error) bool {
+	var exit *ssh.ExitError
+	return errors.As(err, &exit) && (exit.ExitStatus() == 126 || exit.ExitStatus() == 127)
 }
 
 // shellQuote quotes s for the worker's POSIX shell.

@@ -108,17 +108,43 @@ func TestAgentReplacesDamagedUpload(t *testing.T) {
 	}
 	c.Stop(t)
 	replaceFile(t, cached, damagedCopy(t, c.Bin), 0o700)
-	logged := len(readFile(t, c.LogPath))
+	restartExpectingUpload(t, c)
+	if got := mustSHA256(t, cached); got != want {
+		t.Errorf("%s: SHA-256 %.16s after the restart, want %.16s", cached, got, want)
+	}
+}
 
+// A worker's cached agent of the right size that its shell cannot run (here
+// not executable; also a file pruned by another master's upload between
+// this master's look and its start) is uploaded again over the same
+// connection instead of sending the worker to SFTP until the next redial.
+func TestAgentReplacesCachedAgentThatDoesNotRun(t *testing.T) {
+	c := newCluster(t, clusterOptions{Workers: 1})
+	writeFile(t, c.Mount+"/index.html", "first\n")
+	c.waitConverged(t, converge)
+	cached := agentCachePath(t, c.Bin)
+	c.Stop(t)
+	if err := os.Chmod(cached, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restartExpectingUpload(t, c)
+	if fi, err := os.Stat(cached); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("%s after the restart: %v, %v; want mode 0700", cached, fi.Mode(), err)
+	}
+}
+
+// restartExpectingUpload starts the stopped cluster c, replicates one
+// change and fails unless the daemon uploaded the agent again and stayed
+// on the agent transport.
+func restartExpectingUpload(t *testing.T, c *cluster) {
+	t.Helper()
+	logged := len(readFile(t, c.LogPath))
 	c.Start(t)
 	writeFile(t, c.Mount+"/index.html", "second\n")
 	c.waitConverged(t, converge)
 	log := readFile(t, c.LogPath)[logged:]
 	if strings.Contains(log, "agent transport unavailable") || !strings.Contains(log, "uploaded the agent") {
-		t.Fatalf("the damaged agent was not replaced, or replication fell back to SFTP; daemon log since the restart:\n%s", lastLines(log, 40))
-	}
-	if got := mustSHA256(t, cached); got != want {
-		t.Errorf("%s: SHA-256 %.16s after the restart, want %.16s", cached, got, want)
+		t.Fatalf("the cached agent was not replaced, or replication fell back to SFTP; daemon log since the restart:\n%s", lastLines(log, 40))
 	}
 }
 
