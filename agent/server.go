@@ -66,12 +66,9 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, root string, log *s
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := replicate.CheckRoot(root); err != nil {
-		return fmt.Errorf("agent %w", err)
-	}
 	l, err := replicate.NewLocal(root)
 	if err != nil {
-		return fmt.Errorf("agent root %s: %w", root, err)
+		return fmt.Errorf("agent %w", err)
 	}
 	defer l.Close()
 	s := &server{l: l, log: log, out: bufio.NewWriterSize(out, 64<<10)}

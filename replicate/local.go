@@ -94,12 +94,11 @@ func (l *Local) Sync(ctx context.Context) error {
 	return nil
 }
 
-// CheckRoot requires root, a worker's root, to be a real directory, not a
+// checkRoot requires root, a worker's root, to be a real directory, not a
 // symlink: a root that is a link (to / or ../.., say) would send every
 // change to wherever it points. The message names the target and the
-// resolved path to configure instead. The agent and `mirrorfs worker`
-// both check their root with it.
-func CheckRoot(root string) error {
+// resolved path to configure instead.
+func checkRoot(root string) error {
 	fi, err := os.Lstat(root)
 	if err != nil {
 		return fmt.Errorf("root %s: %w", root, err)
@@ -116,6 +115,39 @@ func CheckRoot(root string) error {
 		return fmt.Errorf("root %s: not a directory", root)
 	}
 	return nil
+}
+
+// betweenRootCheckAndOpen lets a test swap the root in the window that
+// OpenRoot's last check closes.
+var betweenRootCheckAndOpen = func() {}
+
+// OpenRoot opens a worker's root after checkRoot, and makes sure the
+// directory it opened is the path's own entry: os.OpenRoot follows a
+// symlink, so one swapped in between the check and the open would send
+// every change to wherever it points. The agent (through NewLocal) and
+// `mirrorfs worker` (at start and for each session) open their root
+// with it.
+func OpenRoot(root string) (*os.Root, error) {
+	if err := checkRoot(root); err != nil {
+		return nil, err
+	}
+	betweenRootCheckAndOpen()
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return nil, fmt.Errorf("root %s: %w", root, err)
+	}
+	opened, err := r.Stat(".")
+	if err == nil {
+		var own os.FileInfo
+		if own, err = os.Lstat(root); err == nil && !os.SameFile(opened, own) {
+			err = errors.New("it was replaced while it was opened (a symlink swapped in?): refusing it")
+		}
+	}
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("root %s: %w", root, err)
+	}
+	return r, nil
 }
 
 // syncDir fsyncs the directory d, reached without following a symlink;
@@ -150,11 +182,12 @@ func (l *Local) syncDir(ctx context.Context, d string) (gone bool, err error) {
 	return false, nil
 }
 
-// NewLocal opens the directory dir as a worker root.
+// NewLocal opens the directory dir as a worker root (see OpenRoot; its
+// errors name dir).
 func NewLocal(dir string) (*Local, error) {
-	r, err := os.OpenRoot(dir)
+	r, err := OpenRoot(dir)
 	if err != nil {
-		return nil, fmt.Errorf("local transport: %w", err)
+		return nil, err
 	}
 	return &Local{root: r}, nil
 }

@@ -63,12 +63,9 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("worker: root %s: %w", opts.Root, err)
 	}
 	// Like the agent, never follow a symlinked root.
-	if err := replicate.CheckRoot(root); err != nil {
-		return nil, fmt.Errorf("worker: %w", err)
-	}
-	r, err := os.OpenRoot(root)
+	r, err := replicate.OpenRoot(root)
 	if err != nil {
-		return nil, fmt.Errorf("worker: root %s: %w", root, err)
+		return nil, fmt.Errorf("worker: %w", err)
 	}
 	r.Close()
 
@@ -316,30 +313,14 @@ func (s *Server) serveSession(log *slog.Logger, nc ssh.NewChannel) {
 	ch.Close()
 }
 
+// betweenRootCheckAndOpen lets a test swap the root in the window that
+// openRoot's last check closes.
+var betweenRootCheckAndOpen = func() {}
+
 // openRoot opens the root for one session, refusing it if it has become
-// a symlink (os.OpenRoot follows one).
+// a symlink.
 func (s *Server) openRoot() (*os.Root, error) {
-	if err := replicate.CheckRoot(s.root); err != nil {
-		return nil, err
-	}
-	r, err := os.OpenRoot(s.root)
-	if err != nil {
-		return nil, err
-	}
-	// A symlink swapped in between the check and the open was followed
-	// by the open: what was opened must be the path's own entry.
-	opened, err := r.Stat(".")
-	if err == nil {
-		var own os.FileInfo
-		if own, err = os.Lstat(s.root); err == nil && !os.SameFile(opened, own) {
-			err = fmt.Errorf("root %s was replaced while it was opened (a symlink swapped in?): refusing it", s.root)
-		}
-	}
-	if err != nil {
-		r.Close()
-		return nil, err
-	}
-	return r, nil
+	return replicate.OpenRoot(s.root)
 }
 
 // serveSFTP runs pkg/sftp's request server on ch, confined to root, then reports an exit status
