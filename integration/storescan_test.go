@@ -82,3 +82,30 @@ func TestInPlaceStoreChangedWhileStopped(t *testing.T) {
 		t.Fatalf("the daemon did not notice sub/page.html, edited while it was stopped:\n%s", log)
 	}
 }
+
+// A worker left out of the configuration for one run (maintenance) while
+// that run's start found store changes made behind the journal's back is
+// compared with the store when it is put back: its cursor, still inside
+// the journal, does not know those changes.
+func TestWorkerPutBackAfterStoreChangedWhileStopped(t *testing.T) {
+	c := newCluster(t, clusterOptions{Workers: 2})
+	writeFile(t, c.Mount+"/index.html", "version 1\n")
+	c.waitConverged(t, converge)
+	c.Stop(t)
+	writeFile(t, c.Store+"/index.html", "version 2, edited in the store directly\n")
+
+	all := c.Workers
+	c.Workers = all[:1]
+	c.writeConfig(t)
+	c.Start(t)
+	c.waitConverged(t, converge)
+	if !strings.Contains(readFile(t, c.LogPath), "the store changed while mirrorfs was stopped") {
+		t.Fatalf("the start did not notice the store change:\n%s", logTail(c.LogPath, 30))
+	}
+	c.Stop(t)
+
+	c.Workers = all
+	c.writeConfig(t)
+	c.Start(t)
+	c.waitConverged(t, converge)
+}

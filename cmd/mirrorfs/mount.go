@@ -113,10 +113,10 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer j.Close()
 	if j.Recovered() {
-		if err := reconcileAfterCrash(cfg, j, log); err != nil {
+		if err := reconcileAfterCrash(j, log); err != nil {
 			return err
 		}
-	} else if err := reconcileStoreChanges(cfg, j, store, log); err != nil {
+	} else if err := reconcileStoreChanges(j, store, log); err != nil {
 		return err
 	}
 
@@ -177,9 +177,9 @@ func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 // change at most for the calls in flight at that instant, and nothing
 // names those paths; the comparison sends only what differs (size, mtime,
 // type), so the cost is a walk of both trees, once, after a crash.
-func reconcileAfterCrash(cfg *config.Config, j *journal.Journal, log *slog.Logger) error {
+func reconcileAfterCrash(j *journal.Journal, log *slog.Logger) error {
 	log.Warn("the previous mirrorfs did not stop cleanly: every worker is compared with the store once (only differences are sent)")
-	return markAllForFullSync(cfg, j)
+	return markAllForFullSync(j)
 }
 
 // storeName is the store as the configuration names it.

@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mirrorfs/mirrorfs/config"
 	"github.com/mirrorfs/mirrorfs/journal"
 )
 
@@ -66,7 +65,7 @@ func storeChangedSince(store string, since time.Time) (string, error) {
 // was down): the journal has no record of those changes. A journal that
 // never saw a clean stop is either new (every worker gets a full copy
 // anyway) or crashed (reconcileAfterCrash does the same).
-func reconcileStoreChanges(cfg *config.Config, j *journal.Journal, store string, log *slog.Logger) error {
+func reconcileStoreChanges(j *journal.Journal, store string, log *slog.Logger) error {
 	since, ok, err := j.StoppedAt()
 	if err != nil || !ok {
 		return err
@@ -82,23 +81,26 @@ func reconcileStoreChanges(cfg *config.Config, j *journal.Journal, store string,
 	}
 	log.Warn("the store changed while mirrorfs was stopped (not through the mount): every worker is compared with the store once (only differences are sent)",
 		"stopped", since.Format(time.RFC3339), "first_change", changed, "scan", time.Since(start).Round(time.Millisecond))
-	return markAllForFullSync(cfg, j)
+	return markAllForFullSync(j)
 }
 
-// markAllForFullSync sets FullSync on the cursor of every worker that has
-// one (a worker without one gets a full copy anyway).
-func markAllForFullSync(cfg *config.Config, j *journal.Journal) error {
-	for _, w := range cfg.Workers {
-		c, ok, err := j.Cursor(w.Name)
-		if err != nil {
-			return err
-		}
-		if !ok || c.FullSync {
+// markAllForFullSync sets FullSync on every cursor the journal holds (a
+// worker without one gets a full copy anyway), also those of workers the
+// configuration leaves out now: one taken out for maintenance and put back
+// later would otherwise resume from its cursor and never get what changed
+// behind the journal's back.
+func markAllForFullSync(j *journal.Journal) error {
+	cursors, err := j.Cursors()
+	if err != nil {
+		return err
+	}
+	for name, c := range cursors {
+		if c.FullSync {
 			continue
 		}
 		c.FullSync = true
-		if err := j.SetCursor(w.Name, c); err != nil {
-			return fmt.Errorf("mark worker %s for reconciliation: %w", w.Name, err)
+		if err := j.SetCursor(name, c); err != nil {
+			return fmt.Errorf("mark worker %s for reconciliation: %w", name, err)
 		}
 	}
 	return nil
