@@ -24,6 +24,7 @@ type appendReq struct {
 	body []byte // appendBody of the op; the leader adds the header
 	sync bool   // answer after the sync (Append), not after the commit (AppendUnsynced)
 	seq  uint64 // set by the leader
+	size int64  // of its record, key and value; set by the leader
 	// done receives the append's result, or errLead when the request is
 	// to commit the queue itself. It holds at most one of them at a time.
 	done chan error
@@ -108,6 +109,7 @@ func (j *Journal) commitGroup(group []*appendReq) {
 		r.seq = seq
 		v := appendHeader(make([]byte, 0, maxHeader+len(r.body)), r.kind, seq, r.time)
 		e := badger.NewEntry(opKey(seq), append(v, r.body...))
+		r.size = int64(len(e.Key) + len(e.Value))
 		err := txn.SetEntry(e)
 		if errors.Is(err, badger.ErrTxnTooBig) {
 			// Rare: the group outgrew one transaction. Commit what fits
@@ -142,6 +144,11 @@ func (j *Journal) commitTxn(txn *badger.Txn, part []*appendReq) error {
 	}
 	last := part[len(part)-1].seq
 	j.written.Store(last)
+	var size int64
+	for _, r := range part {
+		size += r.size
+	}
+	j.recordBytes.Add(size)
 	j.commits.Add(1)
 	j.appends.Add(uint64(len(part)))
 	if !slices.ContainsFunc(part, func(r *appendReq) bool { return r.sync }) {

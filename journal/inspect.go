@@ -100,6 +100,9 @@ type Stats struct {
 	LastSeq   uint64        `json:"last_seq"`
 	Stored    uint64        `json:"stored"`     // ops between FirstSeq and LastSeq
 	SizeBytes int64         `json:"size_bytes"` // Journal.Size: disk blocks used
+	// RecordBytes is Journal.RecordBytes: the records stored, which is
+	// what journal.max_bytes limits.
+	RecordBytes int64 `json:"record_bytes"`
 	Path      string        `json:"path,omitempty"`
 	Now       time.Time     `json:"now"`
 	Workers   []WorkerStats `json:"workers"`
@@ -400,7 +403,7 @@ func Inspect(j *Journal, workers []string, opts InspectOptions) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	st := Stats{FirstSeq: first, LastSeq: last, SizeBytes: size, Path: opts.Path, Now: now(opts)}
+	st := Stats{FirstSeq: first, LastSeq: last, SizeBytes: size, RecordBytes: j.RecordBytes(), Path: opts.Path, Now: now(opts)}
 	if last >= first && first > 0 {
 		st.Stored = last - first + 1
 	}

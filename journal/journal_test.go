@@ -303,6 +303,43 @@ func TestTrim(t *testing.T) {
 	}
 }
 
+// RecordBytes counts the ops stored: appends add their records, a trim
+// takes its ops' records off at once (the disk, Size, frees them later),
+// and a reopen counts the same.
+func TestRecordBytes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "j")
+	j := openTest(t, dir, Options{})
+	if n := j.RecordBytes(); n != 0 {
+		t.Fatalf("empty journal: RecordBytes %d, want 0", n)
+	}
+	appendN(t, j, 100)
+	all := j.RecordBytes()
+	// Each record holds at least its key and the op's path.
+	if minimum := int64(100 * (len(opKey(1)) + len(writeOp(0).Path))); all < minimum {
+		t.Fatalf("100 ops: RecordBytes %d, want at least %d", all, minimum)
+	}
+	if _, err := j.Trim(51); err != nil {
+		t.Fatal(err)
+	}
+	half := j.RecordBytes()
+	if half <= 0 || half >= all || half*2 < all*9/10 || half*2 > all*11/10 {
+		t.Fatalf("after trimming 50 of 100 ops: RecordBytes %d, want about half of %d", half, all)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	j = openTest(t, dir, Options{})
+	if n := j.RecordBytes(); n != half {
+		t.Fatalf("reopened: RecordBytes %d, want %d as before the close", n, half)
+	}
+	if _, err := j.Trim(j.LastSeq() + 1); err != nil {
+		t.Fatal(err)
+	}
+	if n := j.RecordBytes(); n != 0 {
+		t.Fatalf("trimmed empty: RecordBytes %d, want 0", n)
+	}
+}
+
 // TestTrimmedKeyReappearing simulates the Badger bug DESIGN.md warns about:
 // a deleted op key comes back. Readers must not see it, and it must not
 // lower FirstSeq.

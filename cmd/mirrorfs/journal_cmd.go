@@ -445,7 +445,7 @@ func journalHeader(w io.Writer, cfg *config.Config, src string, first, last uint
 
 func printJournalStats(w io.Writer, cfg *config.Config, src string, st journal.Stats) {
 	journalHeader(w, cfg, src, st.FirstSeq, st.LastSeq)
-	fmt.Fprintf(w, " (%d stored), %s on disk\n", st.Stored, fmtBytes(st.SizeBytes))
+	fmt.Fprintf(w, " (%d stored, %s of records), %s on disk\n", st.Stored, fmtBytes(st.RecordBytes), fmtBytes(st.SizeBytes))
 	if st.Path != "" {
 		fmt.Fprintf(w, "counting only ops whose path matches %q\n", st.Path)
 	}

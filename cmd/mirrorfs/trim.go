@@ -15,7 +15,7 @@ const trimEvery = 5 * time.Second
 
 // trimLoop drops journal records every worker already has. A worker with
 // no position yet starts with a full copy, so it pins nothing. When the
-// journal is over its budget (journal.max_bytes), workers that are not
+// journal's records are over its budget (journal.max_bytes), workers that are not
 // connected stop pinning records: they are marked for a comparison with
 // the store, which their shipper makes when they return, and the mount
 // goes on as if they did not exist. A connected worker keeps its records,
@@ -49,13 +49,12 @@ func trimOnce(cfg *config.Config, j *journal.Journal, shippers []*replicate.Ship
 			below = min(below, c.Applied+1)
 		}
 	}
-	if cfg.JournalMaxBytes > 0 && below <= last {
-		size, err := j.Size()
-		if err != nil {
-			log.Warn("trim: journal size", "err", err)
-		} else if size > cfg.JournalMaxBytes {
-			below = overBudget(cfg, j, shippers, cursors, has, size, log)
-		}
+	// The budget counts the records kept, not the disk blocks: Badger
+	// frees a trimmed record's blocks only when it compacts its tables,
+	// so the disk stayed over a budget for minutes after everything was
+	// trimmed, and every worker away for one tick lost its place.
+	if size := j.RecordBytes(); cfg.JournalMaxBytes > 0 && below <= last && size > cfg.JournalMaxBytes {
+		below = overBudget(cfg, j, shippers, cursors, has, size, log)
 	}
 	if below > 1 {
 		if n, err := j.Trim(below); err != nil {
@@ -90,7 +89,7 @@ func overBudget(cfg *config.Config, j *journal.Journal, shippers []*replicate.Sh
 			continue
 		}
 		log.Warn("journal over its disk budget: a worker that is not connected stops holding records back; it will be compared with the store when it returns",
-			"worker", w.Name, "journal_bytes", size, "max_bytes", cfg.JournalMaxBytes, "applied", c.Applied)
+			"worker", w.Name, "record_bytes", size, "max_bytes", cfg.JournalMaxBytes, "applied", c.Applied)
 	}
 	return below
 }

@@ -80,3 +80,39 @@ func TestTrimOverBudgetDropsDisconnectedWorkers(t *testing.T) {
 		t.Fatalf("after trimming over budget, Read found %d ops (%v)", len(ops), err)
 	}
 }
+
+// Once over budget and trimmed, the journal is within it again: the budget
+// counts the records kept, not the disk blocks, which Badger frees only
+// when it compacts (the journal kept more than 1 MiB on disk after being
+// trimmed empty). A worker away for one tick later, lacking one op, keeps
+// its place.
+func TestTrimWithinBudgetAgainAfterTrimming(t *testing.T) {
+	cfg, j, shippers := budgetFixture(t)
+	for i := range 20000 {
+		if _, err := j.AppendUnsynced(t.Context(), journal.Op{Kind: journal.KindWrite, File: uint64(i + 1), Path: fmt.Sprintf("htdocs/d%03d/page-%06d.html", i%100, i), Length: 4096}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.SetCursor("up", journal.Cursor{Applied: j.LastSeq()}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.JournalMaxBytes = 256 << 10
+	if n := j.RecordBytes(); n <= cfg.JournalMaxBytes {
+		t.Fatalf("setup: records %d bytes, not over the budget of %d", n, cfg.JournalMaxBytes)
+	}
+	log := slog.New(slog.DiscardHandler)
+	trimOnce(cfg, j, shippers, log)
+	if c, _, _ := j.Cursor("down"); !c.FullSync {
+		t.Fatalf("setup: the down worker was not marked over budget: %+v", c)
+	}
+
+	if _, err := j.Append(t.Context(), journal.Op{Kind: journal.KindCreate, File: 1, Path: "index.html"}); err != nil {
+		t.Fatal(err)
+	}
+	trimOnce(cfg, j, shippers, log) // "up" is not connected at this tick
+	if c, _, _ := j.Cursor("up"); c.FullSync {
+		disk, _ := j.Size()
+		t.Fatalf("worker up, lacking 1 op, was marked for a full copy: the journal holds %d bytes of records (%d on disk) against a budget of %d",
+			j.RecordBytes(), disk, cfg.JournalMaxBytes)
+	}
+}
