@@ -351,7 +351,7 @@ func (j *Journal) load(writable bool) error {
 		if f := j.floor.Load(); f > 0 && f-1 > j.last.Load() {
 			j.last.Store(f - 1)
 		}
-		fwd := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixOp}})
+		fwd := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixOp}}) // keys and sizes only
 		defer fwd.Close()
 		fwd.Seek(opKey(max(j.floor.Load(), 1)))
 		if fwd.Valid() {
