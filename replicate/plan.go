@@ -367,6 +367,13 @@ func (f *folder) survives(id *ident) {
 	}
 }
 
+// revive forgets that file died: it came back into the mirrored tree from
+// an excluded name (moved out and back, or created there under a reused
+// inode number), and the worker gets it whole (Plan.Refresh). Writes
+// through the name it has now must ship, not be taken for writes to an
+// unlinked file.
+func (f *folder) revive(file uint64) { delete(f.dead, file) }
+
 // dropDirs forgets directory mtimes to fix under p (p itself included).
 func (f *folder) dropDirs(p string) { f.dirs.dropUnder(p) }
 
@@ -609,6 +616,7 @@ func (f *folder) op(op journal.Op) {
 		f.changedDir(op.NewPath)
 		if f.excluded(op.Path, false) {
 			f.refresh.put(op.NewPath, true)
+			f.revive(op.File)
 			return
 		}
 		id := f.byName(op.Path)
@@ -672,6 +680,9 @@ func (f *folder) rename(op journal.Op) {
 		f.dropName(op.NewPath)
 		f.dropDirs(op.NewPath)
 		f.refresh.put(op.NewPath, true)
+		if !exchange {
+			f.revive(op.File)
+		}
 		return
 	case dstEx && exchange:
 		// Path gets content from the excluded NewPath.

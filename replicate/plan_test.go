@@ -405,3 +405,44 @@ func TestPlanHeldBySkippedCopy(t *testing.T) {
 		t.Errorf("ship = %v", got)
 	}
 }
+
+// A file that comes back into the mirrored tree from an excluded name is
+// alive: writes through its new name in a later batch ship. It was taken
+// for dead (writes dropped for 10 minutes) when it had left the tree for
+// the excluded name in the same batch, or when a file that died earlier
+// had the same inode number, reused by the create under the excluded name.
+func TestPlanFileBackFromExcludedNameIsAlive(t *testing.T) {
+	renameFile := func(id uint64, a, b string) journal.Op {
+		op := rename(a, b)
+		op.File = id
+		return op
+	}
+	for _, tc := range []struct {
+		name string
+		ops  []journal.Op
+		at   string
+	}{
+		{"moved out and back", []journal.Op{write(7, "a"), closeAt(7, "a"), renameFile(7, "a", "a.tmp"), renameFile(7, "a.tmp", "a")}, "a"},
+		{"moved out and linked back", []journal.Op{write(7, "a"), closeAt(7, "a"), renameFile(7, "a", "a.tmp"), link(7, "a.tmp", "a")}, "a"},
+		{"renamed in under a reused inode number", []journal.Op{write(7, "old"), closeAt(7, "old"), unlink("old"),
+			create(7, "page.tmp"), closeAt(7, "page.tmp"), renameFile(7, "page.tmp", "page")}, "page"},
+		{"linked in under a reused inode number", []journal.Op{write(7, "old"), closeAt(7, "old"), unlink("old"),
+			create(7, "page.tmp"), closeAt(7, "page.tmp"), link(7, "page.tmp", "page")}, "page"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pl := testPlanner(t, "*.tmp")
+			first := foldOps(pl, nil, 1, tc.ops...)
+			if !first.Refresh[tc.at] {
+				t.Fatalf("first batch: %s not refreshed from the store (Refresh %v)", tc.at, first.Refresh)
+			}
+			later := []journal.Op{write(7, tc.at), closeAt(7, tc.at)}
+			for i := range later {
+				later[i].Seq, later[i].Time = uint64(100+i), planNow.UnixNano()
+			}
+			second := pl.fold(first.Carry, first.Dead, later, planNow)
+			if got, want := describeIdents(second.Ship), []string{"7=" + tc.at}; !slices.Equal(got, want) {
+				t.Fatalf("a later write through %s: ships %v, want %v (Dead %v)", tc.at, got, want, second.Dead)
+			}
+		})
+	}
+}
