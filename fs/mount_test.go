@@ -963,14 +963,37 @@ func TestUnlinkOfHardLinkedFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var flags []string
-	for _, op := range rec.take() {
-		if op.Kind == journal.KindUnlink {
-			flags = append(flags, fmt.Sprintf("%s:%d", op.Path, op.Flags))
+	// A rename over one of two links, then over the last one, and over a
+	// directory (whose link count is of its subdirectories).
+	writeTo("c")
+	if err := os.Link(filepath.Join(mnt, "c"), filepath.Join(mnt, "d")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"c", "d"} {
+		writeTo("new")
+		if err := os.Rename(filepath.Join(mnt, "new"), filepath.Join(mnt, p)); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if want := []string{fmt.Sprintf("a:%d", journal.UnlinkOtherLinks), "b:0"}; !slices.Equal(flags, want) {
-		t.Errorf("unlinks journaled with flags %v, want %v", flags, want)
+	for _, d := range []string{"dir/sub", "empty"} {
+		if err := os.MkdirAll(filepath.Join(mnt, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// os.Rename refuses a directory as the target; rename(2) replaces
+	// an empty one.
+	if err := unix.Rename(filepath.Join(mnt, "empty"), filepath.Join(mnt, "dir/sub")); err != nil {
+		t.Fatal(err)
+	}
+	var flags []string
+	for _, op := range rec.take() {
+		if op.Kind == journal.KindUnlink || op.Kind == journal.KindRename {
+			flags = append(flags, fmt.Sprintf("%s %s:%#x", op.Kind, op.Path+op.NewPath, op.Flags))
+		}
+	}
+	if want := []string{fmt.Sprintf("unlink a:%#x", journal.UnlinkOtherLinks), "unlink b:0x0",
+		fmt.Sprintf("rename newc:%#x", journal.RenameReplacedOtherLinks), "rename newd:0x0", "rename emptydir/sub:0x0"}; !slices.Equal(flags, want) {
+		t.Errorf("unlinks and renames journaled with flags %v, want %v", flags, want)
 	}
 
 	f, err := os.OpenFile(filepath.Join(mnt, "old"), os.O_WRONLY, 0)

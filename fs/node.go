@@ -87,7 +87,10 @@ func (n *node) identityOf(rel string) (id, links uint64) {
 	if err := unix.Lstat(n.storePath(rel), &st); err != nil {
 		return 0, 0
 	}
-	return journal.FileID(st.Dev, st.Ino, n.m.storeDev), uint64(st.Nlink)
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR { // a directory's count is of its subdirectories
+		links = uint64(st.Nlink)
+	}
+	return journal.FileID(st.Dev, st.Ino, n.m.storeDev), links
 }
 
 // nameless reports whether the node is in no directory: unlinked while
@@ -286,11 +289,15 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		return syscall.EXDEV
 	}
 	from, to := n.child(name), np.child(newName)
-	id, _ := n.identityOf(from)
+	op := journal.Op{Kind: journal.KindRename, Path: from, NewPath: to, Flags: flags}
+	op.File, _ = n.identityOf(from)
+	if _, links := np.identityOf(to); links > 1 && flags&unix.RENAME_EXCHANGE == 0 {
+		op.Flags |= journal.RenameReplacedOtherLinks
+	}
 	if errno := n.LoopbackNode.Rename(ctx, name, np.LoopbackNode, newName, flags); errno != 0 {
 		return errno
 	}
-	return n.m.record(ctx, journal.Op{Kind: journal.KindRename, File: id, Path: from, NewPath: to, Flags: flags})
+	return n.m.record(ctx, op)
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {

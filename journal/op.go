@@ -95,7 +95,7 @@ type Op struct {
 	Atime  int64  // Unix nanoseconds
 	Mtime  int64  // Unix nanoseconds
 	Mask   uint32 // setattr: Attr* bits
-	Flags  uint32 // rename: RENAME_* flags; fallocate: FALLOC_FL_* mode; unlink: UnlinkOtherLinks
+	Flags  uint32 // rename: RENAME_* flags, RenameReplacedOtherLinks; fallocate: FALLOC_FL_* mode; unlink: UnlinkOtherLinks
 
 	XattrName  string
 	XattrValue []byte
@@ -118,6 +118,11 @@ func (o Op) String() string {
 // before the unlink, so it lives on under names the journal may not know
 // (made before the journal began, or looked up by no op since).
 const UnlinkOtherLinks = 1
+
+// RenameReplacedOtherLinks in a rename's Flags, beside the RENAME_* flags
+// (which use the low bits): the file the rename replaced at NewPath had
+// other hard links, under which it lives on, as after UnlinkOtherLinks.
+const RenameReplacedOtherLinks = 1 << 31
 
 // FileID is the identity ops give (Op.File) the store file with inode
 // number ino on device dev, the store's own device being storeDev: the

@@ -207,9 +207,12 @@ func (f *fsim) unlink(p string) {
 
 func (f *fsim) renameStore(a, b string) journal.Op {
 	f.t.Helper()
-	id := f.ino(a)
+	op := journal.Op{Kind: journal.KindRename, File: f.ino(a), Path: a, NewPath: b}
+	if fi, err := os.Lstat(f.abs(b)); err == nil && !fi.IsDir() && nlink(fi) > 1 {
+		op.Flags = journal.RenameReplacedOtherLinks // as fs journals it
+	}
 	f.must(os.Rename(f.abs(a), f.abs(b)))
-	return journal.Op{Kind: journal.KindRename, File: id, Path: a, NewPath: b}
+	return op
 }
 
 func (f *fsim) rename(a, b string) { f.j.Append(f.renameStore(a, b)) }

@@ -355,8 +355,19 @@ func (f *folder) dropName(p string) {
 	f.xattrs.dropUnder(p)
 }
 
+// dropLink drops the name p of a file that an unlink removed or a rename
+// replaced; otherLinks: the file had other hard links, under which it
+// lives on (see survives).
+func (f *folder) dropLink(p string, otherLinks bool) {
+	id := f.byName(p)
+	f.dropName(p)
+	if id != nil && len(id.Names) == 0 && otherLinks {
+		f.survives(id)
+	}
+}
+
 // survives handles id, which lost its last name this plan knows to an
-// unlink, but lives on under hard links the journal does not name. It is
+// unlink or a rename over it, but lives on under hard links the journal does not name. It is
 // not dead: a later write through another name ships to that name. Its
 // changes not shipped yet have nowhere to go but those unknown names: the
 // worker is compared with the store after this plan (Plan.Compare).
@@ -592,12 +603,8 @@ func (f *folder) op(op journal.Op) {
 		}
 		f.steps = append(f.steps, step{Kind: stepUnlink, Seq: op.Seq, Path: op.Path,
 			SrcPending: f.pending(op.Path), SrcFree: f.free(op.Path)})
-		id := f.byName(op.Path)
-		f.dropName(op.Path)
+		f.dropLink(op.Path, op.Flags&journal.UnlinkOtherLinks != 0)
 		f.changedDir(op.Path)
-		if id != nil && len(id.Names) == 0 && op.Flags&journal.UnlinkOtherLinks != 0 {
-			f.survives(id)
-		}
 
 	case journal.KindRmdir:
 		if !f.valid(op, op.Path) || f.excluded(op.Path, true) {
@@ -677,7 +684,7 @@ func (f *folder) rename(op journal.Op) {
 	case srcEx:
 		// NewPath gets content from an excluded path: new to the worker.
 		// (With exchange, NewPath's old content went to the excluded path.)
-		f.dropName(op.NewPath)
+		f.dropLink(op.NewPath, !exchange && op.Flags&journal.RenameReplacedOtherLinks != 0)
 		f.dropDirs(op.NewPath)
 		f.refresh.put(op.NewPath, true)
 		if !exchange {
@@ -709,7 +716,7 @@ func (f *folder) rename(op journal.Op) {
 	f.steps = append(f.steps, step{Kind: stepRename, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
 		SrcPending: f.pending(op.Path), SrcFree: f.free(op.Path)})
 	// What NewPath held (a file, or an empty directory) is replaced.
-	f.dropName(op.NewPath)
+	f.dropLink(op.NewPath, op.Flags&journal.RenameReplacedOtherLinks != 0)
 	f.dropDirs(op.NewPath)
 	f.move(op.Path, op.NewPath)
 	// The attributes of the moved entry are copied from the store at its

@@ -179,32 +179,41 @@ func TestShipperRenameMendsLostSource(t *testing.T) {
 }
 
 // A file with two hard links, written through one name that is then
-// removed: the write reaches the worker's other name (by a comparison of
+// removed, or replaced by a rename (an editor's save over one of the
+// links): the write reaches the worker's other name (by a comparison of
 // the worker with the store: the journal does not name b after a's
 // unlink), and later writes through the other name are not dropped as
 // writes to a dead file.
 func TestShipperWriteThenUnlinkOneHardLink(t *testing.T) {
-	f := newFsim(t)
-	worker := workerDir(t)
-	f.writeFile("a", "old")
-	f.link("a", "b")
-	caughtUpThenStopped(t, f, worker, nil, nil)
-	compareTrees(t, f.store, worker, nil)
+	for name, drop := range map[string]func(f *fsim){
+		"unlink":      func(f *fsim) { f.unlink("a") },
+		"rename over": func(f *fsim) { f.rename("x", "a") },
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFsim(t)
+			worker := workerDir(t)
+			f.writeFile("a", "old")
+			f.link("a", "b")
+			f.writeFile("x", "replacement")
+			caughtUpThenStopped(t, f, worker, nil, nil)
+			compareTrees(t, f.store, worker, nil)
 
-	f.writeFile("a", "new content") // in place: the inode b shares
-	f.unlink("a")
-	s := startedShipper(t, f, worker, nil, nil)
-	waitFor(t, "the comparison after the unlink", 10*time.Second, func() bool {
-		got, _ := readWorker(t, worker, "b")
-		return got == "new content"
-	})
-	waitSynced(t, s, f.j)
-	compareTrees(t, f.store, worker, nil)
+			f.writeFile("a", "new content") // in place: the inode b shares
+			drop(f)
+			s := startedShipper(t, f, worker, nil, nil)
+			waitFor(t, "the comparison after a lost its name", 10*time.Second, func() bool {
+				got, _ := readWorker(t, worker, "b")
+				return got == "new content"
+			})
+			waitSynced(t, s, f.j)
+			compareTrees(t, f.store, worker, nil)
 
-	f.writeFile("b", "newer via b") // a later batch of the same run
-	waitSynced(t, s, f.j)
-	if got, _ := readWorker(t, worker, "b"); got != "newer via b" {
-		t.Errorf("after a later write through b: worker b = %q, want %q", got, "newer via b")
+			f.writeFile("b", "newer via b") // a later batch of the same run
+			waitSynced(t, s, f.j)
+			if got, _ := readWorker(t, worker, "b"); got != "newer via b" {
+				t.Errorf("after a later write through b: worker b = %q, want %q", got, "newer via b")
+			}
+		})
 	}
 }
 
