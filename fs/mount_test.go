@@ -1134,3 +1134,47 @@ func TestOpenNamelessFileWithNoFollow(t *testing.T) {
 		t.Errorf("read %q, want %q", data, "old page")
 	}
 }
+
+// No ioctl reaches the store through the mount: go-fuse's loopback ran
+// each with the daemon's privileges, for any user of the mount, and
+// without a journal record.
+func TestIoctlRefused(t *testing.T) {
+	mnt, store, rec := newMount(t)
+	if err := os.WriteFile(filepath.Join(mnt, "page.html"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(mnt, "dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rec.take()
+	for _, p := range []string{"page.html", "dir"} {
+		fd, err := unix.Open(filepath.Join(mnt, p), unix.O_RDONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// FS_IOC_SETVERSION, _IOW('v', 2, long): root-only on ext4, and a
+		// change of the store.
+		err = unix.IoctlSetPointerInt(fd, 0x40087602, 424242)
+		unix.Close(fd)
+		if err != unix.ENOTTY {
+			t.Errorf("FS_IOC_SETVERSION on %s through the mount: %v, want ENOTTY", p, err)
+		}
+	}
+	if v, err := storeVersion(filepath.Join(store, "page.html")); err == nil && v == 424242 {
+		t.Errorf("the store file's version was set through the mount")
+	}
+	if ops := rec.take(); len(ops) != 0 {
+		t.Errorf("ioctls journaled %v", ops)
+	}
+}
+
+// storeVersion reads a file's inode generation (FS_IOC_GETVERSION), on
+// file systems that have one.
+func storeVersion(p string) (int, error) {
+	fd, err := unix.Open(p, unix.O_RDONLY, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	return unix.IoctlGetInt(fd, 0x80087601) // FS_IOC_GETVERSION, _IOR('v', 1, long)
+}

@@ -40,7 +40,20 @@ var (
 	_ gofs.NodeTmpfiler       = (*node)(nil)
 	_ gofs.NodeGetattrer      = (*node)(nil)
 	_ gofs.NodeOpendirHandler = (*node)(nil)
+	_ gofs.NodeIoctler        = (*node)(nil)
 )
+
+// Ioctl refuses every ioctl, on files and directories alike. go-fuse's
+// loopback would run it on the store's descriptor with the daemon's
+// privileges (root), for any user of the allow_other mount, since the
+// kernel leaves the permission checks of ioctls it forwards to the server
+// (nobody could set a root-owned file's ext4 version, and reach ext4's
+// root-only ioctls). Nor would the journal see what an ioctl changes.
+// chattr and lsattr, which the kernel sends as ioctls too, answer that
+// the mount does not support them.
+func (n *node) Ioctl(ctx context.Context, f gofs.FileHandle, cmd uint32, arg uint64, input, output []byte) (int32, syscall.Errno) {
+	return 0, syscall.ENOTTY
+}
 
 // WrapChild makes every node go-fuse creates below the root one of ours.
 func (n *node) WrapChild(ctx context.Context, ops gofs.InodeEmbedder) gofs.InodeEmbedder {
