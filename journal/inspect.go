@@ -569,7 +569,7 @@ func checkSeq(seq, first, last uint64) error {
 	case seq == 0:
 		why = fmt.Sprintf("seqs start at 1; valid range is #%d to #%d", first, last)
 	case seq < first:
-		why = fmt.Sprintf("it was trimmed (every worker had it); valid range is #%d to #%d", first, last)
+		why = fmt.Sprintf("it was trimmed (every worker had it, or the journal went over its budget: see journal stats); valid range is #%d to #%d", first, last)
 	case seq > last:
 		why = fmt.Sprintf("the last op is #%d; valid range is #%d to #%d", last, first, last)
 	default:

@@ -33,7 +33,9 @@ Every change made through the mount is journaled as an operation (op) with
 a sequence number (seq). Each worker has a cursor, the last seq it applied;
 the ops after it are pending for that worker. Ops every worker has are
 trimmed from the journal, so the journal holds the ops from the lowest
-cursor on (its first seq) up to the newest (its last seq).
+cursor on (its first seq) up to the newest (its last seq). Over the
+journal's budget (journal.max_bytes), workers that are not connected are
+marked for a full copy (FULL COPY in stats) and stop holding ops back.
 
 While the daemon runs, the journal tools ask it over the control socket.
 When no daemon runs (after a crash, say), they open the journal read-only
