@@ -560,10 +560,12 @@ func (s *Shipper) applyExchange(ctx context.Context, st step, suspect bool, refr
 	}
 	if wb != nil {
 		err := s.t.Rename(ctx, b, a)
-		if wa == nil && errors.Is(err, ErrSymlink) {
-			// a is below a directory that became a symlink on the worker
-			// (a replay after a deploy's `ln -s`): no entry of the tree
-			// there. Both paths converge from the store instead.
+		if wa == nil && (errors.Is(err, ErrSymlink) || errors.Is(err, fs.ErrNotExist)) {
+			// a has no place in the worker's tree (a replay after the
+			// tree moved on): it is below a directory the worker no
+			// longer has, or one that became a symlink (a deploy's
+			// `ln -s`). Both names converge from the store instead of
+			// failing every retry the same way.
 			refresh[a], refresh[b] = true, true
 			return nil
 		}
@@ -572,6 +574,8 @@ func (s *Shipper) applyExchange(ctx context.Context, st step, suspect bool, refr
 		}
 	}
 	if wa != nil {
+		// Should b's directory be gone (a replay), the batch fails once:
+		// the retry finds a gone and converges both names.
 		if err := s.t.Rename(ctx, tmp, b); err != nil {
 			return s.errf(b, fmt.Errorf("exchange: %w", err))
 		}

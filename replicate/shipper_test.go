@@ -759,6 +759,35 @@ func TestShipperReplayAfterDirBecameSymlink(t *testing.T) {
 	replaySince(t, f, worker, base, 1, 1000) // compares the symlink too
 }
 
+// An exchange replayed after the tree moved on (kill -9 before the cursor
+// was saved, a dropped connection): one of its names is below a directory
+// the worker no longer has. Both names converge from the store instead of
+// failing the batch on every retry, whichever name the worker lacks.
+func TestShipperReplayExchangeWhoseParentWent(t *testing.T) {
+	for name, swap := range map[string]func(f *fsim){
+		"first name gone":  func(f *fsim) { f.exchange("b/y", "a") },
+		"second name gone": func(f *fsim) { f.exchange("a", "b/y") },
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFsim(t)
+			worker := workerDir(t)
+			f.mkdir("b")
+			f.writeFile("b/y", "y")
+			f.writeFile("a", "a")
+			caughtUpThenStopped(t, f, worker, nil, nil)
+			base := f.j.LastSeq()
+
+			swap(f)
+			f.unlink("a")
+			f.rename("b", "a") // a is the directory now, b is gone
+			caughtUpThenStopped(t, f, worker, nil, nil)
+			compareTrees(t, f.store, worker, nil)
+
+			replaySince(t, f, worker, base, 1, 1000)
+		})
+	}
+}
+
 // TestShipperConvergeBelowStoreSymlink: a path converged from the store
 // after a batch's steps (here the destination of a rename whose source the
 // worker lacked; a rename replayed or applied right after a connect is
