@@ -1178,3 +1178,61 @@ func storeVersion(p string) (int, error) {
 	defer unix.Close(fd)
 	return unix.IoctlGetInt(fd, 0x80087601) // FS_IOC_GETVERSION, _IOR('v', 1, long)
 }
+
+// A chmod, truncate or time change through a descriptor of a file whose
+// only name the mount knew was removed, while it keeps hard links made
+// before the mount started, is reported like a write through it: the
+// journal cannot name the file, so its close asks for a comparison of the
+// workers with the store.
+func TestAttrChangeThroughUnknownHardLinkIsReported(t *testing.T) {
+	changes := map[string]func(f *os.File) error{
+		"fchmod":    func(f *os.File) error { return f.Chmod(0o600) },
+		"ftruncate": func(f *os.File) error { return f.Truncate(1) },
+		"futimens": func(f *os.File) error {
+			return unix.Futimes(int(f.Fd()), []unix.Timeval{{Sec: 1}, {Sec: 1}})
+		},
+	}
+	dir := t.TempDir()
+	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
+	for _, d := range []string{store, mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name := range changes {
+		if err := os.WriteFile(filepath.Join(store, name), []byte("v1"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Link(filepath.Join(store, name), filepath.Join(store, name+"-link")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requireFUSE(t)
+	var compares atomic.Int32
+	m, err := New(t.Context(), Options{Store: store, Mountpoint: mnt, Recorder: &memRecorder{},
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)), OnUnnamedChange: func() { compares.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Unmount() })
+
+	for name, change := range changes {
+		f, err := os.OpenFile(filepath.Join(mnt, name), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(mnt, name)); err != nil {
+			t.Fatal(err)
+		}
+		before := compares.Load()
+		if err := change(f); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n := compares.Load() - before; n != 1 {
+			t.Errorf("%s through the descriptor of a file known by no name: %d comparisons asked for at close, want 1", name, n)
+		}
+	}
+}

@@ -438,7 +438,8 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 			f = h
 		}
 	}
-	if h, ok := f.(*handle); ok {
+	h, _ := f.(*handle)
+	if h != nil {
 		// The loopback node only knows its own file type.
 		f = h.LoopbackFile
 	}
@@ -447,6 +448,11 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	}
 	p, ok := n.relPath()
 	if !ok {
+		// As for a write (handle.recordData): a file that lives on
+		// under links the mount does not know is compared at close.
+		if h != nil && h.unnamedLinks() {
+			h.unnamedChange.Store(true)
+		}
 		return 0
 	}
 	op := journal.Op{Kind: journal.KindSetattr, File: n.id(), Path: p}
