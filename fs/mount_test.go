@@ -1183,7 +1183,8 @@ func storeVersion(p string) (int, error) {
 // only name the mount knew was removed, while it keeps hard links made
 // before the mount started, is reported like a write through it: the
 // journal cannot name the file, so its close asks for a comparison of the
-// workers with the store.
+// workers with the store. A new name given to it (linkat) asks for one
+// too.
 func TestAttrChangeThroughUnknownHardLinkIsReported(t *testing.T) {
 	changes := map[string]func(f *os.File) error{
 		"fchmod":    func(f *os.File) error { return f.Chmod(0o600) },
@@ -1199,7 +1200,7 @@ func TestAttrChangeThroughUnknownHardLinkIsReported(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for name := range changes {
+	for _, name := range []string{"fchmod", "ftruncate", "futimens", "linkat"} {
 		if err := os.WriteFile(filepath.Join(store, name), []byte("v1"), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -1216,6 +1217,12 @@ func TestAttrChangeThroughUnknownHardLinkIsReported(t *testing.T) {
 	}
 	t.Cleanup(func() { m.Unmount() })
 
+	// The same file given a new name through its descriptor (linkat):
+	// the journal tells it as a new file; the comparison joins it to
+	// its other links.
+	changes["linkat"] = func(f *os.File) error {
+		return unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.AT_FDCWD, filepath.Join(mnt, "again"), unix.AT_SYMLINK_FOLLOW)
+	}
 	for name, change := range changes {
 		f, err := os.OpenFile(filepath.Join(mnt, name), os.O_WRONLY, 0)
 		if err != nil {

@@ -421,6 +421,14 @@ func (n *node) linkTmpfile(ctx context.Context, tn *node, name string, out *fuse
 			return nil, errno
 		}
 	}
+	if st.Nlink > 1 && n.m.onUnnamed != nil {
+		// Not an O_TMPFILE: a file unlinked while open that lives on
+		// under hard links the mount has not seen. The journal tells the
+		// new name as a file of its own; the comparison of the workers
+		// with the store links it to the others.
+		n.m.log.Info("a file known by no name got a name while it keeps other hard links: comparing every worker with the store", "path", p, "links", st.Nlink)
+		n.m.onUnnamed()
+	}
 	if n.m.markDirty(id) {
 		return tn.EmbeddedInode(), n.m.record(ctx, journal.Op{Kind: journal.KindClose, File: id, Path: p})
 	}
