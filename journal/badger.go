@@ -398,16 +398,21 @@ func uncleanShutdown(dir string) (bool, error) {
 }
 
 // copyJournal copies the journal in dir to a new temporary directory, for
-// openReadOnly. Badger preallocates its log files, so runs of zeros are
-// skipped rather than written: the copy stays as sparse as the original.
+// openReadOnly and checkRecovery. Badger preallocates its log files, so
+// runs of zeros are skipped rather than written: the copy stays as sparse
+// as the original. An error says that the copy needs room in $TMPDIR: a
+// full /tmp would otherwise look like a fault of the journal.
 func copyJournal(dir string) (string, error) {
 	names, err := readDirNames(dir)
 	if err != nil {
 		return "", err
 	}
+	inTmp := func(err error) error {
+		return fmt.Errorf("copy the journal to %s to recover it there (the copy needs about the journal's size free; set TMPDIR to a directory with room): %w", os.TempDir(), err)
+	}
 	tmp, err := os.MkdirTemp("", "mirrorfs-journal-")
 	if err != nil {
-		return "", err
+		return "", inTmp(err)
 	}
 	buf := make([]byte, 64<<10)
 	for _, n := range names {
@@ -424,7 +429,7 @@ func copyJournal(dir string) (string, error) {
 		}
 		if err := copySparse(src, filepath.Join(tmp, n), buf); err != nil {
 			_ = os.RemoveAll(tmp)
-			return "", fmt.Errorf("copy %s for read-only recovery: %w", n, err)
+			return "", inTmp(err)
 		}
 	}
 	return tmp, nil

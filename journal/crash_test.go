@@ -330,3 +330,28 @@ func TestDamagedWALAfterCrashRefused(t *testing.T) {
 		t.Fatalf("refused journal changed:\n%v\n%v", before, after)
 	}
 }
+
+// After a crash, opening the journal (the daemon's trial of Badger's
+// recovery, or a read-only inspection) copies it to $TMPDIR first: when
+// that fails, the error says where the copy goes and what to do, rather
+// than looking like a fault of the journal.
+func TestRecoveryCopyNamesTmpdir(t *testing.T) {
+	dir, _ := crashedJournal(t)
+	noRoom := filepath.Join(t.TempDir(), "missing")
+	t.Setenv("TMPDIR", noRoom)
+	for _, opts := range []Options{{}, {ReadOnly: true}} {
+		j, err := Open(dir, opts)
+		if err == nil {
+			j.Close()
+			t.Fatalf("Open(ReadOnly %v) with TMPDIR %s missing: no error", opts.ReadOnly, noRoom)
+		}
+		for _, want := range []string{noRoom, "set TMPDIR"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("Open(ReadOnly %v): error %q does not mention %q", opts.ReadOnly, err, want)
+			}
+		}
+		if errors.Is(err, ErrCorrupt) {
+			t.Errorf("Open(ReadOnly %v): the journal reported damaged: %v", opts.ReadOnly, err)
+		}
+	}
+}

@@ -83,7 +83,7 @@ func checkRecovery(dir string, log *slog.Logger) error {
 	}
 	tmp, err := copyJournal(dir)
 	if err != nil {
-		return fmt.Errorf("open journal %s: copy for a trial recovery: %w", dir, err)
+		return fmt.Errorf("open journal %s after a crash, for a trial of its recovery: %w", dir, err)
 	}
 	defer os.RemoveAll(tmp)
 	db, err := badger.Open(badgerOptions(tmp, false, log))
