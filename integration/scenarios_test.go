@@ -264,6 +264,8 @@ func inodes(t *testing.T, dir string) map[string]uint64 {
 // that returned before the kill reaches every worker after a restart.
 func TestCrash(t *testing.T) {
 	c := newCluster(t, clusterOptions{Workers: 3})
+	writeFile(t, c.Mount+"/index.html", "before the burst\n")
+	c.waitConverged(t, converge) // the first full copies are done
 	var done atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -294,6 +296,21 @@ func TestCrash(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	t.Logf("%d writes acknowledged before kill -9", done.Load())
+
+	// Read from the journal with no daemon running, status and journal
+	// stats tell what the next start does: compare every worker.
+	for _, ws := range c.status(t).Workers {
+		if !ws.InitialCopy {
+			t.Errorf("status after kill -9: %s shows no initial copy (%+v)", ws.Name, ws)
+		}
+	}
+	var stats journalStatsJSON
+	c.journalJSON(t, &stats, "stats")
+	for _, w := range stats.Workers {
+		if !w.NeedsFullCopy {
+			t.Errorf("journal stats after kill -9: %s needs no full copy (%+v)", w.Name, w)
+		}
+	}
 
 	c.Start(t)
 	c.waitConverged(t, converge)

@@ -112,6 +112,12 @@ func startHelper(t *testing.T, mode, dir string) (*exec.Cmd, *bufio.Scanner) {
 func crashedJournal(t *testing.T) (string, map[uint64]Op) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "journal")
+	return dir, crash(t, dir)
+}
+
+// crash is crashedJournal on the journal in dir, which may exist.
+func crash(t *testing.T, dir string) map[uint64]Op {
+	t.Helper()
 	cmd, lines := startHelper(t, "append", dir)
 	acked := map[uint64]Op{}
 	killed := false
@@ -142,7 +148,7 @@ func crashedJournal(t *testing.T) (string, map[uint64]Op) {
 		t.Fatalf("helper stopped after %d acks before being killed: %v", len(acked), err)
 	}
 	t.Logf("killed the appending process after %d acknowledged appends", len(acked))
-	return dir, acked
+	return acked
 }
 
 // TestKillDurability: every append acknowledged before a kill -9, by Append
@@ -353,5 +359,33 @@ func TestRecoveryCopyNamesTmpdir(t *testing.T) {
 		if errors.Is(err, ErrCorrupt) {
 			t.Errorf("Open(ReadOnly %v): the journal reported damaged: %v", opts.ReadOnly, err)
 		}
+	}
+}
+
+// Read after a crash (no daemon runs), the journal says that every worker
+// gets a full comparison with the store, which the daemon's next start
+// does; not only the workers that lack ops.
+func TestInspectAfterCrashShowsFullCopy(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "journal")
+	j := openTest(t, dir, Options{})
+	appendN(t, j, 1)
+	if err := j.SetCursor("w1", Cursor{Applied: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	crash(t, dir)
+
+	j = openTest(t, dir, Options{ReadOnly: true})
+	if !j.Recovered() {
+		t.Fatal("read-only open after a crash: Recovered false")
+	}
+	st, err := Inspect(j, []string{"w1"}, InspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := st.Workers[0]; !w.NeedsFullCopy || !strings.Contains(w.FullCopyReason, "did not stop cleanly") {
+		t.Errorf("after a crash: w1 NeedsFullCopy %v (%q), want true, saying the daemon did not stop cleanly", w.NeedsFullCopy, w.FullCopyReason)
 	}
 }

@@ -233,6 +233,9 @@ func snapshot(j *Journal, workers []string) (pos []position, first, last uint64,
 			p.fullCopy = "no cursor yet"
 		case c.FullSync:
 			p.fullCopy = "marked for a full copy"
+		case j.readOnly && j.recovered:
+			// No daemon runs; the next one marks every worker.
+			p.fullCopy = "the daemon did not stop cleanly: every worker is compared with the store at its next start"
 		case first > 0 && c.Applied+1 < first:
 			p.fullCopy = fmt.Sprintf("cursor #%d is below the journal's first op #%d", c.Applied, first)
 		}

@@ -152,7 +152,9 @@ type Journal struct {
 // Recovered reports whether the process that used the journal before this
 // Open died without closing it (kill -9, power loss). Everything it
 // acknowledged is still here, but a change it made to the store just
-// before dying may have no record.
+// before dying may have no record. Opened read-only, the journal is left
+// as found: the daemon's next start recovers it (and so compares every
+// worker with the store).
 func (j *Journal) Recovered() bool { return j.recovered }
 
 // Open opens the journal in dir, creating dir and an empty journal if dir is
@@ -270,7 +272,7 @@ func openReadOnly(dir string, log *slog.Logger) (*Journal, error) {
 		return nil, fmt.Errorf("open journal %s read-only: %w", dir, err)
 	}
 	j := newJournal(dir, dbDir, db, log)
-	j.readOnly, j.snapshot, j.lock = true, snapshot, lock
+	j.readOnly, j.snapshot, j.lock, j.recovered = true, snapshot, lock, unclean
 	err = j.load(false)
 	if err == nil && snapshot {
 		// The copy is recovered: it must keep every acknowledged op.

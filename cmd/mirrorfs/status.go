@@ -71,7 +71,8 @@ func statusFromJournal(cfg *config.Config) (control.Status, error) {
 		if err != nil {
 			return st, err
 		}
-		if !ok || c.FullSync {
+		if !ok || c.FullSync || j.Recovered() {
+			// After a crash the next start compares every worker.
 			ws.InitialCopy = true
 		}
 		ws.Applied = c.Applied
