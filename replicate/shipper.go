@@ -290,7 +290,10 @@ func (s *Shipper) Run(ctx context.Context) error {
 	// are verified against the store. Ops journaled from now on reach
 	// this worker only through this process, which tracks them itself.
 	s.suspectUntil = s.opts.Journal.LastSeq()
-	if c, ok, err := s.opts.Journal.Cursor(s.opts.Name); err == nil && ok && !c.FullSync {
+	if c, ok, err := s.opts.Journal.Cursor(s.opts.Name); err == nil && ok {
+		// Marked for a full copy (after a crash, say), the worker still
+		// has at most this, as runOnce says once it connects: status and
+		// journal stats agree on what an unreachable worker lacks.
 		s.mu.Lock()
 		s.applied = c.Applied
 		s.mu.Unlock()

@@ -1880,3 +1880,23 @@ func (g *gatedSmall) sizes() []int {
 	defer g.mu.Unlock()
 	return slices.Clone(g.calls)
 }
+
+// A worker marked for a full copy (after a crash) that cannot be reached
+// shows its cursor as applied, as journal stats does, not #0 with every
+// op ever journaled pending.
+func TestShipperStatusOfUnreachableMarkedWorker(t *testing.T) {
+	f := newFsim(t)
+	for i := range 5 {
+		f.writeFile(fmt.Sprintf("f%d", i), "x")
+	}
+	f.j.cursors["w1"] = journal.Cursor{Applied: 4, FullSync: true}
+	s := newShipper(t, f, workerDir(t), func(o *Options) {
+		o.Dial = func(context.Context) (Transport, error) { return nil, errors.New("unreachable") }
+	}, nil)
+	stop := start(t, s)
+	defer stop()
+	waitFor(t, "a failed connection", 5*time.Second, func() bool { return s.Status().LastError != "" })
+	if st := s.Status(); st.Applied != 4 || st.Pending != f.j.LastSeq()-4 {
+		t.Errorf("unreachable worker marked for a full copy at #4: applied #%d, pending %d; want #4 and %d", st.Applied, st.Pending, f.j.LastSeq()-4)
+	}
+}
