@@ -375,6 +375,15 @@ func (f *folder) survives(id *ident) {
 	delete(f.dead, id.ID)
 	if id.Dirty {
 		f.compare = true
+		// The comparison copies its attributes with its content. Copied
+		// before it, the store's new mtime would go on the old content at
+		// the worker's other names, which the comparison (size and mtime)
+		// would then take for up to date.
+		for p, ino := range f.attrs.m {
+			if ino == id.ID {
+				f.attrs.del(p)
+			}
+		}
 	}
 }
 

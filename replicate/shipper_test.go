@@ -183,11 +183,18 @@ func TestShipperRenameMendsLostSource(t *testing.T) {
 // links): the write reaches the worker's other name (by a comparison of
 // the worker with the store: the journal does not name b after a's
 // unlink), and later writes through the other name are not dropped as
-// writes to a dead file.
+// writes to a dead file. A chmod through the other name in the same batch
+// must not put the new mtime on the old content before the comparison
+// (same size: only the mtime tells them apart).
 func TestShipperWriteThenUnlinkOneHardLink(t *testing.T) {
-	for name, drop := range map[string]func(f *fsim){
-		"unlink":      func(f *fsim) { f.unlink("a") },
-		"rename over": func(f *fsim) { f.rename("x", "a") },
+	for name, change := range map[string]func(f *fsim){
+		"unlink":      func(f *fsim) { f.writeFile("a", "new content"); f.unlink("a") },
+		"rename over": func(f *fsim) { f.writeFile("a", "new content"); f.rename("x", "a") },
+		"chmod the other name, same size": func(f *fsim) {
+			f.chmod("b", 0o700)
+			f.writeFile("a", "new content"[:3]) // as long as "old"
+			f.unlink("a")
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			f := newFsim(t)
@@ -198,12 +205,16 @@ func TestShipperWriteThenUnlinkOneHardLink(t *testing.T) {
 			caughtUpThenStopped(t, f, worker, nil, nil)
 			compareTrees(t, f.store, worker, nil)
 
-			f.writeFile("a", "new content") // in place: the inode b shares
-			drop(f)
+			change(f) // a written in place: the inode b shares
+			data, err := os.ReadFile(f.abs("b"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := string(data)
 			s := startedShipper(t, f, worker, nil, nil)
 			waitFor(t, "the comparison after a lost its name", 10*time.Second, func() bool {
 				got, _ := readWorker(t, worker, "b")
-				return got == "new content"
+				return got == want
 			})
 			waitSynced(t, s, f.j)
 			compareTrees(t, f.store, worker, nil)
