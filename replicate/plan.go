@@ -684,42 +684,36 @@ func (f *folder) rename(op journal.Op) {
 	// The moved entry is at NewPath in the store now: its type decides
 	// directory-only patterns for both names.
 	isDir := f.pl.isDir != nil && f.pl.isDir(op.NewPath)
-	srcEx, dstEx := f.excluded(op.Path, isDir), f.excluded(op.NewPath, isDir)
 	f.changedDir(op.Path)
 	f.changedDir(op.NewPath)
-	switch {
-	case srcEx && dstEx:
-		return
-	case srcEx:
-		// NewPath gets content from an excluded path: new to the worker.
-		// (With exchange, NewPath's old content went to the excluded path.)
-		f.dropLink(op.NewPath, !exchange && op.Flags&journal.RenameReplacedOtherLinks != 0)
-		f.dropDirs(op.NewPath)
-		f.refresh.put(op.NewPath, true)
-		if !exchange {
-			f.revive(op.File)
-		}
-		return
-	case dstEx && exchange:
-		// Path gets content from the excluded NewPath.
-		f.dropName(op.Path)
-		f.dropDirs(op.Path)
-		f.refresh.put(op.Path, true)
-		return
-	case dstEx:
-		// Content leaves the mirrored tree: delete it on the worker.
-		f.steps = append(f.steps, step{Kind: stepRemoveAll, Seq: op.Seq, Path: op.Path})
-		f.dropName(op.Path)
-		f.dropDirs(op.Path)
-		return
-	}
 	if exchange {
+		if f.exchangeExcluded(op, isDir) {
+			return
+		}
 		f.steps = append(f.steps, step{Kind: stepExchange, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
 			SrcPending: f.pending(op.Path), DstPending: f.pending(op.NewPath)})
 		f.exchange(op.Path, op.NewPath)
 		// Each name now holds the other's entry; identities unknown here.
 		f.attrs.put(op.Path, 0)
 		f.attrs.put(op.NewPath, 0)
+		return
+	}
+	srcEx, dstEx := f.excluded(op.Path, isDir), f.excluded(op.NewPath, isDir)
+	switch {
+	case srcEx && dstEx:
+		return
+	case srcEx:
+		// NewPath gets content from an excluded path: new to the worker.
+		f.dropLink(op.NewPath, op.Flags&journal.RenameReplacedOtherLinks != 0)
+		f.dropDirs(op.NewPath)
+		f.refresh.put(op.NewPath, true)
+		f.revive(op.File)
+		return
+	case dstEx:
+		// Content leaves the mirrored tree: delete it on the worker.
+		f.steps = append(f.steps, step{Kind: stepRemoveAll, Seq: op.Seq, Path: op.Path})
+		f.dropName(op.Path)
+		f.dropDirs(op.Path)
 		return
 	}
 	f.steps = append(f.steps, step{Kind: stepRename, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
@@ -735,6 +729,42 @@ func (f *folder) rename(op journal.Op) {
 	// write-temp, chmod, utimes, rename: nothing else would fix the
 	// worker's mode and mtime. (Dropped in fold when the data ships.)
 	f.attrs.put(op.NewPath, op.File)
+}
+
+// exchangeExcluded handles an exchange that an exclude pattern touches and
+// reports whether there was one. Each name is judged by the type of the
+// entry it held (what the worker may have there) and of the one it holds
+// now (firstIsDir: the entry now at NewPath, which was at Path): with a
+// directory-only pattern, a directory exchanged with a file is excluded
+// under its name before, not after. A name whose new entry is mirrored
+// converges from the store; one whose new entry is excluded loses what
+// the worker had there (that entry is at the other name now).
+func (f *folder) exchangeExcluded(op journal.Op, firstIsDir bool) bool {
+	secondIsDir := f.pl.isDir != nil && f.pl.isDir(op.Path)
+	names := []struct {
+		p             string
+		before, after bool
+	}{
+		{op.Path, f.excluded(op.Path, firstIsDir), f.excluded(op.Path, secondIsDir)},
+		{op.NewPath, f.excluded(op.NewPath, secondIsDir), f.excluded(op.NewPath, firstIsDir)},
+	}
+	if !names[0].before && !names[0].after && !names[1].before && !names[1].after {
+		return false
+	}
+	for _, n := range names {
+		switch {
+		case n.before && n.after:
+		case n.after:
+			f.steps = append(f.steps, step{Kind: stepRemoveAll, Seq: op.Seq, Path: n.p})
+			f.dropName(n.p)
+			f.dropDirs(n.p)
+		default:
+			f.dropName(n.p)
+			f.dropDirs(n.p)
+			f.refresh.put(n.p, true)
+		}
+	}
+	return true
 }
 
 // accessACL is the xattr that holds a POSIX access ACL; setting or

@@ -383,6 +383,43 @@ func TestShipperSaveMendsDrift(t *testing.T) {
 	}
 }
 
+// An exchange of a directory and a file under a directory-only pattern:
+// each name is judged by the entry it holds. After exchanging the
+// excluded directory cache with the file f, cache is a file (mirrored)
+// and f a directory (mirrored, with what cache held); both used to be
+// judged as directories, and the file cache never reached the worker. A
+// file named cache exchanged with a directory d leaves the worker's file
+// cache (now an excluded directory in the store) removed, and d a file.
+func TestShipperExchangeUnderDirectoryOnlyExclude(t *testing.T) {
+	dirCache := func(f *fsim) {
+		f.mkdir("cache")
+		f.writeFile("cache/x", "cached")
+		f.writeFile("f", "content of f")
+	}
+	fileCache := func(f *fsim) {
+		f.writeFile("cache", "a file named cache")
+		f.mkdir("d")
+		f.writeFile("d/x", "in d")
+	}
+	for _, tc := range []struct {
+		setup func(f *fsim)
+		a, b  string
+	}{{dirCache, "cache", "f"}, {dirCache, "f", "cache"}, {fileCache, "cache", "d"}, {fileCache, "d", "cache"}} {
+		t.Run(tc.a+"-"+tc.b, func(t *testing.T) {
+			f := newFsim(t)
+			worker := workerDir(t)
+			excl := []string{"cache/"}
+			tc.setup(f)
+			caughtUpThenStopped(t, f, worker, func(o *Options) { o.Exclude = excl }, nil)
+
+			f.exchange(tc.a, tc.b)
+			startedShipper(t, f, worker, func(o *Options) { o.Exclude = excl }, nil)
+			e, _ := NewExcluder(excl)
+			compareTrees(t, f.store, worker, e)
+		})
+	}
+}
+
 func TestShipperExcludes(t *testing.T) {
 	f := newFsim(t)
 	worker := workerDir(t)
