@@ -1243,3 +1243,43 @@ func TestAttrChangeThroughUnknownHardLinkIsReported(t *testing.T) {
 		}
 	}
 }
+
+// A file created with set-ID bits and a directory made with the sticky bit
+// (an upload directory) get the mode a plain directory gives them, in the
+// store and in the journal. go-fuse's loopback dropped those bits.
+func TestCreateKeepsSpecialModeBits(t *testing.T) {
+	mnt, store, rec := newMount(t)
+	plain := t.TempDir()
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	create := func(dir string) {
+		fd, err := unix.Open(filepath.Join(dir, "suid"), unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o6755)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		if err := unix.Mkdir(filepath.Join(dir, "uploads"), 0o1777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	create(plain)
+	create(mnt)
+	journaled := map[string]uint32{}
+	for _, op := range rec.take() {
+		if op.Kind == journal.KindCreate || op.Kind == journal.KindMkdir {
+			journaled[op.Path] = op.Mode
+		}
+	}
+	for _, name := range []string{"suid", "uploads"} {
+		var want, got unix.Stat_t
+		if err := unix.Lstat(filepath.Join(plain, name), &want); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Lstat(filepath.Join(store, name), &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Mode != want.Mode || journaled[name] != want.Mode {
+			t.Errorf("%s: mode %#o in the store, %#o journaled; a plain directory gives %#o", name, got.Mode, journaled[name], want.Mode)
+		}
+	}
+}

@@ -170,6 +170,30 @@ func (n *node) inheritGroup(name string, attr *fuse.Attr) {
 	}
 }
 
+// keepSpecialBits gives a new file or directory the set-user-ID,
+// set-group-ID and sticky bits its creator asked for, as a local file
+// system does (the kernel has already dropped those the creator may not
+// set): go-fuse's loopback loses them, the sticky bit of mkdir(01777) (an
+// upload directory's) in its conversion to os.FileMode, a file's set-ID
+// bits in the chown to its creator. Bits the store added itself (a
+// set-group-ID parent's) stay.
+func (n *node) keepSpecialBits(name string, mode uint32, attr *fuse.Attr) {
+	want := mode & (syscall.S_ISUID | syscall.S_ISGID | syscall.S_ISVTX)
+	rel, ok := n.relPath()
+	if want == 0 || attr.Mode&want == want || !ok {
+		return
+	}
+	p := path.Join(n.storePath(rel), name)
+	if err := syscall.Chmod(p, attr.Mode&0o7777|want); err != nil {
+		n.m.log.Warn("give a new entry the mode bits its creator asked for", "path", path.Join(rel, name), "mode", fmt.Sprintf("%#o", mode&0o7777), "err", err)
+		return
+	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err == nil {
+		attr.FromStat(&st)
+	}
+}
+
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	if errno := n.m.writable(); errno != 0 {
 		return nil, nil, 0, errno
@@ -179,6 +203,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	n.inheritGroup(name, &out.Attr)
+	n.keepSpecialBits(name, mode, &out.Attr)
 	id := ch.StableAttr().Ino
 	n.m.openWriter(id, true)
 	h := &handle{LoopbackFile: fh.(*gofs.LoopbackFile), node: ch.Operations().(*node), writer: true}
@@ -262,6 +287,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 		return nil, errno
 	}
 	n.inheritGroup(name, &out.Attr)
+	n.keepSpecialBits(name, mode, &out.Attr)
 	return ch, n.m.record(ctx, journal.Op{Kind: journal.KindMkdir, File: ch.StableAttr().Ino, Path: n.child(name), Mode: out.Attr.Mode, UID: out.Attr.Uid, GID: out.Attr.Gid})
 }
 
