@@ -14,7 +14,8 @@ import (
 const trimEvery = 5 * time.Second
 
 // trimLoop drops journal records every worker already has. A worker with
-// no position yet starts with a full copy, so it pins nothing. When the
+// no position yet, or marked for a full copy it has not started, starts
+// with a full copy, so it pins nothing. When the
 // journal's records are over its budget (journal.max_bytes), workers that are not
 // connected stop pinning records: they are marked for a comparison with
 // the store, which their shipper makes when they return, and the mount
@@ -45,7 +46,7 @@ func trimOnce(cfg *config.Config, j *journal.Journal, shippers []*replicate.Ship
 			return
 		}
 		cursors[i], has[i] = c, ok
-		if ok {
+		if ok && (!c.FullSync || copying(shippers, i)) {
 			below = min(below, c.Applied+1)
 		}
 	}
@@ -63,6 +64,16 @@ func trimOnce(cfg *config.Config, j *journal.Journal, shippers []*replicate.Ship
 			log.Debug("trimmed journal", "ops", n, "below", below)
 		}
 	}
+}
+
+// copying reports whether worker i's shipper is making its full copy. A
+// worker marked for one that is not (away since a crash, say) needs none
+// of the records after its cursor: its copy starts from the journal's end
+// then. Should its copy start between trimOnce's look and the trim, the
+// records it follows from are gone and it copies again (ErrRetention):
+// nothing is lost.
+func copying(shippers []*replicate.Shipper, i int) bool {
+	return i < len(shippers) && shippers[i].Status().InitialCopy
 }
 
 // overBudget marks the disconnected workers that pin records for a full

@@ -116,3 +116,17 @@ func TestTrimWithinBudgetAgainAfterTrimming(t *testing.T) {
 			j.RecordBytes(), disk, cfg.JournalMaxBytes)
 	}
 }
+
+// A worker marked for a full copy (after a crash, a store change while
+// stopped) that is away holds no records back: its copy starts from the
+// journal's end. The journal used to grow until it came back.
+func TestTrimIgnoresWorkerMarkedForFullCopy(t *testing.T) {
+	cfg, j, shippers := budgetFixture(t)
+	if err := j.SetCursor("down", journal.Cursor{Applied: 10, FullSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	trimOnce(cfg, j, shippers, slog.New(slog.DiscardHandler))
+	if first, last := j.FirstSeq(), j.LastSeq(); first <= last {
+		t.Fatalf("journal still holds ops #%d to #%d, which no worker will read (up has all, down is marked for a full copy)", first, last)
+	}
+}
