@@ -575,17 +575,20 @@ func (s *Shipper) storeHash(p string) ([]byte, error) {
 // the seq the copy started at.
 func (s *Shipper) fullSync(ctx context.Context) error {
 	j := s.opts.Journal
+	t0 := time.Now()
+	s.mu.Lock()
+	// Shown before start is read: the trim (cmd/mirrorfs) leaves out a
+	// marked cursor whose worker it sees not copying, and must then have
+	// read the journal's end before this copy's start.
+	s.initialCopy, s.copyStart = true, t0
+	// The resync requests made until now are served by this copy.
+	resync, req, checksum := s.resyncReq > s.resyncDone, s.resyncReq, s.resyncChecksum
+	s.mu.Unlock()
 	start := j.LastSeq()
 	// Persist first: a crash during the copy restarts the copy.
 	if err := s.setApplied(ctx, journal.Cursor{Applied: start, FullSync: true}); err != nil {
 		return err
 	}
-	t0 := time.Now()
-	s.mu.Lock()
-	s.initialCopy, s.copyStart = true, t0
-	// The resync requests made until now are served by this copy.
-	resync, req, checksum := s.resyncReq > s.resyncDone, s.resyncReq, s.resyncChecksum
-	s.mu.Unlock()
 	s.copyChecked.Store(0)
 	s.copyHashed.Store(0)
 	sy := s.newSyncer(nil)

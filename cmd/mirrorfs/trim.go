@@ -69,9 +69,9 @@ func trimOnce(cfg *config.Config, j *journal.Journal, shippers []*replicate.Ship
 // copying reports whether worker i's shipper is making its full copy. A
 // worker marked for one that is not (away since a crash, say) needs none
 // of the records after its cursor: its copy starts from the journal's end
-// then. Should its copy start between trimOnce's look and the trim, the
-// records it follows from are gone and it copies again (ErrRetention):
-// nothing is lost.
+// then. trimOnce reads the journal's end, then the cursor, then this; a
+// shipper shows its copy before it reads the copy's start, so a copy seen
+// not started starts at or after that end, below which trimOnce trims.
 func copying(shippers []*replicate.Shipper, i int) bool {
 	return i < len(shippers) && shippers[i].Status().InitialCopy
 }
