@@ -831,7 +831,7 @@ func (s *Shipper) smallFile(p string, ino uint64) (SmallFile, bool) {
 		return SmallFile{}, false
 	}
 	defer f.Close()
-	if !isDense(fi) {
+	if !isDense(f, fi) {
 		return SmallFile{}, false // holes: the usual way keeps them
 	}
 	data, err := io.ReadAll(&storeReader{f: f, before: fi})

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mirrorfs/mirrorfs/delta"
 )
 
@@ -590,7 +592,7 @@ func (s *Shipper) sendFile(ctx context.Context, p string, ino uint64, changes *i
 	// a cancellation or a changing source falls back to the whole file
 	// below, from the start of the store file.
 	const deltaMinSize = 64 << 10
-	dense := isDense(fi)
+	dense := isDense(f, fi)
 	if n, done, err := s.sendRanges(ctx, p, f, fi, a, changes, dense); done {
 		return n, err
 	}
@@ -686,10 +688,23 @@ func (s *Shipper) writeSmallFiles(ctx context.Context, sw SmallWriter, files []S
 	return sw.WriteSmallFiles(ctx, files)
 }
 
-// isDense reports whether the store file fi has no holes.
-func isDense(fi fs.FileInfo) bool {
+// isDense reports whether the store file f (stat fi) has no holes. Its
+// allocated blocks tell most sparse files, but not one with space
+// preallocated past its end (fallocate KEEP_SIZE), which SEEK_HOLE does.
+// f is left at its start.
+func isDense(f *os.File, fi fs.FileInfo) bool {
 	st, ok := fi.Sys().(*syscall.Stat_t)
-	return ok && st.Blocks*512 >= fi.Size()
+	if !ok || st.Blocks*512 < fi.Size() {
+		return false
+	}
+	if fi.Size() == 0 {
+		return true
+	}
+	hole, err := f.Seek(0, unix.SEEK_HOLE)
+	if _, serr := f.Seek(0, io.SeekStart); serr != nil {
+		return false
+	}
+	return err != nil || hole >= fi.Size() // no SEEK_HOLE: no holes known
 }
 
 // sendRanges sends the store file f (p, stat fi) as the byte ranges that
