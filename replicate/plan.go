@@ -276,6 +276,15 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 			f.attrs.del(p)
 		}
 	}
+	if f.compare {
+		// The comparison copies every file's attributes, with its content
+		// where that differs. Copied before it, a file's new mtime (a
+		// chmod or utimes through its other name, before or after the
+		// unlink) would go on the old content that the worker keeps at
+		// the names the journal does not know, which the comparison (size
+		// and mtime) would then take for up to date.
+		f.attrs = newPathSet[uint64]()
+	}
 	plan.Attrs, plan.Dirs, plan.Refresh, plan.Dead = f.attrs.m, f.dirs.m, f.refresh.m, f.dead
 	plan.Compare = f.compare
 	plan.Xattrs = f.xattrs.m
@@ -360,8 +369,17 @@ func (f *folder) dropName(p string) {
 // lives on (see survives).
 func (f *folder) dropLink(p string, otherLinks bool) {
 	id := f.byName(p)
+	attrsPending := f.attrs.has(p)
 	f.dropName(p)
-	if id != nil && len(id.Names) == 0 && otherLinks {
+	if !otherLinks {
+		return
+	}
+	if attrsPending {
+		// A chmod, chown or utimes through p not copied yet: it went to
+		// the file's other names, which the journal does not know.
+		f.compare = true
+	}
+	if id != nil && len(id.Names) == 0 {
 		f.survives(id)
 	}
 }
@@ -375,15 +393,6 @@ func (f *folder) survives(id *ident) {
 	delete(f.dead, id.ID)
 	if id.Dirty {
 		f.compare = true
-		// The comparison copies its attributes with its content. Copied
-		// before it, the store's new mtime would go on the old content at
-		// the worker's other names, which the comparison (size and mtime)
-		// would then take for up to date.
-		for p, ino := range f.attrs.m {
-			if ino == id.ID {
-				f.attrs.del(p)
-			}
-		}
 	}
 }
 

@@ -195,6 +195,13 @@ func TestShipperWriteThenUnlinkOneHardLink(t *testing.T) {
 			f.writeFile("a", "new content"[:3]) // as long as "old"
 			f.unlink("a")
 		},
+		"unlink, then chmod the other name, same size": func(f *fsim) {
+			f.writeFile("a", "new content"[:3])
+			f.unlink("a")
+			f.chmod("b", 0o700)
+		},
+		"chmod, then unlink":       func(f *fsim) { f.chmod("a", 0o600); f.unlink("a") },
+		"utimes, then rename over": func(f *fsim) { f.chtimes("a", time.Unix(1_600_000_000, 0)); f.rename("x", "a") },
 	} {
 		t.Run(name, func(t *testing.T) {
 			f := newFsim(t)
