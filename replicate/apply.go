@@ -869,6 +869,10 @@ func (s *Shipper) shipIdent(ctx context.Context, plan *Plan, id *ident) error {
 // told; unless complete, names of older links are looked up in the store.
 // changes is the identity the journal told of, if any (see sendFile).
 func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, names []string, complete bool, changes *ident) error {
+	// Linked before the send: should the store replace the primary
+	// during it, the file's other names are still to be found below.
+	bfi, err := s.storeLstat(primary)
+	linkedBefore := err == nil && s.fileID(bfi) == ino && nlink(bfi) >= 2
 	n, err := s.sendFile(ctx, primary, ino, changes)
 	if err != nil {
 		return err
@@ -881,12 +885,14 @@ func (s *Shipper) shipFile(ctx context.Context, primary string, ino uint64, name
 	// and this lstat, the object name must still be linked before the
 	// unlink reaches the worker.
 	sfi, err := s.storeLstat(primary)
-	if err != nil && len(names) < 2 {
+	replaced := err != nil || s.fileID(sfi) != ino
+	search := !complete && (replaced && linkedBefore || !replaced && nlink(sfi) >= 2 && uint64(len(names)) < nlink(sfi))
+	if replaced && len(names) < 2 && !search {
 		return nil
 	}
 	names = slices.Clone(names)
 	told := len(names) // the rest are found in the store
-	if err == nil && nlink(sfi) >= 2 && !complete && uint64(len(names)) < nlink(sfi) {
+	if search {
 		more, err := s.findLinks(ctx, ino)
 		if err != nil {
 			return s.errf(primary, fmt.Errorf("finding hard links: %w", err))

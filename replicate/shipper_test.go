@@ -235,6 +235,32 @@ func TestShipperWriteThenUnlinkOneHardLink(t *testing.T) {
 	}
 }
 
+// A file written in place through d while it has another hard link c,
+// whose name d the store replaces while the shipper sends it: c is still
+// linked to what was sent. The shipper looked for the other links through
+// the store's d after the send, found the new file there (one link), and
+// c kept the old content for good.
+func TestShipperLinkedFileReplacedDuringSend(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("d", "version one")
+	f.link("d", "c")
+	caughtUpThenStopped(t, f, worker, nil, nil)
+
+	f.writeFile("d", "VERSION TWO") // in place: c shares the inode
+	var once atomic.Bool
+	s := startedShipper(t, f, worker, nil, func(tr Transport) Transport {
+		return &afterWrite{Transport: tr, after: func(p string) {
+			if p == "d" && once.CompareAndSwap(false, true) {
+				f.unlink("d")
+				f.writeFile("d", "a new file d")
+			}
+		}}
+	})
+	waitSynced(t, s, f.j)
+	compareTrees(t, f.store, worker, nil)
+}
+
 // A negative HoldOpen (batch.hold_open: 0) ships a file still open for
 // writing at once.
 func TestShipperHoldOpenNegativeNeverHolds(t *testing.T) {
