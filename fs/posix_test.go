@@ -28,6 +28,92 @@ var posixReplaced = map[string]string{
 	// before the kernel's asynchronous RELEASE has closed the daemon's:
 	// a loaded machine fails it. See TestNoFdLeak.
 	"FdLeak": "TestNoFdLeak",
+	// OpenSymlinkRace accepts no ESTALE. An open that finds its file
+	// replaced answers ESTALE so that the kernel looks the path up again;
+	// it does so once, and a path replaced again before that second open
+	// fails with ESTALE (docs/semantics.md). The suite's shuffler
+	// replaces the path every few microseconds: a loaded machine fails
+	// it now and then. See TestOpenSymlinkRace.
+	"OpenSymlinkRace": "TestOpenSymlinkRace",
+}
+
+// TestOpenSymlinkRace: while one goroutine turns a name into a regular
+// file and into a symlink to /etc/passwd, again and again, opens of that
+// name through the mount never make the daemon open /etc/passwd (which
+// it could read as root): an open gets the empty file, or the kernel
+// follows the symlink itself, or it fails with an error a race may give.
+func TestOpenSymlinkRace(t *testing.T) {
+	mnt, _, _ := newMount(t)
+	var mntSt unix.Stat_t
+	if err := unix.Stat(mnt, &mntSt); err != nil {
+		t.Fatal(err)
+	}
+	p, tmp := filepath.Join(mnt, "name"), filepath.Join(mnt, "name.tmp")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	shuffled := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				shuffled <- nil
+				return
+			default:
+			}
+			if err := os.WriteFile(tmp, nil, 0o600); err != nil {
+				shuffled <- err
+				return
+			}
+			if err := os.Rename(tmp, p); err != nil {
+				shuffled <- err
+				return
+			}
+			if err := os.Symlink("/etc/passwd", tmp); err != nil {
+				shuffled <- err
+				return
+			}
+			if err := os.Rename(tmp, p); err != nil {
+				shuffled <- err
+				return
+			}
+		}
+	}()
+	failed := map[unix.Errno]int{}
+	opened, followed := 0, 0
+	// 2,000 opens, and more until both kinds of entry were opened.
+	for i := 0; i < 2000 || (opened == 0 || followed == 0) && i < 100_000; i++ {
+		fd, err := unix.Open(p, unix.O_RDONLY, 0)
+		if errno, ok := err.(unix.Errno); ok && (errno == unix.ENOENT || errno == unix.ELOOP || errno == unix.EINVAL || errno == unix.ESTALE) {
+			failed[errno]++
+			continue
+		}
+		if err != nil {
+			t.Fatalf("open %s: %v", p, err)
+		}
+		var st unix.Stat_t
+		err = unix.Fstat(fd, &st)
+		unix.Close(fd)
+		switch {
+		case err != nil:
+			failed[err.(unix.Errno)]++
+		case st.Dev != mntSt.Dev:
+			followed++ // the kernel followed the symlink itself
+		case st.Size != 0:
+			t.Fatalf("an open of %s through the mount read %d bytes: the daemon followed the symlink to /etc/passwd", p, st.Size)
+		default:
+			opened++
+		}
+	}
+	close(stop)
+	if err := <-shuffled; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("opened the file %d times, the kernel followed the symlink %d times, failed: %v", opened, followed, failed)
+	if opened == 0 || followed == 0 {
+		t.Errorf("the race did not happen: %d opens of the file, %d of the symlink", opened, followed)
+	}
 }
 
 // TestNoFdLeak: reading a file 100 times through the mount leaves the
