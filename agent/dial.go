@@ -89,13 +89,21 @@ func start(ctx context.Context, sc *replicate.SSHConn, root string) (*Client, er
 // or `mirrorfs worker`, whose SFTP root is the worker root): the binary
 // would be served, and every full comparison would delete it again.
 func install(ctx context.Context, sc *replicate.SSHConn, exe, id, root string, force bool) (remote string, uploaded bool, err error) {
+	// Every step waits for the worker's SFTP server, which can hang (a
+	// dead disk, a hung NFS home) while sshd answers, with no keepalive
+	// or stall watch running yet: the look at the cache is bounded like
+	// the dial (connect_timeout), the upload like any request (the reply
+	// timeout without progress). Each bound closes the connection, and
+	// the shipper retries.
+	stop := context.AfterFunc(ctx, sc.Kill)
+	defer stop()
+	look := time.AfterFunc(sc.Timeout(), sc.Kill)
+	defer look.Stop()
 	c, err := sftp.NewClient(sc.Client)
 	if err != nil {
 		return "", false, fmt.Errorf("sftp for the agent upload: %w", err)
 	}
 	defer c.Close()
-	stop := context.AfterFunc(ctx, sc.Kill)
-	defer stop()
 	home, err := c.Getwd()
 	if err != nil {
 		return "", false, fmt.Errorf("home directory: %w", err)
@@ -112,6 +120,10 @@ func install(ctx context.Context, sc *replicate.SSHConn, exe, id, root string, f
 	if fi, err := c.Stat(remote); err == nil && fi.Size() == local.Size() && !force {
 		return remote, false, nil
 	}
+	look.Stop()
+	watch := sc.StallWatch()
+	defer watch.Stop()
+	defer watch.Begin()()
 	if err := c.MkdirAll(dir); err != nil {
 		return "", false, fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -125,7 +137,7 @@ func install(ctx context.Context, sc *replicate.SSHConn, exe, id, root string, f
 	if err != nil {
 		return "", false, fmt.Errorf("upload agent to %s: %w", tmp, err)
 	}
-	_, err = dst.ReadFrom(src)
+	_, err = dst.ReadFrom(watch.Reader(src)) // the worker taking the bytes in is progress
 	if _, ok := c.HasExtension("fsync@openssh.com"); ok && err == nil {
 		// On disk before the rename: after a power cut the worker has the
 		// old name or the whole binary, never a damaged one under its name
@@ -189,6 +201,10 @@ func within(p, root string) bool {
 // client's Close also closes the connection, which it then owns; release
 // ends the agent's session only and leaves the connection open.
 func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (c *Client, release func(), err error) {
+	// Until the agent has greeted, as the dial: an sshd that takes the
+	// connection but never opens the session would hold the connect.
+	start := time.AfterFunc(sc.Timeout(), sc.Kill)
+	defer start.Stop()
 	sess, err := sc.NewSession()
 	if err != nil {
 		return nil, nil, fmt.Errorf("open a session: %w", err)

@@ -493,3 +493,78 @@ func testWorkerDiskFull(t *testing.T, transport string) {
 		return nil
 	})
 }
+
+// hangSFTPOnWorker makes every new SFTP session on w hang before it
+// answers (an sftp-server blocked on a dead disk or a hung NFS home, while
+// sshd answers): w's sshd runs a wrapper as its sftp subsystem that sleeps
+// while the returned flag file exists. w is restarted with the new
+// configuration, which drops the daemon's connection to it.
+func hangSFTPOnWorker(t *testing.T, w *sshWorker) (flag string) {
+	t.Helper()
+	flag = filepath.Join(w.Dir, "sftp-hangs")
+	wrapper := filepath.Join(w.Dir, "sftp-wrapper.sh")
+	script := fmt.Sprintf("#!/bin/sh\nif [ -e %s ]; then exec sleep 600; fi\nexec %s \"$@\"\n", flag, sftpSubsystem())
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := os.ReadFile(w.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hung := strings.Replace(string(cfg), "Subsystem sftp "+sftpSubsystem(), "Subsystem sftp "+wrapper, 1)
+	if hung == string(cfg) {
+		t.Fatal("no Subsystem line to replace in the worker's sshd_config")
+	}
+	if err := os.WriteFile(w.ConfigPath, []byte(hung), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.Stop(t) // also ends the hung sessions, with their sshd
+	w.Start(t)
+	return flag
+}
+
+// hungSFTPSessions counts the wrapper's sleeping processes below w's sshd.
+func hungSFTPSessions(w *sshWorker) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cmd == nil {
+		return 0
+	}
+	n := 0
+	for _, p := range descendants(w.cmd.Process.Pid) {
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p)); err == nil && strings.TrimSpace(string(comm)) == "sleep" {
+			n++
+		}
+	}
+	return n
+}
+
+// TestWorkerSFTPServerHangsAtConnect: the worker's sshd answers, but the
+// SFTP server it starts, which the agent transport uses to look at the
+// agent cached there, hangs. The connect is bounded by connect_timeout and
+// retried; the other worker goes on; SIGTERM stops the daemon. The
+// shipper used to wait for the SFTP server's greeting for good, and the
+// daemon could then only be killed.
+func TestWorkerSFTPServerHangsAtConnect(t *testing.T) {
+	c, w1, w2 := faultStart(t, clusterOptions{})
+	hangSFTPOnWorker(t, w1)
+	writeFile(t, c.Mount+"/after-restart.html", "x\n") // w1's shipper dials again
+	waitFor(t, converge, "an SFTP session of the daemon hanging on "+w1.Name, func() error {
+		if hungSFTPSessions(w1) == 0 {
+			return fmt.Errorf("no hung SFTP session yet")
+		}
+		return nil
+	})
+	n0 := len(retryLines(c, w1))
+	writeDuringFault(t, c, w2)
+	waitFor(t, converge, "a failed connect of "+w1.Name+" logged and retried", func() error {
+		if n := len(retryLines(c, w1)); n == n0 {
+			return fmt.Errorf("no retry logged since the SFTP server hung")
+		}
+		return nil
+	})
+	c.Stop(t) // fails unless the daemon exits within 20s of SIGTERM
+}
