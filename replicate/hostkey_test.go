@@ -84,3 +84,29 @@ func TestHostKeyCheckMessages(t *testing.T) {
 		t.Errorf("unknown-host error claims a mismatch: %s", msg)
 	}
 }
+
+// The key types known_hosts lists for a worker are what the client asks
+// for, on port 22 too (whose lines have no port). The lookup got no type
+// for port 22, and a worker with RSA and ed25519 host keys offered RSA
+// where only its ed25519 key was listed: HOST KEY MISMATCH.
+func TestHostKeyAlgorithmsOnEveryPort(t *testing.T) {
+	known := newHostKey(t)
+	file := filepath.Join(t.TempDir(), "known_hosts")
+	addrs := []string{"127.0.0.1:22", "127.0.0.1:2222", "[::1]:22", "web1.example:22"}
+	var lines []string
+	for _, addr := range addrs {
+		lines = append(lines, knownhosts.Line([]string{knownhosts.Normalize(addr)}, known))
+	}
+	if err := os.WriteFile(file, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range addrs {
+		_, algos, err := hostKeyCheck(file, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(algos, []string{ssh.KeyAlgoED25519}) {
+			t.Errorf("%s: host key algorithms %v, want [%s], the only type known_hosts lists", addr, algos, ssh.KeyAlgoED25519)
+		}
+	}
+}

@@ -187,7 +187,10 @@ func hostKeyCheck(file, addr string) (ssh.HostKeyCallback, []string, error) {
 	if tcp == nil {
 		tcp = &net.TCPAddr{}
 	}
-	if err := cb(knownhosts.Normalize(addr), tcp, probeKey{}); errors.As(err, &ke) {
+	// The callback takes host:port, as x/crypto's client gives it, and
+	// normalizes it itself: Normalize drops port 22, which the callback
+	// then cannot parse, and no key type was found for port 22.
+	if err := cb(addr, tcp, probeKey{}); errors.As(err, &ke) {
 		seen := map[string]bool{}
 		for _, w := range ke.Want {
 			for _, a := range algorithmsFor(w.Key.Type()) {
