@@ -203,6 +203,13 @@ func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permi
 			refusal = fmt.Sprintf("listed on line %d with unsupported option %q", k.line, opt)
 			continue
 		}
+		if _, cert := k.key.(*ssh.Certificate); cert {
+			// Its validity, principals and critical options would go
+			// unchecked; OpenSSH takes a user certificate only through a
+			// cert-authority line, which this server refuses.
+			refusal = fmt.Sprintf("listed on line %d as a certificate: list the plain public key instead", k.line)
+			continue
+		}
 		return &ssh.Permissions{Extensions: map[string]string{extFingerprint: fp, extComment: k.comment}}, nil
 	}
 	if refusal == "" {

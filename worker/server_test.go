@@ -3,6 +3,8 @@ package worker
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"net"
 	"os"
@@ -366,4 +368,42 @@ func writeRemote(sc *sftp.Client, p string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// A user certificate listed in authorized_keys is refused, however it is
+// signed: only its key bytes were compared, so an expired certificate
+// restricted to another source address logged in. OpenSSH takes user
+// certificates only through cert-authority lines, which this server
+// refuses (its options are not implemented).
+func TestCertificateInAuthorizedKeysRefused(t *testing.T) {
+	w := startWorker(t)
+	_, caKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := ssh.NewSignerFromKey(caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := &ssh.Certificate{
+		Key:             w.key.PublicKey(),
+		CertType:        ssh.UserCert,
+		KeyId:           "expired",
+		ValidPrincipals: []string{"mirrorfs"},
+		ValidAfter:      uint64(time.Now().Add(-48 * time.Hour).Unix()),
+		ValidBefore:     uint64(time.Now().Add(-time.Hour).Unix()),
+		Permissions:     ssh.Permissions{CriticalOptions: map[string]string{"source-address": "10.9.9.9/32"}},
+	}
+	if err := cert.SignCert(rand.Reader, ca); err != nil {
+		t.Fatal(err)
+	}
+	writeAuthorizedKeys(t, w.authKeys, cert)
+	signer, err := ssh.NewCertSigner(cert, w.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := w.dial(signer); err == nil {
+		c.Close()
+		t.Errorf("an expired certificate restricted to source-address 10.9.9.9 logged in from 127.0.0.1")
+	}
 }
