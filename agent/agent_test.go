@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/mirrorfs/mirrorfs/delta"
 	"github.com/mirrorfs/mirrorfs/replicate"
 	"github.com/mirrorfs/mirrorfs/replicate/transporttest"
@@ -822,5 +823,27 @@ func TestClientGivesUpOnSilentAgent(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		kill()
 		t.Fatal("Lstat still waiting 5 s after the agent went silent (limit 100 ms)")
+	}
+}
+
+// A small-file request with more than SmallMax bytes is refused before its
+// data is copied: up to smallRunMax requests wait in memory for their run,
+// and each frame may hold 16 MiB (4 GiB held before any was refused).
+func TestSmallRequestOverSmallMaxHoldsNoData(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		enc  uint64
+		data []byte
+	}{
+		{"plain", 0, make([]byte, replicate.SmallMax+1)},
+		{"compressed", dataS2, s2.Encode(nil, make([]byte, replicate.SmallMax+1))},
+	} {
+		f := smallRequest(request{Op: opWriteSmall, Path: "f", Rdev: tc.enc, Data: tc.data})
+		if f.err == nil || f.file.Data != nil {
+			t.Errorf("%s request of %d bytes: error %v, %d bytes held; want an error and none", tc.name, replicate.SmallMax+1, f.err, len(f.file.Data))
+		}
+	}
+	if f := smallRequest(request{Op: opWriteSmall, Path: "f", Data: make([]byte, replicate.SmallMax)}); f.err != nil {
+		t.Errorf("a request of SmallMax bytes: %v", f.err)
 	}
 }

@@ -155,7 +155,9 @@ type smallFile struct {
 }
 
 func smallRequest(r request) smallFile {
-	data, err := decodeData(r.Rdev, r.Data) // a copy: r.Data is the frame buffer's
+	// Bounded before the copy: up to smallRunMax requests wait in memory,
+	// and a frame may hold 16 MiB.
+	data, err := decodeData(r.Rdev, r.Data, replicate.SmallMax) // a copy: r.Data is the frame buffer's
 	return smallFile{file: replicate.SmallFile{Path: r.Path, Data: data, Attrs: r.attrs()}, err: err}
 }
 
@@ -566,17 +568,27 @@ func (s *server) finishWrite() response {
 // frameData is the content of a WriteData frame, decompressed if it is (a
 // copy either way: the frame's buffer is reused for the next frame). A
 // compressed frame may not decode to more than dataChunk bytes.
-func frameData(r request) ([]byte, error) { return decodeData(uint64(r.Mode), r.Data) }
+func frameData(r request) ([]byte, error) {
+	limit := dataChunk
+	if r.Mode == 0 {
+		limit = len(r.Data) // a whole frame, bounded by its reader
+	}
+	return decodeData(uint64(r.Mode), r.Data, limit)
+}
 
-// decodeData is the content data sent with encoding enc (0 or dataS2).
-func decodeData(enc uint64, data []byte) ([]byte, error) {
+// decodeData is the content data sent with encoding enc (0 or dataS2),
+// which may not be more than limit bytes.
+func decodeData(enc uint64, data []byte, limit int) ([]byte, error) {
 	switch enc {
 	case 0:
+		if len(data) > limit {
+			return nil, fmt.Errorf("agent protocol: data of %d bytes, at most %d", len(data), limit)
+		}
 		return bytes.Clone(data), nil
 	case dataS2:
 		n, err := s2.DecodedLen(data)
-		if err != nil || n > dataChunk {
-			return nil, fmt.Errorf("agent protocol: bad compressed data frame (%d bytes decoded, at most %d): %v", n, dataChunk, err)
+		if err != nil || n > limit {
+			return nil, fmt.Errorf("agent protocol: bad compressed data frame (%d bytes decoded, at most %d): %v", n, limit, err)
 		}
 		out, err := s2.Decode(make([]byte, n), data)
 		if err != nil {
