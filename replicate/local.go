@@ -417,15 +417,34 @@ func (l *Local) noSymlink(p string) error {
 	return nil
 }
 
-// Chmod implements Transport.
+// Chmod implements Transport. The entry is opened without following it
+// (O_PATH) and changed through that descriptor: a check by name then a
+// chmod by name followed a symlink that a user of the worker swapped in
+// between, and changed the mode of the file it points to. (fchmodat's
+// AT_SYMLINK_NOFOLLOW needs Linux 6.6.)
 func (l *Local) Chmod(ctx context.Context, p string, perm fs.FileMode) error {
-	if err := l.prep(ctx, p); err != nil {
+	dfd, name, err := l.openParent(ctx, p)
+	if err != nil {
 		return err
 	}
-	if err := l.noSymlink(p); err != nil {
-		return err
+	defer unix.Close(dfd)
+	fd, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &fs.PathError{Op: "chmod", Path: p, Err: err}
 	}
-	return l.root.Chmod(rootName(p), perm&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky))
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return &fs.PathError{Op: "chmod", Path: p, Err: err}
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return fmt.Errorf("%s: %w", p, ErrSymlink)
+	}
+	// The descriptor's /proc link is the entry opened, not a path.
+	if err := unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), unixPerm(perm)); err != nil {
+		return &fs.PathError{Op: "chmod", Path: p, Err: err}
+	}
+	return nil
 }
 
 // Chown implements Transport.
@@ -439,7 +458,9 @@ func (l *Local) Chown(ctx context.Context, p string, uid, gid int) error {
 	return l.root.Lchown(rootName(p), uid, gid)
 }
 
-// Chtimes implements Transport.
+// Chtimes implements Transport. Like Lchtimes after the check: by name
+// and following, it set the times of the file a symlink swapped in
+// meanwhile points to (see Chmod).
 func (l *Local) Chtimes(ctx context.Context, p string, atime, mtime time.Time) error {
 	if err := l.prep(ctx, p); err != nil {
 		return err
@@ -447,7 +468,7 @@ func (l *Local) Chtimes(ctx context.Context, p string, atime, mtime time.Time) e
 	if err := l.noSymlink(p); err != nil {
 		return err
 	}
-	return l.root.Chtimes(rootName(p), atime, mtime)
+	return l.Lchtimes(ctx, p, atime, mtime)
 }
 
 // WriteFileAtomic implements Transport.
