@@ -9,8 +9,10 @@ import (
 	"os"
 	"path"
 	"sync/atomic"
+	"time"
 
 	"github.com/pkg/sftp"
+	"golang.org/x/sys/unix"
 )
 
 // rootFS implements pkg/sftp's request-server handlers on an os.Root. Every path it receives has
@@ -73,12 +75,66 @@ func isEscape(err error) bool {
 // Fileread opens a file for reading (SSH_FXF_READ only).
 func (h *rootFS) Fileread(r *sftp.Request) (io.ReaderAt, error) {
 	name := rel(r.Filepath)
-	f, err := h.root.OpenFile(name, os.O_RDONLY, 0)
+	f, err := h.openFile(name, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, h.check("open", name, err)
 	}
 	return f, nil
 }
+
+// openFile opens the regular file name itself: never through a symlink at
+// name (which a user of the worker may put there between the master's
+// look and its open; os.Root follows one even with O_NOFOLLOW), never a
+// FIFO or device, whose open or read would block the session (pkg/sftp
+// answers a session's requests in order). An existing entry is opened
+// without following it, checked, then reopened through its descriptor; a
+// new file is created exclusively, so a name that appears meanwhile fails.
+func (h *rootFS) openFile(name string, flag int, perm os.FileMode) (*os.File, error) {
+	e, err := h.entry(name)
+	if errors.Is(err, fs.ErrNotExist) && flag&os.O_CREATE != 0 {
+		return h.root.OpenFile(name, flag|os.O_EXCL|unix.O_NOCTTY, perm)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer e.Close()
+	if flag&os.O_EXCL != 0 && flag&os.O_CREATE != 0 {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrExist}
+	}
+	if fi, err := e.Stat(); err != nil || !fi.Mode().IsRegular() {
+		if err == nil {
+			err = fmt.Errorf("%s: not a regular file (%v)", name, fi.Mode().Type())
+		}
+		return nil, err
+	}
+	return os.OpenFile(byFd(e), flag&^(os.O_CREATE|os.O_EXCL)|unix.O_NOCTTY, 0)
+}
+
+// entry opens name's own entry (O_PATH: no access needed, nothing
+// opened) for a change of its attributes through the descriptor, never
+// through a symlink at name. pkg/sftp turns a change through an open
+// handle (FSETSTAT) into one by name: a user of the worker who renames
+// the master's temp file away and puts a symlink at its name would
+// otherwise get the mode and owner meant for it on the file the symlink
+// points to.
+func (h *rootFS) entry(name string) (*os.File, error) {
+	f, err := h.root.OpenFile(name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		err = fmt.Errorf("%s is a symlink: not changing what it points to: %w", name, sftp.ErrSSHFxPermissionDenied)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// byFd is the path of f's own entry, for calls that take a path.
+func byFd(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
 
 // Filewrite opens a file for writing without reading.
 func (h *rootFS) Filewrite(r *sftp.Request) (io.WriterAt, error) {
@@ -109,7 +165,7 @@ func (h *rootFS) open(r *sftp.Request, access int) (*openFile, error) {
 	// The request server does not pass the attribute flags of an open packet to its handlers, so
 	// a created file gets 0666 less the umask, like OpenSSH without attributes; the client sets
 	// the mode it wants afterwards.
-	f, err := h.root.OpenFile(name, flag, 0o666)
+	f, err := h.openFile(name, flag, 0o666)
 	if err != nil {
 		return nil, h.check("open", name, err)
 	}
@@ -267,8 +323,8 @@ func (h *rootFS) remove(name string, dir bool) error {
 }
 
 // setstat applies every attribute the request carries, in the order size, owner, mode, times
-// (chown clears set-id bits, so the mode comes after it), and returns the first error. It follows
-// symlinks inside the root, as SSH_FXP_SETSTAT does.
+// (chown clears set-id bits, so the mode comes after it), and returns the first error. Unlike
+// OpenSSH's SSH_FXP_SETSTAT it never follows a symlink at name: it refuses (see entry).
 func (h *rootFS) setstat(r *sftp.Request, name string) error {
 	flags := r.AttrFlags()
 	attrs := r.Attributes()
@@ -282,20 +338,52 @@ func (h *rootFS) setstat(r *sftp.Request, name string) error {
 		keep("truncate", h.truncate(name, int64(attrs.Size)))
 	}
 	if flags.UidGid {
-		keep("chown", h.root.Chown(name, int(attrs.UID), int(attrs.GID)))
+		keep("chown", h.chown(name, int(attrs.UID), int(attrs.GID)))
 	}
 	if flags.Permissions {
-		mode := attrs.FileMode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-		keep("chmod", h.root.Chmod(name, mode))
+		keep("chmod", h.chmod(name, attrs.FileMode()))
 	}
 	if flags.Acmodtime {
-		keep("chtimes", h.root.Chtimes(name, attrs.AccessTime(), attrs.ModTime()))
+		keep("chtimes", h.chtimes(name, attrs.AccessTime(), attrs.ModTime()))
 	}
 	return first
 }
 
+func (h *rootFS) chown(name string, uid, gid int) error {
+	f, err := h.entry(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return os.Chown(byFd(f), uid, gid)
+}
+
+func (h *rootFS) chmod(name string, mode fs.FileMode) error {
+	f, err := h.entry(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	perm := uint32(mode.Perm())
+	for bit, m := range map[uint32]fs.FileMode{unix.S_ISUID: fs.ModeSetuid, unix.S_ISGID: fs.ModeSetgid, unix.S_ISVTX: fs.ModeSticky} {
+		if mode&m != 0 {
+			perm |= bit
+		}
+	}
+	return unix.Chmod(byFd(f), perm)
+}
+
+func (h *rootFS) chtimes(name string, atime, mtime time.Time) error {
+	f, err := h.entry(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return os.Chtimes(byFd(f), atime, mtime)
+}
+
 func (h *rootFS) truncate(name string, size int64) error {
-	f, err := h.root.OpenFile(name, os.O_WRONLY, 0)
+	f, err := h.openFile(name, os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}

@@ -532,3 +532,87 @@ func TestSymlinkOutOfRootNotFollowed(t *testing.T) {
 		t.Errorf("posix-rename over a link should replace the link: %v, %v", fi, err)
 	}
 }
+
+// pkg/sftp turns a change through an open handle (FSETSTAT) into one by
+// the name the handle was opened with. A user of the worker who renames
+// the master's temp file away and puts a symlink to another file of the
+// root at its name must not get the mode, owner, size or times meant for
+// the temp file on that other file: here a 0600 file with a password.
+func TestSetstatThroughHandleNeverFollowsASwappedName(t *testing.T) {
+	w := startWorker(t)
+	c := w.sftp(t)
+	secret := []byte("<?php $db_password='s3cret';")
+	if err := os.WriteFile(w.inRoot("config.php"), secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := c.OpenFile("/.tmp-upload", os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := os.Rename(w.inRoot(".tmp-upload"), w.inRoot(".tmp-upload.away")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("config.php", w.inRoot(".tmp-upload")); err != nil {
+		t.Fatal(err)
+	}
+	stamp := time.Unix(1_600_000_000, 0)
+	for what, err := range map[string]error{
+		"fchmod":    f.Chmod(0o644),
+		"fchown":    f.Chown(33, 33),
+		"ftruncate": f.Truncate(0),
+		"futimes":   c.Chtimes("/.tmp-upload", stamp, stamp),
+	} {
+		if err == nil {
+			t.Errorf("%s through a symlink swapped in at the handle's name: no error", what)
+		}
+	}
+	fi, err := os.Stat(w.inRoot("config.php"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode().Perm() != 0o600 || st.Uid == 33 || fi.Size() != int64(len(secret)) || fi.ModTime().Equal(stamp) {
+		t.Errorf("config.php, the target of the symlink, changed: mode %v, uid %d, size %d, mtime %v", fi.Mode().Perm(), st.Uid, fi.Size(), fi.ModTime())
+	}
+}
+
+// A FIFO in the root (any user who can write there can make one) is not
+// opened: a blocking open of it stalled the whole SFTP session, whose
+// requests pkg/sftp answers in order.
+func TestFifoNotOpened(t *testing.T) {
+	w := startWorker(t)
+	c := w.sftp(t)
+	if err := syscall.Mkfifo(w.inRoot("page.html"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, open := range []func() (*sftp.File, error){
+		func() (*sftp.File, error) { return c.Open("/page.html") },
+		func() (*sftp.File, error) { return c.OpenFile("/page.html", os.O_WRONLY) },
+	} {
+		done := make(chan error, 1)
+		go func() {
+			f, err := open()
+			if err == nil {
+				f.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Error("a FIFO was opened")
+			}
+		case <-time.After(5 * time.Second):
+			// Unblock the worker so that the test can stop it.
+			if f, err := os.OpenFile(w.inRoot("page.html"), os.O_RDWR, 0); err == nil {
+				f.Close()
+			}
+			<-done
+			t.Fatal("the worker's open of a FIFO did not answer within 5s: the SFTP session is stuck")
+		}
+	}
+	if _, err := c.Stat("/"); err != nil {
+		t.Errorf("the session after the FIFO: %v", err)
+	}
+}

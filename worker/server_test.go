@@ -13,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mirrorfs/mirrorfs/replicate"
+	"github.com/mirrorfs/mirrorfs/replicate/transporttest"
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 func TestAuthorizedKeyAccepted(t *testing.T) {
@@ -406,4 +409,28 @@ func TestCertificateInAuthorizedKeysRefused(t *testing.T) {
 		c.Close()
 		t.Errorf("an expired certificate restricted to source-address 10.9.9.9 logged in from 127.0.0.1")
 	}
+}
+
+// The master's SFTP transport meets every expectation of the transport
+// conformance suite against `mirrorfs worker` (the demo's workers), as
+// against OpenSSH's sftp-server (replicate.TestSFTPConformance).
+func TestSFTPConformanceOverWorker(t *testing.T) {
+	transporttest.Run(t, func(t *testing.T) (replicate.Transport, string) {
+		w := startWorker(t)
+		knownHosts := filepath.Join(w.base, "known_hosts")
+		line := knownhosts.Line([]string{knownhosts.Normalize(w.addr)}, w.hostKey)
+		if err := os.WriteFile(knownHosts, []byte(line+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tr, err := replicate.DialSFTP(t.Context(), replicate.SFTPOptions{
+			Addr: w.addr, User: "mirrorfs", Root: "/",
+			IdentityFiles: []string{filepath.Join(w.base, "client_key")}, KnownHosts: knownHosts,
+			ConnectTimeout: 5 * time.Second,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		return tr, w.root
+	})
 }
