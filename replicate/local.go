@@ -32,8 +32,9 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 // of the shipper's unit tests. All access goes through an [os.Root], and
 // parents that are symlinks are refused.
 type Local struct {
-	root *os.Root
-	dirs dirCheck
+	root   *os.Root
+	rootFd int // O_PATH: where walkParent starts
+	dirs   dirCheck
 
 	mu        sync.Mutex
 	unsynced  map[string]bool // directories whose entries changed since Sync
@@ -189,7 +190,22 @@ func NewLocal(dir string) (*Local, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Local{root: r}, nil
+	rf, err := r.Open(".")
+	if err == nil {
+		var rc syscall.RawConn
+		if rc, err = rf.SyscallConn(); err == nil {
+			fd := -1
+			cerr := rc.Control(func(rfd uintptr) {
+				fd, err = unix.Openat(int(rfd), ".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			})
+			rf.Close()
+			if err = errors.Join(cerr, err); err == nil {
+				return &Local{root: r, rootFd: fd}, nil
+			}
+		}
+	}
+	r.Close()
+	return nil, fmt.Errorf("root %s: %w", dir, err)
 }
 
 func rootName(p string) string {
@@ -210,21 +226,12 @@ func (l *Local) prep(ctx context.Context, p string) error {
 	return l.dirs.check(ctx, p, l.lstatRaw)
 }
 
-func (l *Local) lstatRaw(_ context.Context, p string) (FileInfo, error) {
-	fi, err := l.root.Lstat(rootName(p))
-	if err != nil {
-		return FileInfo{}, err
-	}
-	return localInfo(fi), nil
-}
-
-func localInfo(fi fs.FileInfo) FileInfo {
-	out := FileInfo{Name: fi.Name(), Mode: fi.Mode(), Size: fi.Size(), Mtime: fi.ModTime()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		out.UID, out.GID = st.Uid, st.Gid
-		out.Ino, out.Nlink = st.Ino, uint64(st.Nlink)
-	}
-	return out
+func (l *Local) lstatRaw(_ context.Context, p string) (fi FileInfo, err error) {
+	err = l.at(p, func(dfd int, name string) (err error) {
+		fi, err = statAt(dfd, name, p)
+		return err
+	})
+	return fi, err
 }
 
 // Lstat implements Transport.
@@ -240,30 +247,33 @@ func (l *Local) ReadDir(ctx context.Context, p string) ([]FileInfo, error) {
 	if err := l.prep(ctx, p); err != nil {
 		return nil, err
 	}
-	if fi, err := l.root.Lstat(rootName(p)); err != nil {
-		return nil, err
-	} else if fi.Mode()&fs.ModeSymlink != 0 {
+	var d *os.File
+	err := l.at(p, func(dfd int, name string) (err error) {
+		d, err = openAt(dfd, name, p, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		return err
+	})
+	if errors.Is(err, ErrSymlink) {
 		return nil, fmt.Errorf("readdir %s: %w", p, ErrSymlink)
 	}
-	d, err := l.root.Open(rootName(p))
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
-	ents, err := d.ReadDir(-1)
+	names, err := d.Readdirnames(-1)
 	if err != nil {
-		return nil, err
+		return nil, &fs.PathError{Op: "readdir", Path: p, Err: err}
 	}
-	out := make([]FileInfo, 0, len(ents))
-	for _, e := range ents {
-		fi, err := e.Info()
+	out := make([]FileInfo, 0, len(names))
+	dfd := int(d.Fd())
+	for _, n := range names {
+		fi, err := statAt(dfd, n, joinPath(p, n))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, localInfo(fi))
+		out = append(out, fi)
 	}
 	return out, nil
 }
@@ -273,7 +283,12 @@ func (l *Local) Readlink(ctx context.Context, p string) (string, error) {
 	if err := l.prep(ctx, p); err != nil {
 		return "", err
 	}
-	return l.root.Readlink(rootName(p))
+	var target string
+	err := l.at(p, func(dfd int, name string) (err error) {
+		target, err = readlinkAt(dfd, name, p)
+		return err
+	})
+	return target, err
 }
 
 // Mkdir implements Transport.
@@ -281,7 +296,16 @@ func (l *Local) Mkdir(ctx context.Context, p string, perm fs.FileMode) error {
 	if err := l.prep(ctx, p); err != nil {
 		return err
 	}
-	if err := l.root.Mkdir(p, perm); err != nil {
+	if p == "" {
+		return &fs.PathError{Op: "mkdir", Path: ".", Err: fs.ErrExist}
+	}
+	err := l.at(p, func(dfd int, name string) error {
+		if err := unix.Mkdirat(dfd, name, unixPerm(perm)); err != nil {
+			return &fs.PathError{Op: "mkdir", Path: p, Err: err}
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	l.changed(p)
@@ -293,15 +317,24 @@ func (l *Local) Remove(ctx context.Context, p string) error {
 	if err := l.prep(ctx, p); err != nil {
 		return err
 	}
-	fi, err := l.root.Lstat(rootName(p))
+	if p == "" {
+		return &fs.PathError{Op: "remove", Path: ".", Err: syscall.EISDIR}
+	}
+	err := l.at(p, func(dfd int, name string) error {
+		fi, err := statAt(dfd, name, p)
+		if err != nil {
+			return err
+		}
+		if fi.IsDir() {
+			return &fs.PathError{Op: "remove", Path: p, Err: syscall.EISDIR}
+		}
+		l.dirs.invalidate(p)
+		if err := unix.Unlinkat(dfd, name, 0); err != nil {
+			return &fs.PathError{Op: "remove", Path: p, Err: err}
+		}
+		return nil
+	})
 	if err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		return &fs.PathError{Op: "remove", Path: p, Err: syscall.EISDIR}
-	}
-	l.dirs.invalidate(p)
-	if err := l.root.Remove(p); err != nil {
 		return err
 	}
 	l.changed(p)
@@ -316,15 +349,21 @@ func (l *Local) Rmdir(ctx context.Context, p string) error {
 	if p == "" {
 		return fmt.Errorf("rmdir: %w: the root", ErrInvalidPath)
 	}
-	fi, err := l.root.Lstat(p)
+	err := l.at(p, func(dfd int, name string) error {
+		fi, err := statAt(dfd, name, p)
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			return &fs.PathError{Op: "rmdir", Path: p, Err: syscall.ENOTDIR}
+		}
+		l.dirs.invalidate(p)
+		if err := unix.Unlinkat(dfd, name, unix.AT_REMOVEDIR); err != nil {
+			return &fs.PathError{Op: "rmdir", Path: p, Err: err}
+		}
+		return nil
+	})
 	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		return &fs.PathError{Op: "rmdir", Path: p, Err: syscall.ENOTDIR}
-	}
-	l.dirs.invalidate(p)
-	if err := l.root.Remove(p); err != nil {
 		return err
 	}
 	l.changed(p)
@@ -344,7 +383,7 @@ func (l *Local) Rename(ctx context.Context, from, to string) error {
 	}
 	l.dirs.invalidate(from)
 	l.dirs.invalidate(to)
-	if err := l.root.Rename(from, to); err != nil {
+	if err := l.renameRaw(from, to); err != nil {
 		return err
 	}
 	l.renameUnsynced(from, to)
@@ -380,7 +419,13 @@ func (l *Local) Symlink(ctx context.Context, target, p string) error {
 	if p == "" || target == "" {
 		return fmt.Errorf("symlink: %w", ErrInvalidPath)
 	}
-	if err := l.root.Symlink(target, p); err != nil {
+	err := l.at(p, func(dfd int, name string) error {
+		if err := unix.Symlinkat(target, dfd, name); err != nil {
+			return &os.LinkError{Op: "symlink", Old: target, New: p, Err: err}
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	l.changed(p)
@@ -398,7 +443,15 @@ func (l *Local) Link(ctx context.Context, existing, p string) error {
 	if existing == "" || p == "" {
 		return fmt.Errorf("link: %w: the root", ErrInvalidPath)
 	}
-	if err := l.root.Link(existing, p); err != nil {
+	err := l.at(existing, func(edfd int, ename string) error {
+		return l.at(p, func(dfd int, name string) error {
+			if err := unix.Linkat(edfd, ename, dfd, name, 0); err != nil {
+				return &os.LinkError{Op: "link", Old: existing, New: p, Err: err}
+			}
+			return nil
+		})
+	})
+	if err != nil {
 		return err
 	}
 	l.changed(p)
@@ -407,44 +460,24 @@ func (l *Local) Link(ctx context.Context, existing, p string) error {
 
 // noSymlink refuses to set attributes through a symlink.
 func (l *Local) noSymlink(p string) error {
-	fi, err := l.root.Lstat(rootName(p))
+	fi, err := l.lstatRaw(context.Background(), p)
 	if err != nil {
 		return err
 	}
-	if fi.Mode()&fs.ModeSymlink != 0 {
+	if fi.Mode&fs.ModeSymlink != 0 {
 		return fmt.Errorf("%s: %w", p, ErrSymlink)
 	}
 	return nil
 }
 
-// Chmod implements Transport. The entry is opened without following it
-// (O_PATH) and changed through that descriptor: a check by name then a
-// chmod by name followed a symlink that a user of the worker swapped in
-// between, and changed the mode of the file it points to. (fchmodat's
-// AT_SYMLINK_NOFOLLOW needs Linux 6.6.)
+// Chmod implements Transport (see chmodAt).
 func (l *Local) Chmod(ctx context.Context, p string, perm fs.FileMode) error {
 	dfd, name, err := l.openParent(ctx, p)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(dfd)
-	fd, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return &fs.PathError{Op: "chmod", Path: p, Err: err}
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return &fs.PathError{Op: "chmod", Path: p, Err: err}
-	}
-	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-		return fmt.Errorf("%s: %w", p, ErrSymlink)
-	}
-	// The descriptor's /proc link is the entry opened, not a path.
-	if err := unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), unixPerm(perm)); err != nil {
-		return &fs.PathError{Op: "chmod", Path: p, Err: err}
-	}
-	return nil
+	return chmodAt(dfd, name, p, perm)
 }
 
 // Chown implements Transport.
@@ -455,7 +488,7 @@ func (l *Local) Chown(ctx context.Context, p string, uid, gid int) error {
 	if err := l.noSymlink(p); err != nil {
 		return err
 	}
-	return l.root.Lchown(rootName(p), uid, gid)
+	return l.Lchown(ctx, p, uid, gid)
 }
 
 // Chtimes implements Transport. Like Lchtimes after the check: by name
@@ -518,7 +551,11 @@ func (l *Local) createTemp(ctx context.Context, p string) (*tempFile, error) {
 		return nil, fmt.Errorf("write: %w: the root", ErrInvalidPath)
 	}
 	name := joinPath(parentDir(p), TempName())
-	f, err := l.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	var f *os.File
+	err := l.at(name, func(dfd int, base string) (err error) {
+		f, err = openAt(dfd, base, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -550,7 +587,8 @@ func (t *tempFile) finish(a Attrs) (ownerErr, err error) {
 		return nil, err
 	}
 	if !a.Mtime.IsZero() {
-		if err := t.l.root.Chtimes(t.name, a.atime(), a.Mtime); err != nil {
+		err := t.l.at(t.name, func(dfd int, name string) error { return utimesAt(dfd, name, t.name, a.atime(), a.Mtime) })
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -561,7 +599,7 @@ func (t *tempFile) finish(a Attrs) (ownerErr, err error) {
 // by Sync, once per batch.
 func (t *tempFile) commit() error {
 	t.l.dirs.invalidate(t.p)
-	if err := t.l.root.Rename(t.name, t.p); err != nil {
+	if err := t.l.renameRaw(t.name, t.p); err != nil {
 		return err
 	}
 	t.committed = true
@@ -578,11 +616,14 @@ func (t *tempFile) discard() {
 		t.f.Close()
 		t.f = nil
 	}
-	_ = t.l.root.Remove(t.name)
+	_ = t.l.at(t.name, func(dfd int, name string) error { return unix.Unlinkat(dfd, name, 0) })
 }
 
 // Close implements Transport.
-func (l *Local) Close() error { return l.root.Close() }
+func (l *Local) Close() error {
+	unix.Close(l.rootFd)
+	return l.root.Close()
+}
 
 // ContextReader returns a reader of r that fails with ctx's error once
 // ctx is done: a long copy stops at the next read.
@@ -624,24 +665,15 @@ func (l *Local) openParent(ctx context.Context, p string) (int, string, error) {
 	if err := l.prep(ctx, p); err != nil {
 		return -1, "", err
 	}
-	rf, err := l.root.Open(".")
-	if err != nil {
-		return -1, "", err
-	}
-	defer rf.Close()
-	rc, err := rf.SyscallConn()
-	if err != nil {
-		return -1, "", err
-	}
-	// A private O_PATH descriptor: rf's is closed on return, and O_PATH
-	// needs no read permission on the directories walked.
+	return l.walkParent(p)
+}
+
+// walkParent is openParent of a p already validated: the walk from the
+// root, one directory at a time, each opened with O_NOFOLLOW.
+func (l *Local) walkParent(p string) (int, string, error) {
+	// O_PATH needs no read permission on the directories walked.
 	const dirFlags = unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd := -1
-	if cerr := rc.Control(func(rfd uintptr) {
-		fd, err = unix.Openat(int(rfd), ".", dirFlags, 0)
-	}); cerr != nil {
-		return -1, "", cerr
-	}
+	fd, err := unix.Openat(l.rootFd, ".", dirFlags, 0)
 	if err != nil {
 		return -1, "", &fs.PathError{Op: "open", Path: ".", Err: err}
 	}
@@ -700,18 +732,7 @@ func (l *Local) Lchtimes(ctx context.Context, p string, atime, mtime time.Time) 
 		return err
 	}
 	defer unix.Close(dfd)
-	// Built from Unix() and Nanosecond() rather than UnixNano(), which
-	// overflows outside 1678-2262.
-	ts := func(t time.Time) unix.Timespec {
-		if t.IsZero() {
-			return unix.Timespec{Nsec: unix.UTIME_OMIT}
-		}
-		return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
-	}
-	if err := unix.UtimesNanoAt(dfd, name, []unix.Timespec{ts(atime), ts(mtime)}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return &fs.PathError{Op: "lchtimes", Path: p, Err: err}
-	}
-	return nil
+	return utimesAt(dfd, name, p, atime, mtime)
 }
 
 // Mknod implements Special.
@@ -940,11 +961,11 @@ func (l *Local) keepIfSame(ctx context.Context, p string, size int64, hash func(
 	if err := l.prep(ctx, p); err != nil {
 		return false, nil
 	}
-	ofi, err := l.root.Lstat(rootName(p))
-	if err != nil || !ofi.Mode().IsRegular() || ofi.Size() != size {
+	ofi, err := l.lstatRaw(ctx, p)
+	if err != nil || !ofi.Mode.IsRegular() || ofi.Size != size {
 		return false, nil
 	}
-	if nlink(ofi) != 1 {
+	if ofi.Nlink != 1 {
 		// The master offers only files with one name in the store: a
 		// worker file with more is joined to a name the store has split
 		// from it (by replacing this one). Keeping it would keep the
@@ -995,14 +1016,14 @@ func (l *Local) setAttrs(ctx context.Context, it AttrItem) (found bool, err erro
 		}
 		return false, err
 	}
-	fi, err := l.root.Lstat(rootName(it.Path))
-	if errors.Is(err, fs.ErrNotExist) {
+	fi, err := l.lstatRaw(ctx, it.Path)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrSymlink) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	if fi.Mode()&fs.ModeSymlink != 0 || fi.IsDir() != it.Dir {
+	if fi.Mode&fs.ModeSymlink != 0 || fi.IsDir() != it.Dir {
 		return false, nil
 	}
 	return true, l.applyAttrs(it.Path, fi, it.Attrs)
@@ -1014,31 +1035,32 @@ func (l *Local) setAttrs(ctx context.Context, it AttrItem) (found bool, err erro
 // chown clears a file's setuid and setgid bits, which the chmod after it
 // sets again. A refused chown is an ErrOwner error, after the mode and
 // times are set.
-func (l *Local) applyAttrs(p string, fi fs.FileInfo, a Attrs) error {
-	name := rootName(p)
-	var ownerErr error
-	chowned := false
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (a.UID >= 0 && uint32(a.UID) != st.Uid || a.GID >= 0 && uint32(a.GID) != st.Gid) {
-		switch err := l.root.Lchown(name, a.UID, a.GID); {
-		case errors.Is(err, fs.ErrPermission):
-			ownerErr = fmt.Errorf("%s: %w: %w", p, ErrOwner, err)
-		case err != nil:
-			return err
-		default:
-			chowned = true
+func (l *Local) applyAttrs(p string, fi FileInfo, a Attrs) error {
+	return l.at(p, func(dfd int, name string) error {
+		var ownerErr error
+		chowned := false
+		if a.UID >= 0 && uint32(a.UID) != fi.UID || a.GID >= 0 && uint32(a.GID) != fi.GID {
+			switch err := unix.Fchownat(dfd, name, a.UID, a.GID, unix.AT_SYMLINK_NOFOLLOW); {
+			case errors.Is(err, fs.ErrPermission):
+				ownerErr = fmt.Errorf("%s: %w: %w", p, ErrOwner, &fs.PathError{Op: "lchown", Path: p, Err: err})
+			case err != nil:
+				return &fs.PathError{Op: "lchown", Path: p, Err: err}
+			default:
+				chowned = true
+			}
 		}
-	}
-	if perm := permBits(a.Perm); chowned || permBits(fi.Mode()) != perm {
-		if err := l.root.Chmod(name, perm); err != nil {
-			return err
+		if perm := permBits(a.Perm); chowned || permBits(fi.Mode) != perm {
+			if err := chmodAt(dfd, name, p, perm); err != nil {
+				return err
+			}
 		}
-	}
-	if !a.Mtime.IsZero() && !a.Mtime.Equal(fi.ModTime()) {
-		if err := l.root.Chtimes(name, a.atime(), a.Mtime); err != nil {
-			return err
+		if !a.Mtime.IsZero() && !a.Mtime.Equal(fi.Mtime) {
+			if err := utimesAt(dfd, name, p, a.atime(), a.Mtime); err != nil {
+				return err
+			}
 		}
-	}
-	return ownerErr
+		return ownerErr
+	})
 }
 
 // WriteSmallFiles implements SmallWriter. The files it writes go in three
@@ -1164,17 +1186,14 @@ func (l *Local) Hash(ctx context.Context, p string) ([]byte, error) {
 		return nil, err
 	}
 	// Refuse before opening: opening a device may have side effects.
-	if fi, err := l.root.Lstat(rootName(p)); err != nil {
+	if fi, err := l.lstatRaw(ctx, p); err != nil {
 		return nil, err
-	} else if fi.Mode()&fs.ModeSymlink != 0 {
+	} else if fi.Mode&fs.ModeSymlink != 0 {
 		return nil, fmt.Errorf("%s: %w", p, ErrSymlink)
-	} else if !fi.Mode().IsRegular() {
-		return nil, &fs.PathError{Op: "hash", Path: p, Err: fmt.Errorf("not a regular file (%s)", fi.Mode().Type())}
+	} else if !fi.Mode.IsRegular() {
+		return nil, &fs.PathError{Op: "hash", Path: p, Err: fmt.Errorf("not a regular file (%s)", fi.Mode.Type())}
 	}
-	f, err := l.root.OpenFile(rootName(p), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
-	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("%s: %w", p, ErrSymlink) // swapped in since the check
-	}
+	f, err := l.openRead(p)
 	if err != nil {
 		return nil, err
 	}
@@ -1193,6 +1212,17 @@ func (l *Local) Hash(ctx context.Context, p string) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
+// openRead opens p read-only without following a symlink at any step (a
+// symlink swapped in since a check is ErrSymlink) and without blocking on
+// a FIFO.
+func (l *Local) openRead(p string) (f *os.File, err error) {
+	err = l.at(p, func(dfd int, name string) (err error) {
+		f, err = openAt(dfd, name, p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+		return err
+	})
+	return f, err
+}
+
 // OpenRead opens the regular file p read-only for the agent (the basis of
 // a delta), with Hash's rules: p is validated, a symlink is refused with
 // [ErrSymlink] (also one swapped in after the check) and any other
@@ -1204,17 +1234,14 @@ func (l *Local) OpenRead(ctx context.Context, p string) (*os.File, error) {
 	notRegular := func(m fs.FileMode) error {
 		return &fs.PathError{Op: "open", Path: p, Err: fmt.Errorf("not a regular file (%s): %w", m.Type(), ErrUnsupported)}
 	}
-	if fi, err := l.root.Lstat(rootName(p)); err != nil {
+	if fi, err := l.lstatRaw(ctx, p); err != nil {
 		return nil, err
-	} else if fi.Mode()&fs.ModeSymlink != 0 {
+	} else if fi.Mode&fs.ModeSymlink != 0 {
 		return nil, fmt.Errorf("%s: %w", p, ErrSymlink)
-	} else if !fi.Mode().IsRegular() {
-		return nil, notRegular(fi.Mode())
+	} else if !fi.Mode.IsRegular() {
+		return nil, notRegular(fi.Mode)
 	}
-	f, err := l.root.OpenFile(rootName(p), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
-	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("%s: %w", p, ErrSymlink)
-	}
+	f, err := l.openRead(p)
 	if err != nil {
 		return nil, err
 	}

@@ -1,8 +1,10 @@
 package replicate
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -88,5 +90,69 @@ func TestLocalAttrsNeverFollowASwappedSymlink(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A directory the worker already checked, swapped by a user of the worker
+// for a symlink to another directory of the root, redirects nothing: the
+// check was cached, and os.Root, which Local used, follows symlinks that
+// stay inside the root. Every operation now walks its parents without
+// following any symlink.
+func TestLocalNeverFollowsACheckedParentSwappedForASymlink(t *testing.T) {
+	root := t.TempDir()
+	l, err := NewLocal(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := t.Context()
+	a := Attrs{Perm: 0o644, UID: -1, GID: -1}
+	for _, d := range []string{"uploads", "private"} {
+		if err := l.Mkdir(ctx, d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.WriteFileAtomic(ctx, "uploads/a.txt", strings.NewReader("a"), a); err != nil {
+		t.Fatal(err) // checks (and caches) uploads
+	}
+	for name, content := range map[string]string{"config.php": "secret", "keep.txt": "keep", "read.txt": "private"} {
+		if err := os.WriteFile(filepath.Join(root, "private", name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Rename(filepath.Join(root, "uploads"), filepath.Join(root, "uploads.old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("private", filepath.Join(root, "uploads")); err != nil {
+		t.Fatal(err)
+	}
+	stamp := time.Unix(1_600_000_000, 0)
+	for what, err := range map[string]error{
+		"write":   l.WriteFileAtomic(ctx, "uploads/b.txt", strings.NewReader("redirected"), a),
+		"chmod":   l.Chmod(ctx, "uploads/config.php", 0o644),
+		"chtimes": l.Chtimes(ctx, "uploads/config.php", stamp, stamp),
+		"remove":  l.Remove(ctx, "uploads/keep.txt"),
+		"mkdir":   l.Mkdir(ctx, "uploads/d", 0o755),
+		"rename":  l.Rename(ctx, "uploads.old/a.txt", "uploads/a.txt"),
+		"hash":    func() error { _, err := l.Hash(ctx, "uploads/read.txt"); return err }(),
+	} {
+		if !errors.Is(err, ErrSymlink) {
+			t.Errorf("%s below uploads, now a symlink to private: %v, want ErrSymlink", what, err)
+		}
+	}
+	ents, err := os.ReadDir(filepath.Join(root, "private"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	fi, err := os.Stat(filepath.Join(root, "private", "config.php"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(names, []string{"config.php", "keep.txt", "read.txt"}) || fi.Mode().Perm() != 0o600 || fi.ModTime().Equal(stamp) {
+		t.Errorf("private changed through the symlink: entries %v, config.php %v %v", names, fi.Mode().Perm(), fi.ModTime())
 	}
 }
