@@ -673,6 +673,14 @@ func (l *Local) openParent(ctx context.Context, p string) (int, string, error) {
 func (l *Local) walkParent(p string) (int, string, error) {
 	// O_PATH needs no read permission on the directories walked.
 	const dirFlags = unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	// One openat2 refusing every symlink does the walk (Linux 5.6);
+	// when it fails, or the kernel lacks it, the walk below tells why.
+	if dir := parentDir(p); dir != "" {
+		how := unix.OpenHow{Flags: dirFlags, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
+		if fd, err := unix.Openat2(l.rootFd, dir, &how); err == nil {
+			return fd, baseName(p), nil
+		}
+	}
 	fd, err := unix.Openat(l.rootFd, ".", dirFlags, 0)
 	if err != nil {
 		return -1, "", &fs.PathError{Op: "open", Path: ".", Err: err}
