@@ -179,8 +179,11 @@ func (n *node) inheritGroup(name string, attr *fuse.Attr) {
 // set-group-ID parent's) stay.
 func (n *node) keepSpecialBits(name string, mode uint32, attr *fuse.Attr) {
 	want := mode & (syscall.S_ISUID | syscall.S_ISGID | syscall.S_ISVTX)
+	if want == 0 || attr.Mode&want == want {
+		return
+	}
 	rel, ok := n.relPath()
-	if want == 0 || attr.Mode&want == want || !ok {
+	if !ok {
 		return
 	}
 	p := path.Join(n.storePath(rel), name)
