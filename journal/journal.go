@@ -778,9 +778,9 @@ func recordSize(item *badger.Item) int64 {
 // RecordBytes returns the size of the ops the journal stores (keys and
 // values): what a disk budget can act on. Trimming lowers it at once,
 // while the disk blocks (Size) of trimmed ops are freed only when Badger
-// compacts its tables, which can take long: right after 1.7 million ops
-// (64 MiB of disk) were trimmed the journal still used 66–82 MiB, a
-// minute later as much.
+// compacts its tables, which can take long: 1.7 million ops (67.5 MB of
+// disk) trimmed at once left 82.4 MB on disk, and 66.7–69.1 MB in the
+// minute after (BENCHMARKS.md).
 func (j *Journal) RecordBytes() int64 { return j.recordBytes.Load() }
 
 // Size returns the bytes the journal occupies on disk (blocks allocated to
