@@ -385,10 +385,11 @@ func (f *folder) dropLink(p string, otherLinks bool) {
 }
 
 // survives handles id, which lost its last name this plan knows to an
-// unlink or a rename over it, but lives on under hard links the journal does not name. It is
-// not dead: a later write through another name ships to that name. Its
-// changes not shipped yet have nowhere to go but those unknown names: the
-// worker is compared with the store after this plan (Plan.Compare).
+// unlink or a rename over it, but lives on under hard links the journal
+// does not name. It is not dead: a later write through another name ships
+// to that name. Its changes not shipped yet have nowhere to go but those
+// unknown names: the worker is compared with the store after this plan
+// (Plan.Compare).
 func (f *folder) survives(id *ident) {
 	delete(f.dead, id.ID)
 	if id.Dirty {

@@ -15,12 +15,12 @@ const trimEvery = 5 * time.Second
 
 // trimLoop drops journal records every worker already has. A worker with
 // no position yet, or marked for a full copy it has not started, starts
-// with a full copy, so it pins nothing. When the
-// journal's records are over its budget (journal.max_bytes), workers that are not
-// connected stop pinning records: they are marked for a comparison with
-// the store, which their shipper makes when they return, and the mount
-// goes on as if they did not exist. A connected worker keeps its records,
-// however slow: it is draining them.
+// with a full copy, so it pins nothing. When the journal's records are
+// over its budget (journal.max_bytes), workers that are not connected
+// stop pinning records: they are marked for a comparison with the store,
+// which their shipper makes when they return, and the mount goes on as if
+// they did not exist. A connected worker keeps its records, however slow:
+// it is draining them.
 func trimLoop(ctx context.Context, cfg *config.Config, j *journal.Journal, shippers []*replicate.Shipper, log *slog.Logger) {
 	t := time.NewTicker(trimEvery)
 	defer t.Stop()
