@@ -96,16 +96,16 @@ type WorkerStats struct {
 
 // Stats is Inspect's answer.
 type Stats struct {
-	FirstSeq  uint64        `json:"first_seq"`
-	LastSeq   uint64        `json:"last_seq"`
-	Stored    uint64        `json:"stored"`     // ops between FirstSeq and LastSeq
-	SizeBytes int64         `json:"size_bytes"` // Journal.Size: disk blocks used
+	FirstSeq  uint64 `json:"first_seq"`
+	LastSeq   uint64 `json:"last_seq"`
+	Stored    uint64 `json:"stored"`     // ops between FirstSeq and LastSeq
+	SizeBytes int64  `json:"size_bytes"` // Journal.Size: disk blocks used
 	// RecordBytes is Journal.RecordBytes: the records stored, which is
 	// what journal.max_bytes limits.
-	RecordBytes int64 `json:"record_bytes"`
-	Path      string        `json:"path,omitempty"`
-	Now       time.Time     `json:"now"`
-	Workers   []WorkerStats `json:"workers"`
+	RecordBytes int64         `json:"record_bytes"`
+	Path        string        `json:"path,omitempty"`
+	Now         time.Time     `json:"now"`
+	Workers     []WorkerStats `json:"workers"`
 }
 
 // Entry is one op as the journal tools show it: every field of Op (Kind

@@ -320,10 +320,6 @@ func (s *Server) serveSession(log *slog.Logger, nc ssh.NewChannel) {
 	ch.Close()
 }
 
-// betweenRootCheckAndOpen lets a test swap the root in the window that
-// openRoot's last check closes.
-var betweenRootCheckAndOpen = func() {}
-
 // openRoot opens the root for one session, refusing it if it has become
 // a symlink.
 func (s *Server) openRoot() (*os.Root, error) {
