@@ -628,7 +628,10 @@ func (s *Shipper) fullSync(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
-	s.readPos, s.carried = start+1, map[uint64]*ident{}
+	// The copy sent the store as it is: no file it saw is dead, and an
+	// inode number remembered dead before it may now be a file whose
+	// create the copy took the place of, whose writes would be dropped.
+	s.readPos, s.carried, s.dead = start+1, map[uint64]*ident{}, nil
 	// Files skipped because a writer had them open are held like files
 	// with unshipped writes: they ship when their Close arrives (or
 	// after HoldOpen). The copy removed leftover temp files everywhere

@@ -1981,3 +1981,23 @@ func TestShipperStatusOfUnreachableMarkedWorker(t *testing.T) {
 		t.Errorf("unreachable worker marked for a full copy at #4: applied #%d, pending %d; want #4 and %d", st.Applied, st.Pending, f.j.LastSeq()-4)
 	}
 }
+
+// The files a plan remembers dead (unlinked: writes to them are dropped
+// for 10 minutes) are forgotten by a full copy: an inode number
+// remembered dead may be a new file by then, whose create the copy took
+// the place of (journaled before the copy started), and its later writes
+// must ship.
+func TestShipperFullCopyForgetsDeadFiles(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	id := f.writeFile("page", "v1")
+	s := newShipper(t, f, worker, nil, nil)
+	s.dead = map[uint64]int64{id: time.Now().UnixNano()} // as a batch before the copy left it
+	start(t, s)
+	waitSynced(t, s, f.j) // the first full copy, then the journal
+	f.writeFile("page", "v2, written after the copy")
+	waitSynced(t, s, f.j)
+	if got, _ := readWorker(t, worker, "page"); got != "v2, written after the copy" {
+		t.Errorf("worker page = %q after a write following the full copy, want v2", got)
+	}
+}
