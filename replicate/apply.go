@@ -512,8 +512,9 @@ func (s *Shipper) applyRename(ctx context.Context, st step, suspect bool, refres
 }
 
 // looksLikeStore is a cheap check that the worker's entry wfi at p is the
-// store's: a regular file of the same size and mtime (in seconds, the
-// grain of SFTP v3), or a symlink with the same target. Directories are
+// store's: a regular file of the same size and mtime (at the grain the
+// transport keeps: seconds over SFTP v3, nanoseconds over the agent, as
+// the comparison's quick check), or a symlink with the same target. Directories are
 // never taken as equal: a refresh compares their entries, and neither are
 // files with hard links, whose group a size and an mtime cannot vouch for
 // (a refresh links them again).
@@ -524,7 +525,8 @@ func (s *Shipper) looksLikeStore(ctx context.Context, p string, wfi *FileInfo) (
 	}
 	switch {
 	case sfi.Mode().IsRegular() && wfi.Mode.IsRegular():
-		return nlink(sfi) < 2 && sfi.Size() == wfi.Size && sfi.ModTime().Unix() == wfi.Mtime.Unix(), nil
+		_, nanos := s.linkAttrs()
+		return nlink(sfi) < 2 && sfi.Size() == wfi.Size && sameMtime(sfi.ModTime(), wfi.Mtime, nanos), nil
 	case sfi.Mode()&fs.ModeSymlink != 0 && wfi.Mode&fs.ModeSymlink != 0:
 		target, err := s.store.Readlink(p)
 		if err != nil {

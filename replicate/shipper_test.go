@@ -2001,3 +2001,42 @@ func TestShipperFullCopyForgetsDeadFiles(t *testing.T) {
 		t.Errorf("worker page = %q after a write following the full copy, want v2", got)
 	}
 }
+
+// The quick look at a worker file during a replayed rename goes by the
+// mtime at the grain the transport keeps: over a transport with
+// nanoseconds, a file of the same size saved earlier in the same second is
+// not the store's (it used to be taken for it, in whole seconds, and the
+// replay skipped what it still had to do).
+func TestLooksLikeStoreUsesNanoseconds(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("page", "v2")
+	sfi, err := os.Lstat(f.abs("page"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(worker, "page"), []byte("v1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	earlier := sfi.ModTime().Truncate(time.Second)
+	if earlier.Equal(sfi.ModTime()) {
+		earlier = earlier.Add(time.Nanosecond) // the store's mtime fell on a whole second
+	}
+	if err := os.Chtimes(filepath.Join(worker, "page"), earlier, earlier); err != nil {
+		t.Fatal(err)
+	}
+	s := newShipper(t, f, worker, nil, nil)
+	l, err := NewLocal(worker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	s.t = l // Local keeps nanoseconds (LinkAttrs)
+	wfi, err := l.Lstat(t.Context(), "page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if same, err := s.looksLikeStore(t.Context(), "page", &wfi); err != nil || same {
+		t.Errorf("looksLikeStore of a same-size file %v older, in the same second: %v, %v; want false", sfi.ModTime().Sub(earlier), same, err)
+	}
+}
