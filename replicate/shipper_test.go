@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -15,8 +14,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mirrorfs/mirrorfs/journal"
 )
@@ -2038,5 +2040,31 @@ func TestLooksLikeStoreUsesNanoseconds(t *testing.T) {
 	}
 	if same, err := s.looksLikeStore(t.Context(), "page", &wfi); err != nil || same {
 		t.Errorf("looksLikeStore of a same-size file %v older, in the same second: %v, %v; want false", sfi.ModTime().Sub(earlier), same, err)
+	}
+}
+
+// A full comparison (resync) gives a worker's symlink whose target is
+// right the store's owner and mtime, over a transport that sets them: it
+// used to stop at the target, and verify kept reporting the drift that
+// resync said it had fixed.
+func TestShipperResyncFixesSymlinkAttrs(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("index.html", "<h1>home</h1>")
+	f.symlink("index.html", "home.html")
+	s := startedShipper(t, f, worker, nil, nil)
+	waitSynced(t, s, f.j)
+	link := filepath.Join(worker, "home.html")
+	old := time.Unix(1_500_000_000, 0)
+	f.must(unix.Lutimes(link, []unix.Timeval{unix.NsecToTimeval(old.UnixNano()), unix.NsecToTimeval(old.UnixNano())}))
+	f.must(os.Lchown(link, 4321, 4321)) // drift behind mirrorfs's back
+	resyncExpecting(t, s, worker, "index.html", "<h1>home</h1>")
+	sfi, err := os.Lstat(f.abs("home.html"))
+	f.must(err)
+	wfi, err := os.Lstat(link)
+	f.must(err)
+	sst, wst := sfi.Sys().(*syscall.Stat_t), wfi.Sys().(*syscall.Stat_t)
+	if !wfi.ModTime().Equal(sfi.ModTime()) || wst.Uid != sst.Uid || wst.Gid != sst.Gid {
+		t.Errorf("worker symlink after a resync: mtime %v owner %d:%d, store %v %d:%d", wfi.ModTime(), wst.Uid, wst.Gid, sfi.ModTime(), sst.Uid, sst.Gid)
 	}
 }

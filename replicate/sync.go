@@ -306,7 +306,9 @@ func (sy *syncer) syncEntry(ctx context.Context, p string, sfi fs.FileInfo, wfi 
 		}
 		if wfi != nil && wfi.Mode&fs.ModeSymlink != 0 {
 			if cur, err := s.t.Readlink(ctx, p); err == nil && cur == target {
-				return nil
+				// The same link: its owner and mtime may still differ
+				// (transports that set them; setAttrs says which).
+				return s.setAttrs(ctx, p, sfi, wfi)
 			}
 		}
 		return s.putSymlink(ctx, p, target)
