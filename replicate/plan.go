@@ -329,6 +329,12 @@ func (f *folder) excludedUnknown(p string) bool {
 	return f.pl.isDir != nil && f.pl.isDir(p) && f.excluded(p, true)
 }
 
+// validOrRoot is valid, the root ("") allowed: its mode, owner, times
+// and xattrs change like any directory's.
+func (f *folder) validOrRoot(op journal.Op, p string) bool {
+	return p == "" || f.valid(op, p)
+}
+
 func (f *folder) valid(op journal.Op, paths ...string) bool {
 	for _, p := range paths {
 		if err := ValidPath(p); err != nil || p == "" {
@@ -570,7 +576,7 @@ func (f *folder) op(op journal.Op) {
 				for _, n := range id.Names {
 					f.attrs.put(n, op.File)
 				}
-			} else if f.valid(op, op.Path) && !f.excludedUnknown(op.Path) {
+			} else if f.validOrRoot(op, op.Path) && !f.excludedUnknown(op.Path) {
 				f.attrs.put(op.Path, op.File)
 			}
 		}
@@ -668,7 +674,7 @@ func (f *folder) op(op journal.Op) {
 		f.rename(op)
 
 	case journal.KindSetxattr, journal.KindRemovexattr:
-		if !f.valid(op, op.Path) || f.excludedUnknown(op.Path) {
+		if !f.validOrRoot(op, op.Path) || f.excludedUnknown(op.Path) {
 			return
 		}
 		// Made equal to the store's after the batch (not over SFTP v3,

@@ -2068,3 +2068,25 @@ func TestShipperResyncFixesSymlinkAttrs(t *testing.T) {
 		t.Errorf("worker symlink after a resync: mtime %v owner %d:%d, store %v %d:%d", wfi.ModTime(), wst.Uid, wst.Gid, sfi.ModTime(), sst.Uid, sst.Gid)
 	}
 }
+
+// The web root's own mode and user.* xattrs changed through the mount
+// reach the workers. Their journal records (path "") were skipped as
+// invalid paths, with a warning, and only a full comparison fixed them.
+func TestShipperRootAttrsAndXattrs(t *testing.T) {
+	f := newFsim(t)
+	worker := workerDir(t)
+	f.writeFile("index.html", "x")
+	s := startedShipper(t, f, worker, nil, nil)
+	waitSynced(t, s, f.j)
+	f.chmod("", 0o750)
+	f.must(unix.Setxattr(f.store, "user.root", []byte("r"), 0))
+	f.j.Append(journal.Op{Kind: journal.KindSetxattr, File: f.ino(""), Path: "", XattrName: "user.root", XattrValue: []byte("r")})
+	waitSynced(t, s, f.j)
+	wfi, err := os.Stat(worker)
+	f.must(err)
+	buf := make([]byte, 16)
+	n, xerr := unix.Getxattr(worker, "user.root", buf)
+	if wfi.Mode().Perm() != 0o750 || xerr != nil || string(buf[:max(n, 0)]) != "r" {
+		t.Errorf("worker root: mode %v, user.root %q (%v); want 0750 and \"r\"", wfi.Mode().Perm(), buf[:max(n, 0)], xerr)
+	}
+}
