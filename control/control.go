@@ -131,7 +131,7 @@ func Call(ctx context.Context, path, method, target string, out any) error {
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w on %s: %v", ErrNoDaemon, path, err)
+		return unanswered(path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -145,6 +145,17 @@ func Call(ctx context.Context, path, method, target string, out any) error {
 		return fmt.Errorf("control socket %s: bad answer: %w", path, err)
 	}
 	return nil
+}
+
+// unanswered is the error of a request to the socket at path that got no
+// answer: ErrNoDaemon, unless the socket refused the caller, whose
+// command would otherwise tell a non-root operator that no daemon runs
+// and to start one.
+func unanswered(path string, err error) error {
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("control socket %s: %w: it is root's; run this as root", path, err)
+	}
+	return fmt.Errorf("%w on %s: %v", ErrNoDaemon, path, err)
 }
 
 // WriteJSON answers a control request with v as JSON.

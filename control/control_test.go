@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -87,5 +88,19 @@ func TestServeKeepsAFileAtThePath(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A socket that refuses the caller (it is root's, the caller is not) is
+// not taken for no daemon: the command said none runs and to start one.
+func TestRefusedCallerIsNotNoDaemon(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.EACCES)}
+	err := unanswered("/run/mirrorfs/mirrorfs.sock", refused)
+	if errors.Is(err, ErrNoDaemon) || !strings.Contains(err.Error(), "run this as root") {
+		t.Errorf("permission denied on the socket: %v; want no ErrNoDaemon, and to be told to run as root", err)
+	}
+	gone := &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ENOENT)}
+	if err := unanswered("/run/mirrorfs/mirrorfs.sock", gone); !errors.Is(err, ErrNoDaemon) {
+		t.Errorf("no socket: %v, want ErrNoDaemon", err)
 	}
 }

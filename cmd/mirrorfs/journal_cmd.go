@@ -308,7 +308,10 @@ func journalCall(ctx context.Context, cfg *config.Config, path string, q url.Val
 	if len(q) > 0 {
 		target += "?" + q.Encode()
 	}
-	err := control.Call(ctx, cfg.Control, http.MethodGet, target, out)
+	_, err := ownDaemon(ctx, cfg)
+	if err == nil {
+		err = control.Call(ctx, cfg.Control, http.MethodGet, target, out)
+	}
 	if err == nil {
 		return "from the running daemon", nil
 	}

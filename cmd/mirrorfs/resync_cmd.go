@@ -158,7 +158,7 @@ func resyncDryRun(ctx context.Context, out io.Writer, cfg *config.Config, w conf
 
 // resync asks the daemon and follows the progress until done.
 func resync(ctx context.Context, out io.Writer, cfg *config.Config, w config.Worker, checksum bool) error {
-	before, err := control.Fetch(ctx, cfg.Control)
+	before, err := ownDaemon(ctx, cfg)
 	if errors.Is(err, control.ErrNoDaemon) {
 		return fmt.Errorf("resync needs the running daemon, which owns each worker's connection and position, "+
 			"but none answers on %s: start it with 'mirrorfs mount', or see the drift with 'mirrorfs verify --worker %s --checksum' "+

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,7 +37,7 @@ reports the positions stored there, without changing anything.`,
 			if err != nil {
 				return err
 			}
-			st, err := control.Fetch(cmd.Context(), cfg.Control)
+			st, err := ownDaemon(cmd.Context(), cfg)
 			if errors.Is(err, control.ErrNoDaemon) {
 				st, err = statusFromJournal(cfg)
 			}
@@ -103,4 +104,16 @@ func printStatus(w io.Writer, st control.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t#%d\t%s\n", ws.Name, ws.Addr, conn, ws.Pending, lag, ws.Applied, ws.LastError)
 	}
 	tw.Flush()
+}
+
+// ownDaemon asks the daemon on cfg's control socket for its status and
+// refuses one that serves another mount: two configurations sharing a
+// control: path would have the CLI read, and resync, the other cluster's
+// workers.
+func ownDaemon(ctx context.Context, cfg *config.Config) (control.Status, error) {
+	st, err := control.Fetch(ctx, cfg.Control)
+	if err == nil && st.Mount != cfg.Mount {
+		return st, fmt.Errorf("the daemon on control socket %s serves mount %s, not this configuration's %s: give each configuration a control: path of its own", cfg.Control, st.Mount, cfg.Mount)
+	}
+	return st, err
 }
