@@ -183,3 +183,21 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// With the master's own store unreadable, verify fails as a command (exit
+// 1, the store named), not as every worker unreachable (exit 2, which the
+// runbook's monitoring alerts on per worker).
+func TestVerifyStoreUnreadable(t *testing.T) {
+	c := newCluster(t, clusterOptions{Workers: 2})
+	writeFile(t, c.Mount+"/index.html", "x\n")
+	c.waitConverged(t, converge)
+	c.Stop(t)
+	if err := os.Rename(c.Store, c.Store+".away"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Rename(c.Store+".away", c.Store) })
+	_, errOut, code := runMirrorfs(t, c.Bin, "verify", "--config", c.Config)
+	if code != 1 || !strings.Contains(errOut, c.Store) || strings.Contains(errOut, "could not verify worker") {
+		t.Errorf("verify with the store gone: exit %d, %q; want exit 1 naming the store", code, strings.TrimSpace(errOut))
+	}
+}

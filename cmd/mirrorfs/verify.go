@@ -92,6 +92,12 @@ error are named). To repair a drifted worker: 'mirrorfs resync WORKER'.`,
 				return err
 			}
 			store := compareStore(cfg)
+			// The master's own store unreadable is this command's failure
+			// (exit 1), not every worker's (exit 2, "could not be reached
+			// or read", which a monitoring script alerts on per worker).
+			if err := readableDir(store); err != nil {
+				return fmt.Errorf("store %s: %w", store, err)
+			}
 			out := cmd.OutOrStdout()
 			var report verifyReport
 			for _, w := range workers {
@@ -121,6 +127,19 @@ error are named). To repair a drifted worker: 'mirrorfs resync WORKER'.`,
 	f.BoolVar(&checksum, "checksum", false, "also compare the content of regular files (SHA-256; reads every file)")
 	f.BoolVar(&asJSON, "json", false, "print JSON instead of text")
 	return cmd
+}
+
+// readableDir fails unless the directory d can be listed.
+func readableDir(d string) error {
+	f, err := os.Open(d)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Readdirnames(1); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
 }
 
 // verifyReport is the output of `verify --json`.
