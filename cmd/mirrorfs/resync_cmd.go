@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -138,14 +139,19 @@ func resyncDryRun(ctx context.Context, out io.Writer, cfg *config.Config, w conf
 	}
 	var send, remove, fix int
 	fmt.Fprintf(out, "a resync of %s (%s:%s) would:\n", w.Name, w.Addr(), w.Root)
+	store := compareStore(cfg)
 	for _, d := range r.Differences {
 		var action string
-		switch d.What {
-		case verify.WhatMissing:
+		switch {
+		case d.What == verify.WhatMissing:
 			action, send = "send", send+1
-		case verify.WhatExtra:
+		case d.What == verify.WhatExtra:
 			action, remove = "delete", remove+1
-		case verify.WhatType, verify.WhatSize, verify.WhatContent, verify.WhatTarget:
+		case d.What == verify.WhatType, d.What == verify.WhatSize, d.What == verify.WhatContent, d.What == verify.WhatTarget:
+			action, send = "replace", send+1
+		case d.What == verify.WhatMtime && isRegular(filepath.Join(store, d.Path)):
+			// The comparison takes a file whose mtime differs for another
+			// version: it sends it (a delta over the agent).
 			action, send = "replace", send+1
 		default:
 			action, fix = "fix "+d.What, fix+1
@@ -325,4 +331,10 @@ func checksumParam(on bool) string {
 		return "&checksum=1"
 	}
 	return ""
+}
+
+// isRegular reports whether p is a regular file (not following a symlink).
+func isRegular(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode().IsRegular()
 }
