@@ -59,15 +59,15 @@ With 'store' omitted from the configuration the existing directory at
 // runMount is the daemon: journal, mount, control socket and one shipper
 // per worker, until ctx is cancelled.
 func runMount(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	if st, err := control.Fetch(ctx, cfg.Control); err == nil {
-		// Started anyway, this daemon would run without a socket, and the
-		// CLI would read and resync the other one's workers for it.
-		return fmt.Errorf("control socket %s is in use by another mirrorfs daemon (mount %s): give this configuration a control: path of its own", cfg.Control, st.Mount)
-	}
 	if mounted, err := fs.IsMountPoint(cfg.Mount); err != nil {
 		return err
 	} else if mounted {
 		return fmt.Errorf("mount point %s is already a mount (another mirrorfs, or a stale one: fusermount3 -u %s)", cfg.Mount, cfg.Mount)
+	}
+	if st, err := control.Fetch(ctx, cfg.Control); err == nil {
+		// Started anyway, this daemon would run without a socket, and the
+		// CLI would read and resync the other one's workers for it.
+		return fmt.Errorf("control socket %s is in use by another mirrorfs daemon (mount %s): give this configuration a control: path of its own", cfg.Control, st.Mount)
 	}
 	store := cfg.Store
 	if cfg.InPlace {
