@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,7 +34,7 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 // parents that are symlinks are refused.
 type Local struct {
 	root   *os.Root
-	rootFd int // O_PATH: where walkParent starts
+	rootFd atomic.Int32 // O_PATH: where walkParent starts; -1 once closed
 	dirs   dirCheck
 
 	mu        sync.Mutex
@@ -200,7 +201,9 @@ func NewLocal(dir string) (*Local, error) {
 			})
 			rf.Close()
 			if err = errors.Join(cerr, err); err == nil {
-				return &Local{root: r, rootFd: fd}, nil
+				l := &Local{root: r}
+				l.rootFd.Store(int32(fd))
+				return l, nil
 			}
 		}
 	}
@@ -621,8 +624,12 @@ func (t *tempFile) discard() {
 
 // Close implements Transport.
 func (l *Local) Close() error {
-	unix.Close(l.rootFd)
-	return l.root.Close()
+	// Once: the number may be another file's by a second call.
+	if fd := l.rootFd.Swap(-1); fd >= 0 {
+		unix.Close(int(fd))
+		return l.root.Close()
+	}
+	return nil
 }
 
 // ContextReader returns a reader of r that fails with ctx's error once
@@ -673,15 +680,19 @@ func (l *Local) openParent(ctx context.Context, p string) (int, string, error) {
 func (l *Local) walkParent(p string) (int, string, error) {
 	// O_PATH needs no read permission on the directories walked.
 	const dirFlags = unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	root := int(l.rootFd.Load())
+	if root < 0 {
+		return -1, "", &fs.PathError{Op: "open", Path: p, Err: fs.ErrClosed}
+	}
 	// One openat2 refusing every symlink does the walk (Linux 5.6);
 	// when it fails, or the kernel lacks it, the walk below tells why.
 	if dir := parentDir(p); dir != "" {
 		how := unix.OpenHow{Flags: dirFlags, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
-		if fd, err := unix.Openat2(l.rootFd, dir, &how); err == nil {
+		if fd, err := unix.Openat2(root, dir, &how); err == nil {
 			return fd, baseName(p), nil
 		}
 	}
-	fd, err := unix.Openat(l.rootFd, ".", dirFlags, 0)
+	fd, err := unix.Openat(root, ".", dirFlags, 0)
 	if err != nil {
 		return -1, "", &fs.PathError{Op: "open", Path: ".", Err: err}
 	}

@@ -2,6 +2,8 @@ package replicate
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -154,5 +156,95 @@ func TestLocalNeverFollowsACheckedParentSwappedForASymlink(t *testing.T) {
 	}
 	if !slices.Equal(names, []string{"config.php", "keep.txt", "read.txt"}) || fi.Mode().Perm() != 0o600 || fi.ModTime().Equal(stamp) {
 		t.Errorf("private changed through the symlink: entries %v, config.php %v %v", names, fi.Mode().Perm(), fi.ModTime())
+	}
+}
+
+// WriteSmallFiles finishes a group's temp files side by side, and each
+// finish walks its parent; a walk that fails forgets what dirCheck had
+// checked. While a user of the worker swaps the directory for a symlink
+// again and again, the goroutines wrote dirCheck's map at once: "fatal
+// error: concurrent map writes" killed the agent (a review saw it within
+// one to three runs of 10 s; with -race at once).
+func TestLocalSmallGroupWhileDirectorySwapped(t *testing.T) {
+	root := t.TempDir()
+	l, err := NewLocal(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := t.Context()
+	if err := l.Mkdir(ctx, "d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(root, "elsewhere"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("elsewhere", filepath.Join(root, "s")); err != nil {
+		t.Fatal(err)
+	}
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a, b := filepath.Join(root, "d"), filepath.Join(root, "s")
+		for !stop.Load() {
+			_ = unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE)
+			time.Sleep(50 * time.Microsecond)
+		}
+	}()
+	defer func() { stop.Store(true); <-done }()
+	stamp := time.Unix(1_600_000_000, 0)
+	deadline := time.Now().Add(3 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		files := make([]SmallFile, 32)
+		for j := range files {
+			files[j] = SmallFile{Path: fmt.Sprintf("d/f%d-%d", i, j), Data: []byte("x"), Attrs: Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: stamp}}
+		}
+		_, _ = l.WriteSmallFiles(ctx, files)
+	}
+}
+
+// A second Close of a Local closes nothing: it closed whatever descriptor
+// had its root's number by then, here another Local's root.
+func TestLocalCloseTwice(t *testing.T) {
+	a, err := NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Mkdir(t.Context(), "before", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Close() // a second Close of a
+	if err := b.Mkdir(t.Context(), "after", 0o755); err != nil {
+		t.Errorf("Mkdir in b after a second Close of a: %v", err)
+	}
+}
+
+// A closed Local refuses to work (fs.ErrClosed, as os.Root did): it
+// walked from a descriptor number that another Local may hold by then,
+// and its write landed in the other root.
+func TestLocalUsedAfterClose(t *testing.T) {
+	a, err := NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	other := t.TempDir()
+	b, err := NewLocal(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	err = a.Mkdir(t.Context(), "from-a", 0o755)
+	if _, serr := os.Lstat(filepath.Join(other, "from-a")); serr == nil || !errors.Is(err, fs.ErrClosed) {
+		t.Errorf("Mkdir on a closed Local: %v (created in another Local's root: %v); want fs.ErrClosed", err, serr == nil)
 	}
 }
