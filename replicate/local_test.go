@@ -101,12 +101,7 @@ func TestLocalAttrsNeverFollowASwappedSymlink(t *testing.T) {
 // stay inside the root. Every operation now walks its parents without
 // following any symlink.
 func TestLocalNeverFollowsACheckedParentSwappedForASymlink(t *testing.T) {
-	root := t.TempDir()
-	l, err := NewLocal(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l, root := newTestLocal(t)
 	ctx := t.Context()
 	a := Attrs{Perm: 0o644, UID: -1, GID: -1}
 	for _, d := range []string{"uploads", "private"} {
@@ -166,12 +161,7 @@ func TestLocalNeverFollowsACheckedParentSwappedForASymlink(t *testing.T) {
 // error: concurrent map writes" killed the agent (a review saw it within
 // one to three runs of 10 s; with -race at once).
 func TestLocalSmallGroupWhileDirectorySwapped(t *testing.T) {
-	root := t.TempDir()
-	l, err := NewLocal(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l, root := newTestLocal(t)
 	ctx := t.Context()
 	if err := l.Mkdir(ctx, "d", 0o755); err != nil {
 		t.Fatal(err)
@@ -247,4 +237,16 @@ func TestLocalUsedAfterClose(t *testing.T) {
 	if _, serr := os.Lstat(filepath.Join(other, "from-a")); serr == nil || !errors.Is(err, fs.ErrClosed) {
 		t.Errorf("Mkdir on a closed Local: %v (created in another Local's root: %v); want fs.ErrClosed", err, serr == nil)
 	}
+}
+
+// newTestLocal is a Local on a new directory, closed when the test ends.
+func newTestLocal(t *testing.T) (*Local, string) {
+	t.Helper()
+	root := t.TempDir()
+	l, err := NewLocal(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, root
 }
