@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
 	"os"
@@ -149,4 +150,16 @@ func readlinkAt(dfd int, name, p string) (string, error) {
 			return string(buf[:n]), nil
 		}
 	}
+}
+
+// OpenFile opens p below the root, following no symlink on the way or at
+// p (ErrSymlink): for `mirrorfs worker`'s SFTP server, which serves the
+// master's opens with the same confinement as the agent's.
+func (l *Local) OpenFile(ctx context.Context, p string, flags int, perm uint32) (*os.File, error) {
+	dfd, name, err := l.openParent(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(dfd)
+	return openAt(dfd, name, p, flags, perm)
 }

@@ -12,19 +12,22 @@
 //     because the server enforces all of them anyway.
 //   - Only "session" channels with the "sftp" subsystem are served. exec, shell, pty, X11, agent
 //     and TCP forwarding are refused; every refusal is logged with its reason.
-//   - Every file operation goes through an [os.Root] for the configured directory. Client paths
-//     are relative to it ("/" is the root, ".." cannot climb above it), and no operation follows a
-//     symlink out of it. Symlinks with any target may be created and read back. The root itself
-//     must be a real directory: a root that is a symlink is refused at start, and a session is
-//     refused if the root has been replaced by one since.
+//   - Every file operation goes through a [replicate.Local] for the configured directory, as the
+//     agent's do. Client paths are relative to it ("/" is the root, ".." cannot climb above it),
+//     and no operation follows a symlink, on the way or at the name, even one that stays inside
+//     the root: a user of the worker who swaps a directory for a symlink cannot redirect the
+//     master's changes. Only SSH_FXP_STAT follows symlinks at the name whose targets stay inside
+//     the root. Symlinks with any target may be created and read back. The root itself must be a
+//     real directory: a root that is a symlink is refused at start, and a session is refused if
+//     the root has been replaced by one since.
 //   - A successful reply means the change is on stable storage: closing a handle that wrote,
 //     created or truncated a file fsyncs it (pkg/sftp's request server cannot route the
 //     fsync@openssh.com extension, so the server does it on close), and rename, posix-rename,
 //     hardlink, symlink, mkdir, remove and rmdir fsync the affected directories before replying.
 //
 // Limits inherited from SFTP v3 and pkg/sftp's request server: times travel in whole seconds;
-// SETSTAT follows symlinks (there is no lsetstat), so a symlink keeps the owner of the server
+// there is no lsetstat, and SETSTAT refuses a symlink, so a symlink keeps the owner of the server
 // process and its creation time; FSTAT and FSETSTAT act on the path the handle was opened with,
-// not on the open file; SSH_FXP_RENAME refuses to replace an existing target, use
-// posix-rename@openssh.com for an atomic replace.
+// not on the open file (a symlink put there since is refused); SSH_FXP_RENAME refuses to replace
+// an existing target, use posix-rename@openssh.com for an atomic replace.
 package worker

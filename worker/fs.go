@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,19 +10,24 @@ import (
 	"os"
 	"path"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pkg/sftp"
 	"golang.org/x/sys/unix"
+
+	"github.com/mirrorfs/mirrorfs/replicate"
 )
 
-// rootFS implements pkg/sftp's request-server handlers on an os.Root. Every path it receives has
-// been cleaned by the request server into an absolute slash path ("/" is the root); rel turns it
-// into a name relative to the root, and os.Root refuses anything that would leave the root,
-// including through symlinks.
+// rootFS implements pkg/sftp's request-server handlers on the worker root,
+// through a replicate.Local: every path is reached without following a
+// symlink, on the way or at its end (a symlink met is refused as an
+// escape), as the agent reaches it. Every path it receives has been
+// cleaned by the request server into an absolute slash path ("/" is the
+// root); local turns it into the root-relative path Local takes.
 type rootFS struct {
-	root *os.Root
-	log  *slog.Logger
+	l   *replicate.Local
+	log *slog.Logger
 }
 
 var (
@@ -38,43 +44,27 @@ func (h *rootFS) handlers() sftp.Handlers {
 	return sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h}
 }
 
-// rel maps a client path onto a name relative to the root. Lexical ".." cannot climb above "/".
-func rel(p string) string {
-	p = path.Clean("/" + p)
-	if p == "/" {
-		return "."
-	}
-	return p[1:]
+// local maps a client path onto a path relative to the root ("" is the
+// root). Lexical ".." cannot climb above "/".
+func local(p string) string {
+	return path.Clean("/" + p)[1:]
 }
 
-// check logs an operation refused because it would leave the root, and turns such errors into a
-// permission-denied status (os.Root reports them as a plain error, which would reach the client
-// as a generic failure).
+// check logs an operation refused because it would leave the root (a
+// symlink on the way or at the name, or a path Local refuses), and turns
+// such errors into a permission-denied status, which would otherwise reach
+// the client as a generic failure.
 func (h *rootFS) check(op, name string, err error) error {
-	if err == nil || !isEscape(err) {
+	if err == nil || !errors.Is(err, replicate.ErrSymlink) && !errors.Is(err, replicate.ErrInvalidPath) {
 		return err
 	}
-	h.log.Warn("refused: path escapes the root", "op", op, "path", name, "err", err)
+	h.log.Warn("refused: path escapes the root (through a symlink)", "op", op, "path", name, "err", err)
 	return fmt.Errorf("%s %s: path escapes the root: %w", op, name, sftp.ErrSSHFxPermissionDenied)
-}
-
-// isEscape reports whether err is os.Root's refusal to leave the root. The standard library does
-// not export that error, so it is recognised by its text.
-func isEscape(err error) bool {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		err = pe.Err
-	}
-	var le *os.LinkError
-	if errors.As(err, &le) {
-		err = le.Err
-	}
-	return err != nil && err.Error() == "path escapes from parent"
 }
 
 // Fileread opens a file for reading (SSH_FXF_READ only).
 func (h *rootFS) Fileread(r *sftp.Request) (io.ReaderAt, error) {
-	name := rel(r.Filepath)
+	name := local(r.Filepath)
 	f, err := h.openFile(name, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, h.check("open", name, err)
@@ -82,59 +72,24 @@ func (h *rootFS) Fileread(r *sftp.Request) (io.ReaderAt, error) {
 	return f, nil
 }
 
-// openFile opens the regular file name itself: never through a symlink at
-// name (which a user of the worker may put there between the master's
-// look and its open; os.Root follows one even with O_NOFOLLOW), never a
-// FIFO or device, whose open or read would block the session (pkg/sftp
-// answers a session's requests in order). An existing entry is opened
-// without following it, checked, then reopened through its descriptor; a
-// new file is created exclusively, so a name that appears meanwhile fails.
+// openFile opens the regular file name itself, never through a symlink,
+// and never a FIFO or device, whose open or read would block the session
+// (pkg/sftp answers a session's requests in order): O_NONBLOCK keeps the
+// open from waiting, and anything but a regular file is refused.
 func (h *rootFS) openFile(name string, flag int, perm os.FileMode) (*os.File, error) {
-	e, err := h.entry(name)
-	if errors.Is(err, fs.ErrNotExist) && flag&os.O_CREATE != 0 {
-		return h.root.OpenFile(name, flag|os.O_EXCL|unix.O_NOCTTY, perm)
-	}
+	f, err := h.l.OpenFile(context.Background(), name, flag|unix.O_NONBLOCK|unix.O_NOCTTY, uint32(perm.Perm()))
 	if err != nil {
 		return nil, err
 	}
-	defer e.Close()
-	if flag&os.O_EXCL != 0 && flag&os.O_CREATE != 0 {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrExist}
-	}
-	if fi, err := e.Stat(); err != nil || !fi.Mode().IsRegular() {
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
 		if err == nil {
 			err = fmt.Errorf("%s: not a regular file (%v)", name, fi.Mode().Type())
 		}
 		return nil, err
 	}
-	return os.OpenFile(byFd(e), flag&^(os.O_CREATE|os.O_EXCL)|unix.O_NOCTTY, 0)
-}
-
-// entry opens name's own entry (O_PATH: no access needed, nothing
-// opened) for a change of its attributes through the descriptor, never
-// through a symlink at name. pkg/sftp turns a change through an open
-// handle (FSETSTAT) into one by name: a user of the worker who renames
-// the master's temp file away and puts a symlink at its name would
-// otherwise get the mode and owner meant for it on the file the symlink
-// points to.
-func (h *rootFS) entry(name string) (*os.File, error) {
-	f, err := h.root.OpenFile(name, unix.O_PATH|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	if err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-		err = fmt.Errorf("%s is a symlink: not changing what it points to: %w", name, sftp.ErrSSHFxPermissionDenied)
-	}
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
 	return f, nil
 }
-
-// byFd is the path of f's own entry, for calls that take a path.
-func byFd(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
 
 // Filewrite opens a file for writing without reading.
 func (h *rootFS) Filewrite(r *sftp.Request) (io.WriterAt, error) {
@@ -147,7 +102,7 @@ func (h *rootFS) OpenFile(r *sftp.Request) (sftp.WriterAtReaderAt, error) {
 }
 
 func (h *rootFS) open(r *sftp.Request, access int) (*openFile, error) {
-	name := rel(r.Filepath)
+	name := local(r.Filepath)
 	pf := r.Pflags()
 	flag := access
 	if pf.Creat {
@@ -169,7 +124,7 @@ func (h *rootFS) open(r *sftp.Request, access int) (*openFile, error) {
 	if err != nil {
 		return nil, h.check("open", name, err)
 	}
-	of := &openFile{f: f, root: h.root, name: name, created: pf.Creat}
+	of := &openFile{f: f, h: h, name: name, created: pf.Creat}
 	of.dirty.Store(pf.Creat || pf.Trunc)
 	return of, nil
 }
@@ -179,7 +134,7 @@ func (h *rootFS) open(r *sftp.Request, access int) (*openFile, error) {
 // created the file.
 type openFile struct {
 	f       *os.File
-	root    *os.Root
+	h       *rootFS
 	name    string
 	created bool
 	dirty   atomic.Bool
@@ -203,15 +158,23 @@ func (o *openFile) Close() error {
 		err = cerr
 	}
 	if err == nil && o.created {
-		err = syncDir(o.root, path.Dir(o.name))
+		err = o.h.syncDir(parent(o.name))
 	}
 	return err
 }
 
+// parent is the directory of the root-relative name ("" for the root).
+func parent(name string) string {
+	if d := path.Dir(name); d != "." {
+		return d
+	}
+	return ""
+}
+
 // syncDir fsyncs a directory of the root so that entries added, removed or renamed in it survive
 // a crash.
-func syncDir(root *os.Root, dir string) error {
-	d, err := root.Open(dir)
+func (h *rootFS) syncDir(dir string) error {
+	d, err := h.l.OpenFile(context.Background(), dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return fmt.Errorf("fsync directory %s: %w", dir, err)
 	}
@@ -226,15 +189,15 @@ func syncDir(root *os.Root, dir string) error {
 }
 
 // syncParents fsyncs the parent directory of each name once.
-func syncParents(root *os.Root, names ...string) error {
+func (h *rootFS) syncParents(names ...string) error {
 	done := make(map[string]bool, len(names))
 	for _, n := range names {
-		dir := path.Dir(n)
+		dir := parent(n)
 		if done[dir] {
 			continue
 		}
 		done[dir] = true
-		if err := syncDir(root, dir); err != nil {
+		if err := h.syncDir(dir); err != nil {
 			return err
 		}
 	}
@@ -244,7 +207,8 @@ func syncParents(root *os.Root, names ...string) error {
 // Filecmd handles Setstat (and Fsetstat, which the request server turns into a Setstat on the
 // handle's path), Rename, Rmdir, Mkdir, Link, Symlink and Remove.
 func (h *rootFS) Filecmd(r *sftp.Request) error {
-	name := rel(r.Filepath)
+	ctx := context.Background()
+	name := local(r.Filepath)
 	switch r.Method {
 	case "Setstat":
 		return h.setstat(r, name)
@@ -252,37 +216,43 @@ func (h *rootFS) Filecmd(r *sftp.Request) error {
 		// SSH_FXP_RENAME must not replace an existing target (posix-rename@openssh.com does).
 		// OpenSSH links and unlinks to get that atomically; a check then rename leaves a small
 		// window, acceptable here because the master is the only writer of the root.
-		target := rel(r.Target)
-		if _, err := h.root.Lstat(target); err == nil {
+		target := local(r.Target)
+		if _, err := h.l.Lstat(ctx, target); err == nil {
 			return &os.LinkError{Op: "rename", Old: name, New: target, Err: fs.ErrExist}
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return h.check("rename", target, err)
 		}
 		return h.rename(name, target)
 	case "Mkdir":
-		if err := h.root.Mkdir(name, 0o777); err != nil {
+		if err := h.l.Mkdir(ctx, name, 0o777); err != nil {
 			return h.check("mkdir", name, err)
 		}
-		return syncParents(h.root, name)
+		return h.syncParents(name)
 	case "Rmdir":
-		return h.remove(name, true)
+		if err := h.l.Rmdir(ctx, name); err != nil {
+			return h.check("rmdir", name, err)
+		}
+		return h.syncParents(name)
 	case "Remove":
-		return h.remove(name, false)
+		if err := h.l.Remove(ctx, name); err != nil {
+			return h.check("remove", name, err)
+		}
+		return h.syncParents(name)
 	case "Link":
-		target := rel(r.Target)
-		if err := h.root.Link(name, target); err != nil {
+		target := local(r.Target)
+		if err := h.l.Link(ctx, name, target); err != nil {
 			return h.check("link", name, err)
 		}
-		return syncParents(h.root, target)
+		return h.syncParents(target)
 	case "Symlink":
 		// For Symlink the request server puts the link's target, uncleaned and uninterpreted, in
 		// Filepath and the path of the new link in Target. The target may be anything: the server
-		// never follows a link out of the root.
-		link := rel(r.Target)
-		if err := h.root.Symlink(r.Filepath, link); err != nil {
+		// never follows a link.
+		link := local(r.Target)
+		if err := h.l.Symlink(ctx, r.Filepath, link); err != nil {
 			return h.check("symlink", link, err)
 		}
-		return syncParents(h.root, link)
+		return h.syncParents(link)
 	default:
 		return fmt.Errorf("%s: %w", r.Method, sftp.ErrSSHFxOpUnsupported)
 	}
@@ -290,42 +260,24 @@ func (h *rootFS) Filecmd(r *sftp.Request) error {
 
 // PosixRename renames over an existing target atomically (posix-rename@openssh.com).
 func (h *rootFS) PosixRename(r *sftp.Request) error {
-	return h.rename(rel(r.Filepath), rel(r.Target))
+	return h.rename(local(r.Filepath), local(r.Target))
 }
 
 func (h *rootFS) rename(from, to string) error {
-	if err := h.root.Rename(from, to); err != nil {
+	if err := h.l.Rename(context.Background(), from, to); err != nil {
 		return h.check("rename", from+" -> "+to, err)
 	}
-	return syncParents(h.root, to, from)
-}
-
-func (h *rootFS) remove(name string, dir bool) error {
-	op := "remove"
-	if dir {
-		op = "rmdir"
-	}
-	fi, err := h.root.Lstat(name)
-	if err != nil {
-		return h.check(op, name, err)
-	}
-	if fi.IsDir() != dir {
-		want := "a directory"
-		if !dir {
-			want = "not a directory"
-		}
-		return fmt.Errorf("%s %s: must be %s", op, name, want)
-	}
-	if err := h.root.Remove(name); err != nil {
-		return h.check(op, name, err)
-	}
-	return syncParents(h.root, name)
+	return h.syncParents(to, from)
 }
 
 // setstat applies every attribute the request carries, in the order size, owner, mode, times
 // (chown clears set-id bits, so the mode comes after it), and returns the first error. Unlike
-// OpenSSH's SSH_FXP_SETSTAT it never follows a symlink at name: it refuses (see entry).
+// OpenSSH's SSH_FXP_SETSTAT it never follows a symlink: it refuses one. pkg/sftp turns a change
+// through an open handle (FSETSTAT) into one by name: a user of the worker who renames the
+// master's temp file away and puts a symlink at its name would otherwise get the mode and owner
+// meant for it on the file the symlink points to.
 func (h *rootFS) setstat(r *sftp.Request, name string) error {
+	ctx := context.Background()
 	flags := r.AttrFlags()
 	attrs := r.Attributes()
 	var first error
@@ -338,48 +290,15 @@ func (h *rootFS) setstat(r *sftp.Request, name string) error {
 		keep("truncate", h.truncate(name, int64(attrs.Size)))
 	}
 	if flags.UidGid {
-		keep("chown", h.chown(name, int(attrs.UID), int(attrs.GID)))
+		keep("chown", h.l.Chown(ctx, name, int(attrs.UID), int(attrs.GID)))
 	}
 	if flags.Permissions {
-		keep("chmod", h.chmod(name, attrs.FileMode()))
+		keep("chmod", h.l.Chmod(ctx, name, attrs.FileMode()))
 	}
 	if flags.Acmodtime {
-		keep("chtimes", h.chtimes(name, attrs.AccessTime(), attrs.ModTime()))
+		keep("chtimes", h.l.Chtimes(ctx, name, attrs.AccessTime(), attrs.ModTime()))
 	}
 	return first
-}
-
-func (h *rootFS) chown(name string, uid, gid int) error {
-	f, err := h.entry(name)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return os.Chown(byFd(f), uid, gid)
-}
-
-func (h *rootFS) chmod(name string, mode fs.FileMode) error {
-	f, err := h.entry(name)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	perm := uint32(mode.Perm())
-	for bit, m := range map[uint32]fs.FileMode{unix.S_ISUID: fs.ModeSetuid, unix.S_ISGID: fs.ModeSetgid, unix.S_ISVTX: fs.ModeSticky} {
-		if mode&m != 0 {
-			perm |= bit
-		}
-	}
-	return unix.Chmod(byFd(f), perm)
-}
-
-func (h *rootFS) chtimes(name string, atime, mtime time.Time) error {
-	f, err := h.entry(name)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return os.Chtimes(byFd(f), atime, mtime)
 }
 
 func (h *rootFS) truncate(name string, size int64) error {
@@ -400,60 +319,98 @@ func (h *rootFS) truncate(name string, size int64) error {
 // Filelist handles List (opendir) and Stat (and Fstat, which the request server turns into a Stat
 // on the handle's path).
 func (h *rootFS) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
-	name := rel(r.Filepath)
+	ctx := context.Background()
+	name := local(r.Filepath)
 	switch r.Method {
 	case "List":
-		d, err := h.root.Open(name)
-		if err != nil {
-			return nil, h.check("opendir", name, err)
-		}
-		defer d.Close()
-		entries, err := d.ReadDir(-1)
+		entries, err := h.l.ReadDir(ctx, name)
 		if err != nil {
 			return nil, h.check("readdir", name, err)
 		}
 		infos := make(listing, 0, len(entries))
 		for _, e := range entries {
-			fi, err := e.Info()
-			if err != nil {
-				continue // removed since ReadDir
-			}
-			infos = append(infos, fi)
+			infos = append(infos, entryInfo{e})
 		}
 		return infos, nil
 	case "Stat":
-		fi, err := h.root.Stat(name)
+		fi, err := h.stat(name)
 		if err != nil {
 			return nil, h.check("stat", name, err)
 		}
-		return listing{fi}, nil
+		return listing{entryInfo{fi}}, nil
 	default:
 		return nil, fmt.Errorf("%s: %w", r.Method, sftp.ErrSSHFxOpUnsupported)
 	}
 }
 
+// maxLinks bounds the symlinks stat follows, as the kernel's ELOOP does.
+const maxLinks = 40
+
+// stat is SSH_FXP_STAT: it follows symlinks at name, as long as each stays
+// inside the root (a relative target that does not climb out of it); one
+// that leads out (an absolute target, or "..") is refused. No symlink on
+// the way to name is followed.
+func (h *rootFS) stat(name string) (replicate.FileInfo, error) {
+	ctx := context.Background()
+	for range maxLinks {
+		fi, err := h.l.Lstat(ctx, name)
+		if err != nil || fi.Mode&fs.ModeSymlink == 0 {
+			return fi, err
+		}
+		target, err := h.l.Readlink(ctx, name)
+		if err != nil {
+			return replicate.FileInfo{}, err
+		}
+		next := path.Join(parent(name), target)
+		if path.IsAbs(target) || next == ".." || len(next) > 2 && next[:3] == "../" {
+			return replicate.FileInfo{}, fmt.Errorf("%s: a symlink to %s, outside the root: %w", name, target, replicate.ErrSymlink)
+		}
+		if name = next; name == "." {
+			name = ""
+		}
+	}
+	return replicate.FileInfo{}, &fs.PathError{Op: "stat", Path: name, Err: syscall.ELOOP}
+}
+
 // Lstat describes a symlink itself rather than its target.
 func (h *rootFS) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
-	name := rel(r.Filepath)
-	fi, err := h.root.Lstat(name)
+	name := local(r.Filepath)
+	fi, err := h.l.Lstat(context.Background(), name)
 	if err != nil {
 		return nil, h.check("lstat", name, err)
 	}
-	return listing{fi}, nil
+	return listing{entryInfo{fi}}, nil
 }
 
 // Readlink returns a symlink's target exactly as stored, relative or absolute.
 func (h *rootFS) Readlink(p string) (string, error) {
-	name := rel(p)
-	target, err := h.root.Readlink(name)
+	name := local(p)
+	target, err := h.l.Readlink(context.Background(), name)
 	if err != nil {
 		return "", h.check("readlink", name, err)
 	}
 	return target, nil
 }
 
-// listing serves FileInfos to the request server. Entries come from lstat, so their Sys() is a
-// *syscall.Stat_t and the client sees numeric uid and gid.
+// entryInfo serves a Local FileInfo as an fs.FileInfo, with a
+// *syscall.Stat_t as Sys() so that the client sees numeric uid and gid.
+type entryInfo struct{ fi replicate.FileInfo }
+
+func (e entryInfo) Name() string {
+	if e.fi.Name == "" {
+		return "."
+	}
+	return e.fi.Name
+}
+func (e entryInfo) Size() int64        { return e.fi.Size }
+func (e entryInfo) Mode() fs.FileMode  { return e.fi.Mode }
+func (e entryInfo) ModTime() time.Time { return e.fi.Mtime }
+func (e entryInfo) IsDir() bool        { return e.fi.IsDir() }
+func (e entryInfo) Sys() any {
+	return &syscall.Stat_t{Uid: e.fi.UID, Gid: e.fi.GID, Ino: e.fi.Ino, Nlink: e.fi.Nlink, Size: e.fi.Size}
+}
+
+// listing serves FileInfos to the request server.
 type listing []fs.FileInfo
 
 func (l listing) ListAt(dst []fs.FileInfo, off int64) (int, error) {

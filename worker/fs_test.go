@@ -208,15 +208,20 @@ func TestFileRoundTrip(t *testing.T) {
 			t.Errorf("lstat %s: %v, %v", link, fi, err)
 		}
 	}
-	// Paths through a symlink inside the root work.
-	if err := c.Mkdir("/current/css"); err != nil {
-		t.Fatal(err)
-	}
+	// Stat follows a symlink that stays inside the root; no change goes
+	// through one, even inside the root: a user of the worker who swaps a
+	// directory for a symlink must not redirect the master's changes.
 	if fi, err := c.Stat("/current"); err != nil || !fi.IsDir() {
 		t.Errorf("stat through symlink: %v, %v", fi, err)
 	}
-	if _, err := os.Stat(w.inRoot("releases/5/css")); err != nil {
-		t.Errorf("mkdir through an inner symlink: %v", err)
+	if err := c.Mkdir("/current/css"); !errors.Is(err, os.ErrPermission) {
+		t.Errorf("mkdir through an inner symlink: %v, want permission denied", err)
+	}
+	if _, err := os.Stat(w.inRoot("releases/5/css")); err == nil {
+		t.Error("mkdir through an inner symlink created releases/5/css")
+	}
+	if err := c.Mkdir("/releases/5/css"); err != nil {
+		t.Fatal(err)
 	}
 
 	// Directory listing.
@@ -614,5 +619,48 @@ func TestFifoNotOpened(t *testing.T) {
 	}
 	if _, err := c.Stat("/"); err != nil {
 		t.Errorf("the session after the FIFO: %v", err)
+	}
+}
+
+// A directory swapped by a user of the worker for a symlink to another
+// directory of the root redirects none of the master's changes: os.Root,
+// which the server used, follows symlinks that stay inside the root, and
+// a chmod and a create below uploads (now a symlink to private) landed in
+// private.
+func TestNoChangeThroughASymlinkedParent(t *testing.T) {
+	w := startWorker(t)
+	c := w.sftp(t)
+	for _, d := range []string{"uploads", "private"} {
+		if err := c.Mkdir("/" + d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret := filepath.Join(w.root, "private", "config.php")
+	if err := os.WriteFile(secret, []byte("<?php $pw='s3cret';"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(w.root, "uploads"), filepath.Join(w.root, "uploads.old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("private", filepath.Join(w.root, "uploads")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Chmod("/uploads/config.php", 0o644); err == nil {
+		t.Errorf("chmod uploads/config.php, uploads now a symlink to private: no error")
+	}
+	if f, err := c.OpenFile("/uploads/new.php", os.O_WRONLY|os.O_CREATE|os.O_EXCL); err == nil {
+		f.Write([]byte("<?php system($_GET['c']);"))
+		f.Close()
+		t.Errorf("create uploads/new.php, uploads now a symlink to private: no error")
+	}
+	fi, err := os.Stat(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("private/config.php changed through the symlinked parent uploads: mode %v", fi.Mode().Perm())
+	}
+	if _, err := os.Lstat(filepath.Join(w.root, "private", "new.php")); err == nil {
+		t.Errorf("private/new.php created through the symlinked parent uploads")
 	}
 }

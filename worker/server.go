@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -322,16 +321,16 @@ func (s *Server) serveSession(log *slog.Logger, nc ssh.NewChannel) {
 
 // openRoot opens the root for one session, refusing it if it has become
 // a symlink.
-func (s *Server) openRoot() (*os.Root, error) {
-	return replicate.OpenRoot(s.root)
+func (s *Server) openRoot() (*replicate.Local, error) {
+	return replicate.NewLocal(s.root)
 }
 
 // serveSFTP runs pkg/sftp's request server on ch, confined to root, then reports an exit status
 // and closes the channel.
-func (s *Server) serveSFTP(log *slog.Logger, ch ssh.Channel, root *os.Root) {
+func (s *Server) serveSFTP(log *slog.Logger, ch ssh.Channel, root *replicate.Local) {
 	defer root.Close()
 	log.Info("sftp session started")
-	h := &rootFS{root: root, log: log}
+	h := &rootFS{l: root, log: log}
 	srv := sftp.NewRequestServer(ch, h.handlers())
 	err := srv.Serve()
 	srv.Close()

@@ -1,16 +1,18 @@
 package worker
 
 import (
+	"context"
 	"fmt"
 	"syscall"
 
 	"github.com/pkg/sftp"
+	"golang.org/x/sys/unix"
 )
 
 // StatVFS answers statvfs@openssh.com for the file system holding a path of the root.
 func (h *rootFS) StatVFS(r *sftp.Request) (*sftp.StatVFS, error) {
-	name := rel(r.Filepath)
-	f, err := h.root.Open(name)
+	name := local(r.Filepath)
+	f, err := h.l.OpenFile(context.Background(), name, unix.O_PATH, 0)
 	if err != nil {
 		return nil, h.check("statvfs", name, err)
 	}
