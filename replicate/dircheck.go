@@ -12,9 +12,8 @@ import (
 // directory, not a symlink (which could lead outside the worker root). It
 // remembers verified directories until a namespace change invalidates them.
 //
-// Local's small-file groups finish their files side by side, and a walk
-// that fails forgets what it checked: the map is guarded, but not across
-// lstat, which may itself forget (invalidate).
+// The map is guarded, but not across lstat, which may itself forget
+// (invalidate): callers may check from several goroutines.
 type dirCheck struct {
 	mu sync.Mutex
 	ok map[string]bool

@@ -35,7 +35,6 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 type Local struct {
 	root   *os.Root
 	rootFd atomic.Int32 // O_PATH: where walkParent starts; -1 once closed
-	dirs   dirCheck
 
 	mu        sync.Mutex
 	unsynced  map[string]bool // directories whose entries changed since Sync
@@ -218,15 +217,13 @@ func rootName(p string) string {
 	return p
 }
 
-// prep validates p and its parents.
+// prep validates p. Its parents are checked by the walk every operation
+// makes (walkParent), which refuses a symlink or a file among them.
 func (l *Local) prep(ctx context.Context, p string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := ValidPath(p); err != nil {
-		return err
-	}
-	return l.dirs.check(ctx, p, l.lstatRaw)
+	return ValidPath(p)
 }
 
 func (l *Local) lstatRaw(_ context.Context, p string) (fi FileInfo, err error) {
@@ -331,7 +328,6 @@ func (l *Local) Remove(ctx context.Context, p string) error {
 		if fi.IsDir() {
 			return &fs.PathError{Op: "remove", Path: p, Err: syscall.EISDIR}
 		}
-		l.dirs.invalidate(p)
 		if err := unix.Unlinkat(dfd, name, 0); err != nil {
 			return &fs.PathError{Op: "remove", Path: p, Err: err}
 		}
@@ -360,7 +356,6 @@ func (l *Local) Rmdir(ctx context.Context, p string) error {
 		if !fi.IsDir() {
 			return &fs.PathError{Op: "rmdir", Path: p, Err: syscall.ENOTDIR}
 		}
-		l.dirs.invalidate(p)
 		if err := unix.Unlinkat(dfd, name, unix.AT_REMOVEDIR); err != nil {
 			return &fs.PathError{Op: "rmdir", Path: p, Err: err}
 		}
@@ -384,8 +379,6 @@ func (l *Local) Rename(ctx context.Context, from, to string) error {
 	if from == "" || to == "" {
 		return fmt.Errorf("rename: %w: the root", ErrInvalidPath)
 	}
-	l.dirs.invalidate(from)
-	l.dirs.invalidate(to)
 	if err := l.renameRaw(from, to); err != nil {
 		return err
 	}
@@ -601,7 +594,6 @@ func (t *tempFile) finish(a Attrs) (ownerErr, err error) {
 // commit renames the finished temp file over p. The directory is synced
 // by Sync, once per batch.
 func (t *tempFile) commit() error {
-	t.l.dirs.invalidate(t.p)
 	if err := t.l.renameRaw(t.name, t.p); err != nil {
 		return err
 	}
@@ -715,8 +707,6 @@ func (l *Local) walkParent(p string) (int, string, error) {
 				unix.Fstatat(fd, el, &st, unix.AT_SYMLINK_NOFOLLOW) == nil &&
 				st.Mode&unix.S_IFMT == unix.S_IFLNK
 			unix.Close(fd)
-			// The cached check was wrong or is now stale.
-			l.dirs.invalidate(walked)
 			switch {
 			case isLink:
 				return -1, "", fmt.Errorf("%w: parent %q of %q", ErrSymlink, walked, p)
