@@ -154,12 +154,17 @@ func readlinkAt(dfd int, name, p string) (string, error) {
 
 // OpenFile opens p below the root, following no symlink on the way or at
 // p (ErrSymlink): for `mirrorfs worker`'s SFTP server, which serves the
-// master's opens with the same confinement as the agent's.
+// master's opens with the same confinement as the agent's. With O_CREAT,
+// p's directory is noted for the next Sync.
 func (l *Local) OpenFile(ctx context.Context, p string, flags int, perm uint32) (*os.File, error) {
 	dfd, name, err := l.openParent(ctx, p)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(dfd)
-	return openAt(dfd, name, p, flags, perm)
+	f, err := openAt(dfd, name, p, flags, perm)
+	if err == nil && flags&unix.O_CREAT != 0 {
+		l.changed(p)
+	}
+	return f, err
 }

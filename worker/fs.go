@@ -158,51 +158,15 @@ func (o *openFile) Close() error {
 		err = cerr
 	}
 	if err == nil && o.created {
-		err = o.h.syncDir(parent(o.name))
+		err = o.h.sync()
 	}
 	return err
 }
 
-// parent is the directory of the root-relative name ("" for the root).
-func parent(name string) string {
-	if d := path.Dir(name); d != "." {
-		return d
-	}
-	return ""
-}
-
-// syncDir fsyncs a directory of the root so that entries added, removed or renamed in it survive
-// a crash.
-func (h *rootFS) syncDir(dir string) error {
-	d, err := h.l.OpenFile(context.Background(), dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		return fmt.Errorf("fsync directory %s: %w", dir, err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync directory %s: %w", dir, err)
-	}
-	return nil
-}
-
-// syncParents fsyncs the parent directory of each name once.
-func (h *rootFS) syncParents(names ...string) error {
-	done := make(map[string]bool, len(names))
-	for _, n := range names {
-		dir := parent(n)
-		if done[dir] {
-			continue
-		}
-		done[dir] = true
-		if err := h.syncDir(dir); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+// sync fsyncs the directories whose entries the session's changes touched
+// (Local notes them), so that what it added, removed or renamed survives a
+// crash before the reply.
+func (h *rootFS) sync() error { return h.l.Sync(context.Background()) }
 
 // Filecmd handles Setstat (and Fsetstat, which the request server turns into a Setstat on the
 // handle's path), Rename, Rmdir, Mkdir, Link, Symlink and Remove.
@@ -227,23 +191,23 @@ func (h *rootFS) Filecmd(r *sftp.Request) error {
 		if err := h.l.Mkdir(ctx, name, 0o777); err != nil {
 			return h.check("mkdir", name, err)
 		}
-		return h.syncParents(name)
+		return h.sync()
 	case "Rmdir":
 		if err := h.l.Rmdir(ctx, name); err != nil {
 			return h.check("rmdir", name, err)
 		}
-		return h.syncParents(name)
+		return h.sync()
 	case "Remove":
 		if err := h.l.Remove(ctx, name); err != nil {
 			return h.check("remove", name, err)
 		}
-		return h.syncParents(name)
+		return h.sync()
 	case "Link":
 		target := local(r.Target)
 		if err := h.l.Link(ctx, name, target); err != nil {
 			return h.check("link", name, err)
 		}
-		return h.syncParents(target)
+		return h.sync()
 	case "Symlink":
 		// For Symlink the request server puts the link's target, uncleaned and uninterpreted, in
 		// Filepath and the path of the new link in Target. The target may be anything: the server
@@ -252,7 +216,7 @@ func (h *rootFS) Filecmd(r *sftp.Request) error {
 		if err := h.l.Symlink(ctx, r.Filepath, link); err != nil {
 			return h.check("symlink", link, err)
 		}
-		return h.syncParents(link)
+		return h.sync()
 	default:
 		return fmt.Errorf("%s: %w", r.Method, sftp.ErrSSHFxOpUnsupported)
 	}
@@ -267,7 +231,7 @@ func (h *rootFS) rename(from, to string) error {
 	if err := h.l.Rename(context.Background(), from, to); err != nil {
 		return h.check("rename", from+" -> "+to, err)
 	}
-	return h.syncParents(to, from)
+	return h.sync()
 }
 
 // setstat applies every attribute the request carries, in the order size, owner, mode, times
@@ -361,7 +325,7 @@ func (h *rootFS) stat(name string) (replicate.FileInfo, error) {
 		if err != nil {
 			return replicate.FileInfo{}, err
 		}
-		next := path.Join(parent(name), target)
+		next := path.Join(path.Dir(name), target)
 		if path.IsAbs(target) || next == ".." || len(next) > 2 && next[:3] == "../" {
 			return replicate.FileInfo{}, fmt.Errorf("%s: a symlink to %s, outside the root: %w", name, target, replicate.ErrSymlink)
 		}
