@@ -454,17 +454,6 @@ func (l *Local) Link(ctx context.Context, existing, p string) error {
 	return nil
 }
 
-// noSymlink refuses to set attributes through a symlink.
-func (l *Local) noSymlink(p string) error {
-	fi, err := l.lstatRaw(context.Background(), p)
-	if err != nil {
-		return err
-	}
-	if fi.Mode&fs.ModeSymlink != 0 {
-		return fmt.Errorf("%s: %w", p, ErrSymlink)
-	}
-	return nil
-}
 
 // Chmod implements Transport (see chmodAt).
 func (l *Local) Chmod(ctx context.Context, p string, perm fs.FileMode) error {
@@ -476,28 +465,42 @@ func (l *Local) Chmod(ctx context.Context, p string, perm fs.FileMode) error {
 	return chmodAt(dfd, name, p, perm)
 }
 
-// Chown implements Transport.
+// Chown implements Transport: a symlink at p is refused (ErrSymlink), not
+// changed or followed.
 func (l *Local) Chown(ctx context.Context, p string, uid, gid int) error {
-	if err := l.prep(ctx, p); err != nil {
-		return err
-	}
-	if err := l.noSymlink(p); err != nil {
-		return err
-	}
-	return l.Lchown(ctx, p, uid, gid)
+	return l.atNoSymlink(ctx, p, func(dfd int, name string) error {
+		if err := unix.Fchownat(dfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &fs.PathError{Op: "chown", Path: p, Err: err}
+		}
+		return nil
+	})
 }
 
-// Chtimes implements Transport. Like Lchtimes after the check: by name
-// and following, it set the times of the file a symlink swapped in
-// meanwhile points to (see Chmod).
+// Chtimes implements Transport: a symlink at p is refused (ErrSymlink).
+// By name and following, it set the times of the file a symlink swapped in
+// meanwhile points to (see Chmod); it now sets them without following.
 func (l *Local) Chtimes(ctx context.Context, p string, atime, mtime time.Time) error {
-	if err := l.prep(ctx, p); err != nil {
+	return l.atNoSymlink(ctx, p, func(dfd int, name string) error {
+		return utimesAt(dfd, name, p, atime, mtime)
+	})
+}
+
+// atNoSymlink runs fn on p's parent and name after checking that p is no
+// symlink, all below one walk.
+func (l *Local) atNoSymlink(ctx context.Context, p string, fn func(dfd int, name string) error) error {
+	dfd, name, err := l.openParent(ctx, p)
+	if err != nil {
 		return err
 	}
-	if err := l.noSymlink(p); err != nil {
+	defer unix.Close(dfd)
+	fi, err := statAt(dfd, name, p)
+	if err != nil {
 		return err
 	}
-	return l.Lchtimes(ctx, p, atime, mtime)
+	if fi.Mode&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%s: %w", p, ErrSymlink)
+	}
+	return fn(dfd, name)
 }
 
 // WriteFileAtomic implements Transport.
