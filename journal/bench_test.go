@@ -3,10 +3,12 @@ package journal
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -193,4 +195,59 @@ func syncFloorFile(b *testing.B, size int, prewrite bool) *os.File {
 		b.Fatal(err)
 	}
 	return f
+}
+
+// BenchmarkTrimmedJournalDisk: the disk a journal keeps after its records
+// are trimmed (what a budget on disk blocks would see), and what opening a
+// journal of 1.5 million records costs with the count of RecordBytes.
+// One iteration takes about 80 s. BENCHMARKS.md, "What the journal's
+// budget counts".
+func BenchmarkTrimmedJournalDisk(b *testing.B) {
+	for b.Loop() {
+		dir := b.TempDir()
+		j, err := Open(dir, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		for sz := int64(0); sz <= 64<<20; n++ {
+			if _, err := j.AppendUnsynced(b.Context(), Op{Kind: KindWrite, File: uint64(n + 1), Path: fmt.Sprintf("htdocs/d%03d/page-%06d.html", n%100, n), Length: 4096}); err != nil {
+				b.Fatal(err)
+			}
+			if n%5000 == 0 {
+				sz, _ = j.Size()
+			}
+		}
+		before, _ := j.Size()
+		// Opening counts the records stored (RecordBytes): a key scan.
+		if err := j.Close(); err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		if j, err = Open(dir, Options{}); err != nil {
+			b.Fatal(err)
+		}
+		open := time.Since(t0)
+		if _, err := j.Trim(j.LastSeq() + 1); err != nil {
+			b.Fatal(err)
+		}
+		after, _ := j.Size()
+		lo, hi := after, after
+		for range 12 { // a minute of records coming and going
+			time.Sleep(5 * time.Second)
+			for i := range 2000 {
+				j.AppendUnsynced(b.Context(), Op{Kind: KindWrite, File: uint64(i + 1), Path: fmt.Sprintf("htdocs/x/page-%06d.html", i), Length: 4096})
+			}
+			j.Trim(j.LastSeq() + 1)
+			sz, _ := j.Size()
+			lo, hi = min(lo, sz), max(hi, sz)
+		}
+		b.Logf("%d ops took %d bytes and opened in %v; right after trimming them all %d bytes, over the next minute %d–%d", n, before, open, after, lo, hi)
+		b.ReportMetric(float64(open.Milliseconds()), "open-ms")
+		b.ReportMetric(float64(before), "disk-before-trim-B")
+		b.ReportMetric(float64(after), "disk-after-trim-B")
+		b.ReportMetric(float64(lo), "disk-minute-min-B")
+		b.ReportMetric(float64(hi), "disk-minute-max-B")
+		j.Close()
+	}
 }
