@@ -454,7 +454,6 @@ func (l *Local) Link(ctx context.Context, existing, p string) error {
 	return nil
 }
 
-
 // Chmod implements Transport (see chmodAt).
 func (l *Local) Chmod(ctx context.Context, p string, perm fs.FileMode) error {
 	dfd, name, err := l.openParent(ctx, p)
