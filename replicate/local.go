@@ -1193,29 +1193,13 @@ func (l *Local) stageSmall(ctx context.Context, f SmallFile, grouped bool) (t *t
 // Hash implements Hasher: the SHA-256 of the regular file p, opened
 // without following a final symlink (and without blocking on a FIFO).
 func (l *Local) Hash(ctx context.Context, p string) ([]byte, error) {
-	if err := l.prep(ctx, p); err != nil {
-		return nil, err
-	}
-	// Refuse before opening: opening a device may have side effects.
-	if fi, err := l.lstatRaw(ctx, p); err != nil {
-		return nil, err
-	} else if fi.Mode&fs.ModeSymlink != 0 {
-		return nil, fmt.Errorf("%s: %w", p, ErrSymlink)
-	} else if !fi.Mode.IsRegular() {
-		return nil, &fs.PathError{Op: "hash", Path: p, Err: fmt.Errorf("not a regular file (%s)", fi.Mode.Type())}
-	}
-	f, err := l.openRead(p)
+	f, err := l.openRegular(ctx, p, func(m fs.FileMode) error {
+		return &fs.PathError{Op: "hash", Path: p, Err: fmt.Errorf("not a regular file (%s)", m.Type())}
+	})
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, &fs.PathError{Op: "hash", Path: p, Err: fmt.Errorf("not a regular file (%s)", fi.Mode().Type())}
-	}
 	h := sha256.New()
 	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
 		return nil, &fs.PathError{Op: "hash", Path: p, Err: err}
@@ -1223,47 +1207,42 @@ func (l *Local) Hash(ctx context.Context, p string) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
-// openRead opens p read-only without following a symlink at any step (a
-// symlink swapped in since a check is ErrSymlink) and without blocking on
-// a FIFO.
-func (l *Local) openRead(p string) (f *os.File, err error) {
-	err = l.at(p, func(dfd int, name string) (err error) {
-		f, err = openAt(dfd, name, p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
-		return err
+// OpenRead opens the regular file p read-only for the agent (the basis of
+// a delta), with Hash's rules (see openRegular).
+func (l *Local) OpenRead(ctx context.Context, p string) (*os.File, error) {
+	return l.openRegular(ctx, p, func(m fs.FileMode) error {
+		return &fs.PathError{Op: "open", Path: p, Err: fmt.Errorf("not a regular file (%s): %w", m.Type(), ErrUnsupported)}
 	})
-	return f, err
 }
 
-// OpenRead opens the regular file p read-only for the agent (the basis of
-// a delta), with Hash's rules: p is validated, a symlink is refused with
-// [ErrSymlink] (also one swapped in after the check) and any other
-// non-regular file with an error, without opening it.
-func (l *Local) OpenRead(ctx context.Context, p string) (*os.File, error) {
-	if err := l.prep(ctx, p); err != nil {
+// openRegular opens the regular file p read-only below one walk: p is
+// validated, a symlink is refused with [ErrSymlink] (also one swapped in
+// after the look) and any other non-regular file with notRegular, before
+// it is opened (opening a device may have side effects), and again after
+// (O_NONBLOCK: a FIFO swapped in does not block the open).
+func (l *Local) openRegular(ctx context.Context, p string, notRegular func(fs.FileMode) error) (*os.File, error) {
+	dfd, name, err := l.openParent(ctx, p)
+	if err != nil {
 		return nil, err
 	}
-	notRegular := func(m fs.FileMode) error {
-		return &fs.PathError{Op: "open", Path: p, Err: fmt.Errorf("not a regular file (%s): %w", m.Type(), ErrUnsupported)}
-	}
-	if fi, err := l.lstatRaw(ctx, p); err != nil {
+	defer unix.Close(dfd)
+	if fi, err := statAt(dfd, name, p); err != nil {
 		return nil, err
 	} else if fi.Mode&fs.ModeSymlink != 0 {
 		return nil, fmt.Errorf("%s: %w", p, ErrSymlink)
 	} else if !fi.Mode.IsRegular() {
 		return nil, notRegular(fi.Mode)
 	}
-	f, err := l.openRead(p)
+	f, err := openAt(dfd, name, p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, err
 	}
-	fi, err := f.Stat()
-	if err != nil {
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
 		f.Close()
+		if err == nil {
+			err = notRegular(fi.Mode())
+		}
 		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, notRegular(fi.Mode())
 	}
 	return f, nil
 }
