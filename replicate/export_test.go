@@ -43,3 +43,7 @@ func ShipperScenario(t *testing.T, worker string, dial func(ctx context.Context)
 		t.Logf("status: %+v", st)
 	}
 }
+
+// SetBeforeStatVFS makes the SFTP transport tr run f before it asks the
+// worker why a request failed.
+func SetBeforeStatVFS(tr Transport, f func()) { tr.(*SFTP).beforeStatVFS = f }

@@ -59,6 +59,9 @@ type SFTP struct {
 	done   chan struct{}
 	closed sync.Once
 	broken atomic.Bool
+	// beforeStatVFS, when set (tests), runs before explainFailure asks
+	// the worker.
+	beforeStatVFS func()
 }
 
 var (
@@ -240,13 +243,12 @@ func (t *SFTP) call(ctx context.Context, f func() error) error {
 	}
 	stop := context.AfterFunc(ctx, t.kill)
 	end := t.watch.Begin()
-	err := f()
+	// Explained while still watched and cancellable: the statvfs waits
+	// for the same worker, which may be what hangs.
+	err := t.explainFailure(f(), t.root)
 	end()
 	if !stop() && ctx.Err() != nil {
 		return ctx.Err()
-	}
-	if _, bare := err.(*sftp.StatusError); bare {
-		err = t.explainFailure(err, t.root)
 	}
 	return err
 }
@@ -260,11 +262,17 @@ const statvfsReadOnly = 0x1
 // ENOSPC, EROFS and more as "Failure"), which left `mirrorfs status` with
 // nothing but `sftp: "Failure"`. It asks statvfs@openssh.com about dir
 // (on the worker) and adds "read-only file system" or "no space left on
-// device" when that is what the answer shows; otherwise err is unchanged.
+// device" when that is what the answer shows; otherwise, or when err
+// was explained already, err is unchanged. The status may be wrapped
+// (pkg/sftp wraps some in an *os.PathError).
 func (t *SFTP) explainFailure(err error, dir string) error {
 	var se *sftp.StatusError
-	if !errors.As(err, &se) || se.FxCode() != sftp.ErrSSHFxFailure || !hasExt(t.c, "statvfs@openssh.com") {
+	var done *explainedFailure
+	if !errors.As(err, &se) || se.FxCode() != sftp.ErrSSHFxFailure || errors.As(err, &done) || !hasExt(t.c, "statvfs@openssh.com") {
 		return err
+	}
+	if t.beforeStatVFS != nil {
+		t.beforeStatVFS()
 	}
 	vfs, verr := t.c.StatVFS(dir)
 	if verr != nil {
@@ -272,12 +280,22 @@ func (t *SFTP) explainFailure(err error, dir string) error {
 	}
 	switch free := vfs.Bavail * vfs.Frsize; {
 	case vfs.Flag&statvfsReadOnly != 0:
-		return fmt.Errorf("%w: read-only file system (%s on the worker is mounted read-only)", err, dir)
+		return &explainedFailure{err, fmt.Sprintf("read-only file system (%s on the worker is mounted read-only)", dir)}
 	case free < 1<<20 || vfs.Favail == 0:
-		return fmt.Errorf("%w: no space left on device (the file system of %s on the worker has %d bytes and %d inodes free)", err, dir, free, vfs.Favail)
+		return &explainedFailure{err, fmt.Sprintf("no space left on device (the file system of %s on the worker has %d bytes and %d inodes free)", dir, free, vfs.Favail)}
 	}
 	return err
 }
+
+// explainedFailure is a failure status with what statvfs showed of its
+// cause; it is explained once, by the innermost call that saw it.
+type explainedFailure struct {
+	err error
+	why string
+}
+
+func (e *explainedFailure) Error() string { return e.err.Error() + ": " + e.why }
+func (e *explainedFailure) Unwrap() error { return e.err }
 
 // abs validates p and its parents and returns the worker's absolute path.
 func (t *SFTP) abs(ctx context.Context, p string) (string, error) {

@@ -213,15 +213,7 @@ func TestShipperScenarioLocal(t *testing.T) {
 // fails instead of holding the worker's shipper (and the journal records
 // it lacks) forever.
 func TestSFTPGivesUpOnSilentServer(t *testing.T) {
-	d := transporttest.StartSSHD(t)
-	o := sftpOptions(t, d, t.TempDir())
-	o.KeepAlive, o.ReplyTimeout = 100*time.Millisecond, 300*time.Millisecond
-	tr, err := replicate.DialSFTP(t.Context(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	pid := sftpServerOf(t, d.Dir)
+	tr, pid := dialQuickToGiveUp(t, t.TempDir())
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -237,6 +229,60 @@ func TestSFTPGivesUpOnSilentServer(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Lstat still waiting 10 s after the sftp-server stopped (reply timeout 300 ms)")
 	}
+}
+
+// A request that failed is explained with a statvfs to the same worker
+// (full disk? read-only?). A worker that hangs right then must not hold
+// the request, nor the worker's shipper, for good: the statvfs is watched
+// like the request.
+func TestSFTPExplainingAFailureGivesUpOnSilentServer(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "d", "f"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tr, pid := dialQuickToGiveUp(t, root)
+	stopped := false
+	replicate.SetBeforeStatVFS(tr, func() {
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Error(err)
+		}
+		stopped = true
+	})
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	done := make(chan error, 1)
+	// rmdir of a directory that is not empty: sftp-server answers
+	// ENOTEMPTY with a bare SSH_FX_FAILURE, which is explained.
+	go func() { done <- tr.Rmdir(context.Background(), "d") }()
+	select {
+	case err := <-done:
+		if !stopped {
+			t.Fatalf("the failure was not explained with a statvfs (rmdir: %v)", err)
+		}
+		if err == nil {
+			t.Fatal("rmdir of a directory that is not empty succeeded")
+		}
+		t.Logf("rmdir: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("rmdir still waiting 10 s after the sftp-server stopped during the statvfs that explains its failure (reply timeout 300 ms)")
+	}
+}
+
+// dialQuickToGiveUp dials SFTP to root through a new test sshd with a
+// reply timeout of 300 ms, and returns the transport (closed at the end
+// of the test) and the pid of its sftp-server.
+func dialQuickToGiveUp(t *testing.T, root string) (replicate.Transport, int) {
+	d := transporttest.StartSSHD(t)
+	o := sftpOptions(t, d, root)
+	o.KeepAlive, o.ReplyTimeout = 100*time.Millisecond, 300*time.Millisecond
+	tr, err := replicate.DialSFTP(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr, sftpServerOf(t, d.Dir)
 }
 
 // sftpServerOf finds the sftp-server started by the test sshd whose files
