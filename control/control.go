@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // WorkerStatus is one worker's replication state as shown by `status`.
@@ -66,6 +68,15 @@ type Route struct {
 // at path until ctx is done. A stale socket file from a crashed daemon is
 // replaced; a socket a live daemon answers on is not.
 func Serve(ctx context.Context, path string, status func() Status, routes ...Route) error {
+	return serve(ctx, path, daemonsUser, status, routes)
+}
+
+// daemonsUser reports whether uid may use the control socket: root and
+// the daemon's own user.
+func daemonsUser(uid int) bool { return uid == 0 || uid == os.Geteuid() }
+
+// serve is Serve answering only callers whose user allowed accepts.
+func serve(ctx context.Context, path string, allowed func(uid int) bool, status func() Status, routes []Route) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("control socket %s: %w", path, err)
 	}
@@ -85,8 +96,14 @@ func Serve(ctx context.Context, path string, status func() Status, routes ...Rou
 	if err != nil {
 		return fmt.Errorf("control socket %s: %w", path, err)
 	}
-	// Status shows paths and errors only; still, keep it to root.
-	os.Chmod(path, 0o600)
+	// Status shows paths and errors only, but resync and the journal
+	// tools act: keep it to the daemon's user. The mode stops others at
+	// connect; the peer check also covers a caller that connected in the
+	// instant before the chmod, while the umask's mode applied.
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -95,7 +112,11 @@ func Serve(ctx context.Context, path string, status func() Status, routes ...Rou
 	for _, r := range routes {
 		mux.HandleFunc(r.Pattern, r.Handler)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler:           onlyFor(allowed, mux),
+		ReadHeaderTimeout: 5 * time.Second,
+		ConnContext:       withPeer,
+	}
 	go func() {
 		<-ctx.Done()
 		srv.Close()
@@ -105,6 +126,36 @@ func Serve(ctx context.Context, path string, status func() Status, routes ...Rou
 	}
 	os.Remove(path)
 	return nil
+}
+
+// peerKey holds, in a request's context, the user of the process at the
+// other end of its connection (-1 when unknown).
+type peerKey struct{}
+
+// withPeer notes the connection's peer user (SO_PEERCRED) in ctx.
+func withPeer(ctx context.Context, c net.Conn) context.Context {
+	uid := -1
+	if uc, ok := c.(*net.UnixConn); ok {
+		if raw, err := uc.SyscallConn(); err == nil {
+			_ = raw.Control(func(fd uintptr) {
+				if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+					uid = int(cred.Uid)
+				}
+			})
+		}
+	}
+	return context.WithValue(ctx, peerKey{}, uid)
+}
+
+// onlyFor refuses every request whose caller's user allowed refuses.
+func onlyFor(allowed func(uid int) bool, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if uid, _ := r.Context().Value(peerKey{}).(int); !allowed(uid) {
+			http.Error(w, fmt.Sprintf("the control socket answers only root and the daemon's user (uid %d), not uid %d: run this as root", os.Geteuid(), uid), http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Fetch asks the daemon listening on path for its status.

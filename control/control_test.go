@@ -104,3 +104,35 @@ func TestRefusedCallerIsNotNoDaemon(t *testing.T) {
 		t.Errorf("no socket: %v, want ErrNoDaemon", err)
 	}
 }
+
+// Only root and the daemon's user are answered, whatever the socket's
+// mode: a caller that connected before the chmod (umask 0) is refused
+// too. The test's process is both ends, so the socket is told to answer
+// another user only, and the caller's uid must be refused.
+func TestServeAnswersOnlyTheDaemonsUser(t *testing.T) {
+	if !daemonsUser(0) || !daemonsUser(os.Geteuid()) || daemonsUser(os.Geteuid()+4242) {
+		t.Fatalf("daemonsUser refuses root or the daemon's user, or lets another in")
+	}
+	sock := filepath.Join(t.TempDir(), "ctl.sock")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	me := os.Geteuid()
+	owner := me + 4242
+	go func() {
+		done <- serve(ctx, sock, func(uid int) bool { return uid == owner }, func() Status { return Status{LastSeq: 7} }, nil)
+	}()
+	var err error
+	for range 100 {
+		if _, err = Fetch(t.Context(), sock); err == nil || !errors.Is(err, ErrNoDaemon) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err == nil || !strings.Contains(err.Error(), "403") || !strings.Contains(err.Error(), "run this as root") {
+		t.Errorf("status asked by uid %d of a daemon of uid %d: %v, want 403 and to be told to run as root", me, owner, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
