@@ -847,3 +847,32 @@ func TestSmallRequestOverSmallMaxHoldsNoData(t *testing.T) {
 		t.Errorf("a request of SmallMax bytes: %v", f.err)
 	}
 }
+
+// An answer over one frame (here a file's extended attributes, with the
+// limit lowered) is an error naming the file, and the agent stays up: it
+// used to end on its own answer, and the master dialled again and asked
+// again, for good.
+func TestAnswerOverAFrameIsAnError(t *testing.T) {
+	saved := maxFrame
+	maxFrame = 2 << 10
+	t.Cleanup(func() { maxFrame = saved }) // runs after the agent stopped
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.html")
+	if err := os.WriteFile(big, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := unix.Setxattr(big, fmt.Sprintf("user.x%d", i), bytes.Repeat([]byte{'v'}, 1500), 0); err != nil {
+			t.Fatalf("user xattrs on %s: %v", dir, err)
+		}
+	}
+	c := pipeClient(t, dir)
+	x, err := c.ListXattrs(t.Context(), "big.html")
+	if err == nil || !strings.Contains(err.Error(), "big.html") {
+		t.Fatalf("ListXattrs of 3,000 bytes with a 2 KiB frame: %d attributes, %v; want an error naming big.html", len(x), err)
+	}
+	t.Logf("ListXattrs: %v", err)
+	if _, err := c.Lstat(t.Context(), "big.html"); err != nil {
+		t.Fatalf("lstat after the refused answer: %v", err)
+	}
+}

@@ -116,7 +116,7 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, root string, log *s
 				parts = listingFrames(resp)
 			}
 			for _, part := range parts {
-				if err := writeFrame(s.out, part.encode()); err != nil {
+				if err := writeFrame(s.out, fitFrame(req, part.encode())); err != nil {
 					return err
 				}
 			}
@@ -129,6 +129,19 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, root string, log *s
 			}
 		}
 	}
+}
+
+// fitFrame returns body, or an error answer naming req's path when body
+// is over one frame: the agent would otherwise end on its own answer (a
+// file's extended attributes can take more, on XFS), the master dial
+// again and ask again, for good.
+func fitFrame(req request, body []byte) []byte {
+	if len(body) <= maxFrame {
+		return body
+	}
+	err := fmt.Errorf("%s: the answer takes %d bytes, over the agent protocol's limit of %d", req.Path, len(body), maxFrame)
+	resp := errorResponse(err)
+	return resp.encode()
 }
 
 type server struct {
