@@ -28,12 +28,23 @@ import (
 // pipeClient runs an agent on dir in this process, connected by pipes.
 func pipeClient(t testing.TB, dir string) *Client {
 	t.Helper()
+	return pipeClientWith(t, dir, nil)
+}
+
+// pipeClientWith is pipeClient with the agent's input passed through in
+// (when not nil).
+func pipeClientWith(t testing.TB, dir string, in func(io.Reader) io.Reader) *Client {
+	t.Helper()
 	toAgent, fromMaster := io.Pipe()
 	toMaster, fromAgent := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
+	var agentIn io.Reader = toAgent
+	if in != nil {
+		agentIn = in(toAgent)
+	}
 	go func() {
-		err := Serve(ctx, toAgent, fromAgent, dir, nil)
+		err := Serve(ctx, agentIn, fromAgent, dir, nil)
 		fromAgent.CloseWithError(io.EOF)
 		served <- err
 	}()

@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mirrorfs/mirrorfs/delta"
@@ -26,6 +27,7 @@ import (
 // failed or cancelled request breaks it: the caller dials again.
 type Client struct {
 	r     *bufio.Reader
+	wmu   sync.Mutex // guards w: the caller's frames and pingWhileIdle's
 	w     *bufio.Writer
 	buf   []byte
 	zbuf  []byte // sendData's compression buffer
@@ -41,6 +43,10 @@ type Client struct {
 	mu       sync.Mutex            // guards broken against kill from AfterFunc
 	broken   error
 	closed   sync.Once
+	// For pingWhileIdle: when a frame was last sent (Unix ns), and how
+	// many send or receive calls are under way.
+	lastSent atomic.Int64
+	busy     atomic.Int32
 }
 
 var (
@@ -133,18 +139,67 @@ func (c *Client) watch(ctx context.Context) (stop func() bool) {
 // watch's Reader and Writer.
 func (c *Client) watchStall(w *replicate.StallWatch) { c.stall = w }
 
-// waiting marks a request waiting on the agent, for the stall watch.
+// waiting marks a request waiting on the agent, for the stall watch and
+// pingWhileIdle.
 func (c *Client) waiting() (end func()) {
+	c.busy.Add(1)
 	if c.stall == nil {
-		return func() {}
+		return func() { c.busy.Add(-1) }
 	}
-	return c.stall.Begin()
+	stallEnd := c.stall.Begin()
+	return func() {
+		stallEnd()
+		c.busy.Add(-1)
+	}
+}
+
+// pingWhileIdle sends opPing when nothing was sent for every and no
+// request is under way, until done: the agent, run with --idle-exit, can
+// then tell a master with nothing to replicate from one that went away.
+// A ping is never sent while an answer is awaited, so it cannot hide an
+// agent that stopped answering from the stall watch.
+func (c *Client) pingWhileIdle(every time.Duration, done <-chan struct{}) {
+	tick := time.NewTicker(max(every/4, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		if c.busy.Load() > 0 || time.Since(time.Unix(0, c.lastSent.Load())) < every {
+			continue
+		}
+		if c.brokenErr() != nil || c.ping() != nil {
+			return
+		}
+	}
+}
+
+// ping writes one opPing and flushes it.
+func (c *Client) ping() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	req := request{Op: opPing}
+	err := writeFrame(c.w, req.encode())
+	if err == nil {
+		err = c.w.Flush()
+	}
+	if err != nil {
+		return c.fail(err)
+	}
+	c.lastSent.Store(time.Now().UnixNano())
+	return nil
 }
 
 // send writes one request frame (buffered).
 func (c *Client) send(req request) error {
 	defer c.waiting()()
-	if err := writeFrame(c.w, req.encode()); err != nil {
+	c.wmu.Lock()
+	err := writeFrame(c.w, req.encode())
+	c.wmu.Unlock()
+	c.lastSent.Store(time.Now().UnixNano())
+	if err != nil {
 		return c.fail(err)
 	}
 	if req.Op.changesEntries() {
@@ -156,10 +211,12 @@ func (c *Client) send(req request) error {
 // receive flushes what was sent and reads one response.
 func (c *Client) receive() (response, error) {
 	defer c.waiting()()
-	if err := c.w.Flush(); err != nil {
+	c.wmu.Lock()
+	err := c.w.Flush()
+	c.wmu.Unlock()
+	if err != nil {
 		return response{}, c.fail(err)
 	}
-	var err error
 	c.buf, err = readFrame(c.r, c.buf)
 	if err != nil {
 		return response{}, c.fail(err)

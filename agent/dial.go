@@ -221,7 +221,7 @@ func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (c *Cl
 	}
 	stderr := &tailBuffer{max: 4 << 10}
 	sess.Stderr = stderr
-	cmd := shellQuote(remote) + " agent --root " + shellQuote(root)
+	cmd := shellQuote(remote) + " agent --root " + shellQuote(root) + " --idle-exit " + IdleExit.String()
 	if err := sess.Start(cmd); err != nil {
 		sess.Close()
 		return nil, nil, fmt.Errorf("run %s: %w", cmd, err)
@@ -268,6 +268,7 @@ func run(ctx context.Context, sc *replicate.SSHConn, remote, root string) (c *Cl
 	}
 	c.watchStall(watch)
 	go sc.KeepAlive(done)
+	go c.pingWhileIdle(PingInterval, done)
 	return c, release, nil
 }
 

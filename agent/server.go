@@ -89,6 +89,19 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, root string, log *s
 		if !s.hello && req.Op != opHello {
 			return errors.New("agent protocol: first request is not hello")
 		}
+		if req.Op == opPing {
+			// Unanswered: a run of small files read before it is
+			// answered as though it were not there.
+			if br.Buffered() == 0 {
+				if err := s.writeSmall(ctx); err != nil {
+					return err
+				}
+				if err := s.out.Flush(); err != nil {
+					return err
+				}
+			}
+			continue
+		}
 		if s.w == nil && (req.Op == opWriteData || req.Op == opWriteEnd || req.Op == opWriteAbort) {
 			return errors.New("agent protocol: file data without a transfer in progress")
 		}

@@ -18,7 +18,8 @@ import (
 // the master uploads its own binary when the worker's agent differs.
 // 4: a directory listing is answered in as many frames as it needs.
 // 5: an entry carries its inode number and link count.
-const Version = 5
+// 6: opPing, which an idle master sends and the agent does not answer.
+const Version = 6
 
 // maxFrame bounds one frame: a data frame carries at most dataChunk bytes,
 // a directory listing is split into frames of at most this size
@@ -84,6 +85,10 @@ const (
 	// that kind, {0} when not. The master sends a batch of them before
 	// reading the answers.
 	opSetAttrs
+	// Not answered: a master with nothing to send says it is still
+	// there (Client.pingWhileIdle), so that an agent run with
+	// --idle-exit can tell it from one that went away.
+	opPing
 	opLast // not an op: bound for validation
 )
 

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -243,5 +244,56 @@ func TestAgentUploadRemovesOldBuilds(t *testing.T) {
 		if _, err := os.Stat(p); (err == nil) != want {
 			t.Errorf("%s: exists = %v, want %v", p, err == nil, want)
 		}
+	}
+}
+
+// An agent whose master went away without closing the connection (a
+// network cut leaves sshd, and with it the agent's input, open for hours)
+// exits once nothing came for --idle-exit, saying why; and the master
+// starts its agents with it (it pings them while idle: agent package).
+func TestAgentExitsWhenTheMasterIsSilent(t *testing.T) {
+	bin := mirrorfsBinary(t)
+	cmd := exec.Command(bin, "agent", "--root", t.TempDir(), "--idle-exit", "300ms")
+	in, err := cmd.StdinPipe() // held open, never written: a master cut off
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err == nil || !strings.Contains(stderr.String(), "nothing from the master") {
+			t.Errorf("agent exit: %v, stderr %q; want a failure saying nothing came from the master", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+		t.Fatal("agent with --idle-exit 300ms still running 10 s after its master went silent")
+	}
+
+	c := newCluster(t, clusterOptions{Workers: 1})
+	writeFile(t, c.Mount+"/index.html", "served by the agent\n")
+	c.waitConverged(t, converge)
+	root := c.Workers[0].Root
+	var cmdlines []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		line := strings.Join(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00"), " ")
+		if strings.Contains(line, " agent --root "+root) {
+			cmdlines = append(cmdlines, line)
+		}
+	}
+	if len(cmdlines) != 1 || !strings.HasSuffix(cmdlines[0], " --idle-exit 10m0s") {
+		t.Errorf("agents of %s: %q; want one, run with --idle-exit 10m0s", root, cmdlines)
 	}
 }

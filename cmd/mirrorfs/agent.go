@@ -2,8 +2,11 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -12,6 +15,7 @@ import (
 
 func newAgentCmd() *cobra.Command {
 	var root string
+	var idleExit time.Duration
 	cmd := &cobra.Command{
 		Use:   "agent --root DIR",
 		Short: "Apply a master's changes below DIR (started by the master over SSH)",
@@ -26,18 +30,37 @@ You do not run it yourself: the master uploads its own binary to
 falls back to SFTP (with a logged reason) when the agent cannot run there.
 Choose per worker with "transport: agent" (the default) or "transport: sftp".
 
+A master pings an idle agent every minute. With --idle-exit the agent exits
+when nothing came from the master for that long: after a network cut, sshd
+keeps the agent's input open until TCP gives up, hours later, and an agent
+would be left behind on the worker after every outage. The master starts
+its agents with --idle-exit 10m.
+
 Messages go to standard error, which the master shows when the agent fails.`,
 		Example: `  # what the master runs on the worker, over ssh:
-  ~/.cache/mirrorfs/mirrorfs-0123456789abcdef agent --root /var/www/html`,
+  ~/.cache/mirrorfs/mirrorfs-0123456789abcdef agent --root /var/www/html --idle-exit 10m0s`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if root == "" {
 				return errors.New("--root is required: the worker directory to apply changes to")
 			}
+			if idleExit < 0 {
+				return fmt.Errorf("--idle-exit %s: want a positive duration, or 0 for never", idleExit)
+			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			return agent.Serve(cmd.Context(), os.Stdin, os.Stdout, root, log)
+			var in io.Reader = os.Stdin
+			if idleExit > 0 {
+				// Exit, not return: the read that waits cannot be
+				// interrupted, and nothing is under way when it waits.
+				in, _ = agent.WatchIdle(os.Stdin, idleExit, func() {
+					log.Warn("nothing from the master: taking it for gone, exiting", "idle_exit", idleExit)
+					os.Exit(1)
+				})
+			}
+			return agent.Serve(cmd.Context(), in, os.Stdout, root, log)
 		},
 	}
 	cmd.Flags().StringVar(&root, "root", "", "worker root directory (absolute path)")
+	cmd.Flags().DurationVar(&idleExit, "idle-exit", 0, "exit when nothing came from the master for this long (0: never)")
 	return cmd
 }
