@@ -15,7 +15,9 @@
 // WriteAbort, answered once with the outcome. The agent writes the data to
 // a temp file beside the target, fsyncs it, sets its attributes and renames
 // it over the target, through replicate.Local, which resolves every path
-// below the root without following symlinks.
+// below the root without following symlinks. A ping, which an idle master
+// sends every [PingInterval], gets no answer: it only tells an agent run
+// with --idle-exit that its master is still there.
 //
 // [Dial] uploads the master's own binary to ~/.cache/mirrorfs/ on the
 // worker when that build is missing, and falls back to SFTP on the same
