@@ -25,6 +25,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// lowerMaxFrame sets the frame limit to n until the test's cleanup, which
+// runs after that of an agent started afterwards.
+func lowerMaxFrame(t testing.TB, n int) {
+	saved := maxFrame
+	maxFrame = n
+	t.Cleanup(func() { maxFrame = saved })
+}
+
 // pipeClient runs an agent on dir in this process, connected by pipes.
 func pipeClient(t testing.TB, dir string) *Client {
 	t.Helper()
@@ -669,9 +677,7 @@ func TestSmallFilesRunUntilAnotherRequest(t *testing.T) {
 // The limit is lowered so that a few thousand entries cross it; the
 // listing is the agent's real one.
 func TestReadDirLargerThanAFrame(t *testing.T) {
-	saved := maxFrame
-	maxFrame = 64 << 10
-	t.Cleanup(func() { maxFrame = saved }) // runs after the agent stopped
+	lowerMaxFrame(t, 64 << 10) // restored after the agent stopped
 	dir := t.TempDir()
 	const n = 2000
 	want := make([]string, 0, n)
@@ -706,9 +712,7 @@ func TestReadDirLargerThanAFrame(t *testing.T) {
 // listingFrames keeps every frame within the limit, even with the longest
 // names a directory can hold, and loses no entry.
 func TestListingFramesWithinLimit(t *testing.T) {
-	saved := maxFrame
-	maxFrame = 8 << 10
-	defer func() { maxFrame = saved }()
+	lowerMaxFrame(t, 8 << 10)
 	var infos []replicate.FileInfo
 	for i := range 500 {
 		infos = append(infos, replicate.FileInfo{Name: fmt.Sprintf("%03d%s", i, strings.Repeat("x", 252)),
@@ -864,9 +868,7 @@ func TestSmallRequestOverSmallMaxHoldsNoData(t *testing.T) {
 // used to end on its own answer, and the master dialled again and asked
 // again, for good.
 func TestAnswerOverAFrameIsAnError(t *testing.T) {
-	saved := maxFrame
-	maxFrame = 2 << 10
-	t.Cleanup(func() { maxFrame = saved }) // runs after the agent stopped
+	lowerMaxFrame(t, 2 << 10) // restored after the agent stopped
 	dir := t.TempDir()
 	big := filepath.Join(dir, "big.html")
 	if err := os.WriteFile(big, nil, 0o644); err != nil {

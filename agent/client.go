@@ -43,10 +43,12 @@ type Client struct {
 	mu       sync.Mutex            // guards broken against kill from AfterFunc
 	broken   error
 	closed   sync.Once
-	// For pingWhileIdle: when a frame was last sent (Unix ns), and how
-	// many send or receive calls are under way.
-	lastSent atomic.Int64
-	busy     atomic.Int32
+	// For pingWhileIdle: when a frame was last sent (monoNow), how many
+	// operations are under way (from watch to its stop), and whether w
+	// holds frames not flushed yet.
+	lastSent  atomic.Int64
+	busy      atomic.Int32
+	unflushed atomic.Bool
 }
 
 var (
@@ -125,13 +127,20 @@ func (c *Client) usable(ctx context.Context) error {
 	return nil
 }
 
-// watch kills the stream when ctx is cancelled; stop reports whether the
-// call may go on (false: it was cancelled).
+// watch kills the stream when ctx is cancelled, and marks an operation
+// under way (no ping meanwhile) until stop; stop reports whether the call
+// may go on (false: it was cancelled). Every operation begins with it.
 func (c *Client) watch(ctx context.Context) (stop func() bool) {
-	return context.AfterFunc(ctx, func() {
+	c.busy.Add(1)
+	stopCtx := context.AfterFunc(ctx, func() {
 		c.fail(ctx.Err())
 		c.kill()
 	})
+	var once sync.Once
+	return func() bool {
+		once.Do(func() { c.busy.Add(-1) })
+		return stopCtx()
+	}
 }
 
 // watchStall has the connection closed when the agent stops answering
@@ -139,25 +148,19 @@ func (c *Client) watch(ctx context.Context) (stop func() bool) {
 // watch's Reader and Writer.
 func (c *Client) watchStall(w *replicate.StallWatch) { c.stall = w }
 
-// waiting marks a request waiting on the agent, for the stall watch and
-// pingWhileIdle.
+// waiting marks a request waiting on the agent, for the stall watch.
 func (c *Client) waiting() (end func()) {
-	c.busy.Add(1)
 	if c.stall == nil {
-		return func() { c.busy.Add(-1) }
+		return func() {}
 	}
-	stallEnd := c.stall.Begin()
-	return func() {
-		stallEnd()
-		c.busy.Add(-1)
-	}
+	return c.stall.Begin()
 }
 
 // pingWhileIdle sends opPing when nothing was sent for every and no
-// request is under way, until done: the agent, run with --idle-exit, can
-// then tell a master with nothing to replicate from one that went away.
-// A ping is never sent while an answer is awaited, so it cannot hide an
-// agent that stopped answering from the stall watch.
+// operation is under way, until done: the agent, run with --idle-exit,
+// can then tell a master with nothing to replicate from one that went
+// away. A ping is never sent while an answer is awaited, so it cannot hide
+// an agent that stopped answering from the stall watch.
 func (c *Client) pingWhileIdle(every time.Duration, done <-chan struct{}) {
 	tick := time.NewTicker(max(every/4, time.Millisecond))
 	defer tick.Stop()
@@ -167,7 +170,7 @@ func (c *Client) pingWhileIdle(every time.Duration, done <-chan struct{}) {
 			return
 		case <-tick.C:
 		}
-		if c.busy.Load() > 0 || time.Since(time.Unix(0, c.lastSent.Load())) < every {
+		if c.busy.Load() > 0 || time.Duration(monoNow()-c.lastSent.Load()) < every {
 			continue
 		}
 		if c.brokenErr() != nil || c.ping() != nil {
@@ -176,10 +179,15 @@ func (c *Client) pingWhileIdle(every time.Duration, done <-chan struct{}) {
 	}
 }
 
-// ping writes one opPing and flushes it.
+// ping writes one opPing and flushes it, unless an operation began.
 func (c *Client) ping() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.busy.Load() > 0 {
+		// Begun since pingWhileIdle looked: its frames go first, and a
+		// flush now could wait for an agent busy answering them.
+		return nil
+	}
 	req := request{Op: opPing}
 	err := writeFrame(c.w, req.encode())
 	if err == nil {
@@ -188,7 +196,8 @@ func (c *Client) ping() error {
 	if err != nil {
 		return c.fail(err)
 	}
-	c.lastSent.Store(time.Now().UnixNano())
+	c.unflushed.Store(false)
+	c.lastSent.Store(monoNow())
 	return nil
 }
 
@@ -197,8 +206,9 @@ func (c *Client) send(req request) error {
 	defer c.waiting()()
 	c.wmu.Lock()
 	err := writeFrame(c.w, req.encode())
+	c.unflushed.Store(true)
 	c.wmu.Unlock()
-	c.lastSent.Store(time.Now().UnixNano())
+	c.lastSent.Store(monoNow())
 	if err != nil {
 		return c.fail(err)
 	}
@@ -208,15 +218,24 @@ func (c *Client) send(req request) error {
 	return nil
 }
 
-// receive flushes what was sent and reads one response.
+// receive flushes what was sent and reads one response. With nothing to
+// flush (the further frames of an answer) it does not take the writer's
+// lock: a ping may hold it, waiting for an agent that is writing the very
+// frames this reads.
 func (c *Client) receive() (response, error) {
 	defer c.waiting()()
-	c.wmu.Lock()
-	err := c.w.Flush()
-	c.wmu.Unlock()
-	if err != nil {
-		return response{}, c.fail(err)
+	if c.unflushed.Load() {
+		c.wmu.Lock()
+		err := c.w.Flush()
+		if err == nil {
+			c.unflushed.Store(false)
+		}
+		c.wmu.Unlock()
+		if err != nil {
+			return response{}, c.fail(err)
+		}
 	}
+	var err error
 	c.buf, err = readFrame(c.r, c.buf)
 	if err != nil {
 		return response{}, c.fail(err)

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,14 +16,15 @@ import (
 	"github.com/mirrorfs/mirrorfs/replicate"
 )
 
-// WatchIdle calls idle for a Read that waits too long, and only then: not
-// while data keeps coming, and not while nobody reads (a busy agent).
+// WatchIdle calls idle for a Read or a Write that waits too long, and only
+// then: not while data keeps coming, and not while nobody reads or writes
+// (a busy agent).
 func TestWatchIdle(t *testing.T) {
 	const limit = 200 * time.Millisecond
 	t.Run("silent", func(t *testing.T) {
 		r, _ := io.Pipe()
 		called := make(chan struct{})
-		in, stop := WatchIdle(r, limit, func() { close(called) })
+		in, _, stop := WatchIdle(r, io.Discard, limit, func() { close(called) })
 		defer stop()
 		go in.Read(make([]byte, 1))
 		select {
@@ -30,10 +33,22 @@ func TestWatchIdle(t *testing.T) {
 			t.Fatalf("a read waiting %s with a limit of %s was not taken for idle", 10*limit, limit)
 		}
 	})
+	t.Run("not taken in", func(t *testing.T) {
+		_, w := io.Pipe() // nobody reads the answer
+		called := make(chan struct{})
+		_, out, stop := WatchIdle(strings.NewReader(""), w, limit, func() { close(called) })
+		defer stop()
+		go out.Write([]byte("answer"))
+		select {
+		case <-called:
+		case <-time.After(10 * limit):
+			t.Fatalf("a write waiting %s with a limit of %s was not taken for idle", 10*limit, limit)
+		}
+	})
 	t.Run("fed", func(t *testing.T) {
 		r, w := io.Pipe()
 		var called atomic.Bool
-		in, stop := WatchIdle(r, limit, func() { called.Store(true) })
+		in, _, stop := WatchIdle(r, io.Discard, limit, func() { called.Store(true) })
 		defer stop()
 		go func() {
 			for range 16 {
@@ -50,15 +65,18 @@ func TestWatchIdle(t *testing.T) {
 	t.Run("busy", func(t *testing.T) {
 		r, w := io.Pipe()
 		var called atomic.Bool
-		in, stop := WatchIdle(r, limit, func() { called.Store(true) })
+		in, out, stop := WatchIdle(r, io.Discard, limit, func() { called.Store(true) })
 		go w.Write([]byte{1})
 		if _, err := in.Read(make([]byte, 1)); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(4 * limit) // no Read under way
+		if _, err := out.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(4 * limit) // no Read or Write under way
 		stop()
 		if called.Load() {
-			t.Fatal("taken for idle while nothing was reading")
+			t.Fatal("taken for idle while nothing was reading or writing")
 		}
 	})
 }
@@ -68,7 +86,7 @@ func TestWatchIdle(t *testing.T) {
 func idleAgent(t *testing.T, dir string, limit time.Duration) (c *Client, idle *atomic.Bool) {
 	idle = new(atomic.Bool)
 	c = pipeClientWith(t, dir, func(r io.Reader) io.Reader {
-		in, stop := WatchIdle(r, limit, func() { idle.Store(true) })
+		in, _, stop := WatchIdle(r, io.Discard, limit, func() { idle.Store(true) })
 		t.Cleanup(stop)
 		return in
 	})
@@ -220,4 +238,112 @@ func TestPingAfterSmallFilesLetsThemBeAnswered(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("two small files followed by a ping: not answered after 5 s")
 	}
+}
+
+// Pings sent as often as possible while listings come in several frames:
+// the master reads the frames after the first without waiting for a ping
+// the agent cannot take in while it writes them.
+func TestPingsAmongListingFrames(t *testing.T) {
+	lowerMaxFrame(t, 64 << 10) // restored after the agent stopped
+	dir := t.TempDir()
+	const n = 2000
+	for i := range n {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%04d-%0110d", i, 0)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, _ := idleAgent(t, dir, time.Minute)
+	done := make(chan struct{})
+	defer close(done)
+	go c.pingWhileIdle(time.Nanosecond, done)
+	listed := make(chan error, 1)
+	go func() {
+		for range 50 {
+			fis, err := c.ReadDir(t.Context(), "")
+			if err == nil && len(fis) != n {
+				err = fmt.Errorf("%d entries, want %d", len(fis), n)
+			}
+			if err != nil {
+				listed <- err
+				return
+			}
+		}
+		listed <- nil
+	}()
+	select {
+	case err := <-listed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("50 listings of several frames each, among pings, not done after 30 s")
+	}
+}
+
+// No ping goes between the frames of one operation, here a transfer
+// whose source is slow: the operation is under way, and a ping's flush
+// could wait for an agent busy answering its frames (on a stream without
+// buffers, such as these pipes, both would then wait for good).
+func TestNoPingWithinAnOperation(t *testing.T) {
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var ops []op
+	c := pipeClientWith(t, dir, func(r io.Reader) io.Reader {
+		// The master's frames pass through here, and are noted.
+		pr, pw := io.Pipe()
+		go func() {
+			var buf []byte
+			var err error
+			for {
+				if buf, err = readFrame(r, buf); err != nil {
+					pw.CloseWithError(err)
+					return
+				}
+				mu.Lock()
+				ops = append(ops, op(buf[0]))
+				mu.Unlock()
+				if err := writeFrame(pw, buf); err != nil {
+					return
+				}
+			}
+		}()
+		return pr
+	})
+	done := make(chan struct{})
+	defer close(done)
+	go c.pingWhileIdle(10*time.Millisecond, done)
+	chunk := bytes.Repeat([]byte{'x'}, dataChunk)
+	src := io.MultiReader(bytes.NewReader(chunk), slowReader{150 * time.Millisecond}, bytes.NewReader(chunk), slowReader{150 * time.Millisecond}, bytes.NewReader(chunk))
+	a := replicate.Attrs{Perm: 0o644, UID: -1, GID: -1, Mtime: time.Unix(1_600_000_000, 0)}
+	if err := c.WriteFileAtomic(t.Context(), "slow.bin", src, a); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // idle: pings again
+	mu.Lock()
+	defer mu.Unlock()
+	in, pingsIdle := false, 0
+	for _, o := range ops {
+		switch o {
+		case opWriteBegin:
+			in = true
+		case opWriteEnd:
+			in = false
+		case opPing:
+			if in {
+				t.Fatalf("a ping went between the frames of a transfer: %v", ops)
+			}
+			pingsIdle++
+		}
+	}
+	if pingsIdle == 0 {
+		t.Fatalf("no ping while idle, so none could have gone amiss: %v", ops)
+	}
+}
+
+// slowReader gives nothing, after a while.
+type slowReader struct{ d time.Duration }
+
+func (s slowReader) Read([]byte) (int, error) {
+	time.Sleep(s.d)
+	return 0, io.EOF
 }

@@ -17,7 +17,7 @@ func newAgentCmd() *cobra.Command {
 	var root string
 	var idleExit time.Duration
 	cmd := &cobra.Command{
-		Use:   "agent --root DIR",
+		Use:   "agent --root DIR [--idle-exit DURATION]",
 		Short: "Apply a master's changes below DIR (started by the master over SSH)",
 		Long: `agent is the worker side of the agent transport. The master starts it
 over an SSH exec channel, the way rsync starts "rsync --server", and speaks
@@ -32,9 +32,10 @@ Choose per worker with "transport: agent" (the default) or "transport: sftp".
 
 A master pings an idle agent every minute. With --idle-exit the agent exits
 when nothing came from the master for that long: after a network cut, sshd
-keeps the agent's input open until TCP gives up, hours later, and an agent
-would be left behind on the worker after every outage. The master starts
-its agents with --idle-exit 10m.
+keeps the agent's input and output open until TCP gives up, hours later,
+and an agent would be left behind on the worker after every outage. An
+answer the master has not taken in for that long counts the same. The
+master starts its agents with --idle-exit 10m0s.
 
 Messages go to standard error, which the master shows when the agent fails.`,
 		Example: `  # what the master runs on the worker, over ssh:
@@ -49,15 +50,17 @@ Messages go to standard error, which the master shows when the agent fails.`,
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			var in io.Reader = os.Stdin
+			var out io.Writer = os.Stdout
 			if idleExit > 0 {
-				// Exit, not return: the read that waits cannot be
-				// interrupted, and nothing is under way when it waits.
-				in, _ = agent.WatchIdle(os.Stdin, idleExit, func() {
-					log.Warn("nothing from the master: taking it for gone, exiting", "idle_exit", idleExit)
+				// Exit, not return: the read or write that waits cannot
+				// be interrupted, and no change is under way meanwhile
+				// (a temp file of a transfer cut short is swept later).
+				in, out, _ = agent.WatchIdle(os.Stdin, os.Stdout, idleExit, func() {
+					log.Warn("nothing from the master, or it takes nothing in: taking it for gone, exiting", "idle_exit", idleExit)
 					os.Exit(1)
 				})
 			}
-			return agent.Serve(cmd.Context(), in, os.Stdout, root, log)
+			return agent.Serve(cmd.Context(), in, out, root, log)
 		},
 	}
 	cmd.Flags().StringVar(&root, "root", "", "worker root directory (absolute path)")
