@@ -677,7 +677,7 @@ func TestSmallFilesRunUntilAnotherRequest(t *testing.T) {
 // The limit is lowered so that a few thousand entries cross it; the
 // listing is the agent's real one.
 func TestReadDirLargerThanAFrame(t *testing.T) {
-	lowerMaxFrame(t, 64 << 10) // restored after the agent stopped
+	lowerMaxFrame(t, 64<<10) // restored after the agent stopped
 	dir := t.TempDir()
 	const n = 2000
 	want := make([]string, 0, n)
@@ -712,7 +712,7 @@ func TestReadDirLargerThanAFrame(t *testing.T) {
 // listingFrames keeps every frame within the limit, even with the longest
 // names a directory can hold, and loses no entry.
 func TestListingFramesWithinLimit(t *testing.T) {
-	lowerMaxFrame(t, 8 << 10)
+	lowerMaxFrame(t, 8<<10)
 	var infos []replicate.FileInfo
 	for i := range 500 {
 		infos = append(infos, replicate.FileInfo{Name: fmt.Sprintf("%03d%s", i, strings.Repeat("x", 252)),
@@ -868,7 +868,7 @@ func TestSmallRequestOverSmallMaxHoldsNoData(t *testing.T) {
 // used to end on its own answer, and the master dialled again and asked
 // again, for good.
 func TestAnswerOverAFrameIsAnError(t *testing.T) {
-	lowerMaxFrame(t, 2 << 10) // restored after the agent stopped
+	lowerMaxFrame(t, 2<<10) // restored after the agent stopped
 	dir := t.TempDir()
 	big := filepath.Join(dir, "big.html")
 	if err := os.WriteFile(big, nil, 0o644); err != nil {

@@ -244,7 +244,7 @@ func TestPingAfterSmallFilesLetsThemBeAnswered(t *testing.T) {
 // the master reads the frames after the first without waiting for a ping
 // the agent cannot take in while it writes them.
 func TestPingsAmongListingFrames(t *testing.T) {
-	lowerMaxFrame(t, 64 << 10) // restored after the agent stopped
+	lowerMaxFrame(t, 64<<10) // restored after the agent stopped
 	dir := t.TempDir()
 	const n = 2000
 	for i := range n {
