@@ -172,7 +172,7 @@ func (j *Journal) syncTo(seq uint64) error {
 		return j.fail(err)
 	}
 	j.syncs.Add(1)
-	j.lastSync.Store(time.Now().UnixNano())
+	j.lastSync.Store(monoNow())
 	j.pubMu.Lock()
 	defer j.pubMu.Unlock()
 	if seq <= j.last.Load() {
@@ -204,12 +204,22 @@ const syncGap = 2 * time.Millisecond
 func (j *Journal) syncLoop() {
 	defer close(j.synced)
 	for range j.syncWake {
-		if wait := syncGap - time.Since(time.Unix(0, j.lastSync.Load())); wait > 0 {
-			time.Sleep(wait)
+		// At most syncGap, whatever lastSync says: a wait measured
+		// on the wall clock lasted as long as the clock was stepped
+		// back, with every op behind it invisible to the shippers.
+		if wait := syncGap - time.Duration(monoNow()-j.lastSync.Load()); wait > 0 {
+			time.Sleep(min(wait, syncGap))
 		}
 		j.syncPending()
 	}
 }
+
+// started is this process's start, with a monotonic clock reading.
+var started = time.Now()
+
+// monoNow is the time since started in nanoseconds, on the monotonic
+// clock, which no step of the wall clock moves.
+func monoNow() int64 { return int64(time.Since(started)) }
 
 // syncPending syncs and publishes every committed op not yet durable, and
 // syncs a cursor written since the last sync.

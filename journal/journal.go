@@ -131,7 +131,7 @@ type Journal struct {
 	syncWake  chan struct{} // asks syncLoop for a sync (capacity 1)
 	synced    chan struct{} // closed when syncLoop has exited
 	pubMu     sync.Mutex    // orders publishing of synced seqs (syncTo)
-	lastSync  atomic.Int64  // when the last sync for appends ended, Unix ns
+	lastSync  atomic.Int64  // when the last sync for appends ended (monoNow)
 	// unsyncedMeta: a cursor was written and not yet synced (SetCursor).
 	unsyncedMeta atomic.Bool
 	failure      atomic.Pointer[error]

@@ -907,6 +907,28 @@ func TestDamagedTableBlockRefused(t *testing.T) {
 	}
 }
 
+// An unsynced op becomes visible within moments whatever the time of the
+// last sync says. It was kept on the wall clock: stepped back an hour (a
+// VM resumed, chrony's step at boot), the background sync slept that hour
+// and shippers saw nothing of in-place edits meanwhile. The last sync is
+// put an hour ahead here, as such a step made it.
+func TestUnsyncedOpVisibleAfterClockStep(t *testing.T) {
+	j, _ := newTestJournal(t)
+	if _, err := j.Append(t.Context(), writeOp(0)); err != nil {
+		t.Fatal(err)
+	}
+	j.lastSync.Add(int64(time.Hour))
+	seq, err := j.AppendUnsynced(t.Context(), writeOp(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := j.Wait(ctx, seq-1); err != nil || j.LastSeq() < seq {
+		t.Fatalf("unsynced op #%d not visible 5 s after its append (last sync an hour ahead): visible up to #%d, %v", seq, j.LastSeq(), err)
+	}
+}
+
 // TestAppendUnsynced: ops appended without waiting for the sync get seqs in
 // order with synced ones, become visible to readers once the background
 // sync made them durable (with no other append to push them), are all
