@@ -84,7 +84,7 @@ type ident struct {
 	// Unresolved: its data could not be read from the store at its names
 	// (moved or removed by an op not yet journaled); retried later.
 	Unresolved      bool
-	UnresolvedSince int64 // Unix nanoseconds
+	UnresolvedSince int64 // monoNow; 0: resolved so far
 	// Free are names at which the worker certainly has nothing: given by
 	// a create or a link while Born (the name was free on the master, and
 	// the worker follows the master's namespace in order).

@@ -921,9 +921,9 @@ func (s *Shipper) unresolved(plan *Plan, id *ident, why string) {
 		}
 	}
 	if id.UnresolvedSince == 0 {
-		id.UnresolvedSince = time.Now().UnixNano()
+		id.UnresolvedSince = max(monoNow(), 1)
 	}
-	if time.Since(time.Unix(0, id.UnresolvedSince)) > unresolvedMaxAge {
+	if time.Duration(monoNow()-id.UnresolvedSince) > unresolvedMaxAge {
 		s.log.Warn("dropping data of a file that stayed unresolved", "file", id.ID, "names", id.Names, "reason", why)
 		return
 	}

@@ -25,7 +25,7 @@ type StallWatch struct {
 	kill    func()
 	log     *slog.Logger
 	waiting atomic.Int32 // requests waiting for an answer
-	last    atomic.Int64 // Unix ns: the last byte received, or the start of a wait
+	last    atomic.Int64 // monoNow: the last byte received, or the start of a wait
 	stop    chan struct{}
 	once    sync.Once
 }
@@ -33,7 +33,7 @@ type StallWatch struct {
 // NewStallWatch watches until Stop; kill closes the connection.
 func NewStallWatch(limit time.Duration, kill func(), log *slog.Logger) *StallWatch {
 	w := &StallWatch{limit: limit, kill: kill, log: log, stop: make(chan struct{})}
-	w.last.Store(time.Now().UnixNano())
+	w.last.Store(monoNow())
 	go w.run()
 	return w
 }
@@ -50,7 +50,7 @@ func (w *StallWatch) run() {
 		if w.waiting.Load() == 0 {
 			continue
 		}
-		if quiet := time.Since(time.Unix(0, w.last.Load())); quiet > w.limit {
+		if quiet := time.Duration(monoNow() - w.last.Load()); quiet > w.limit {
 			w.log.Warn("the worker stopped answering: closing the connection", "waited", quiet.Round(time.Millisecond), "reply_timeout", w.limit)
 			w.kill()
 			return
@@ -75,7 +75,7 @@ func (s stallReader) Read(p []byte) (int, error) {
 // moved notes n bytes received or sent.
 func (w *StallWatch) moved(n int) {
 	if n > 0 {
-		w.last.Store(time.Now().UnixNano())
+		w.last.Store(monoNow())
 	}
 }
 
@@ -102,7 +102,7 @@ func (w *StallWatch) Begin() (end func()) {
 	// waiting since the last byte of an idle spell. (A request already
 	// waiting keeps its start: its answer moves last anyway.)
 	if w.waiting.Load() == 0 {
-		w.last.Store(time.Now().UnixNano())
+		w.last.Store(monoNow())
 	}
 	w.waiting.Add(1)
 	return func() { w.waiting.Add(-1) }
@@ -110,3 +110,12 @@ func (w *StallWatch) Begin() (end func()) {
 
 // Stop ends the watch.
 func (w *StallWatch) Stop() { w.once.Do(func() { close(w.stop) }) }
+
+// started is this process's start, with a monotonic clock reading.
+var started = time.Now()
+
+// monoNow is the time since started in nanoseconds, on the monotonic
+// clock: a wait measured on the wall clock would end at once when the
+// clock is stepped forward (a healthy connection closed), or last on when
+// it is stepped back (a hung worker kept).
+func monoNow() int64 { return int64(time.Since(started)) }
