@@ -262,9 +262,10 @@ const statvfsReadOnly = 0x1
 // ENOSPC, EROFS and more as "Failure"), which left `mirrorfs status` with
 // nothing but `sftp: "Failure"`. It asks statvfs@openssh.com about dir
 // (on the worker) and adds "read-only file system" or "no space left on
-// device" when that is what the answer shows; otherwise, or when err
-// was explained already, err is unchanged. The status may be wrapped
-// (pkg/sftp wraps some in an *os.PathError).
+// device" when that is what the answer shows. A failure is asked about
+// once: the error returned is marked, also when the answer showed
+// nothing (then its text is err's). The status may be wrapped (pkg/sftp
+// wraps some in an *os.PathError).
 func (t *SFTP) explainFailure(err error, dir string) error {
 	var se *sftp.StatusError
 	var done *explainedFailure
@@ -276,25 +277,31 @@ func (t *SFTP) explainFailure(err error, dir string) error {
 	}
 	vfs, verr := t.c.StatVFS(dir)
 	if verr != nil {
-		return err
+		return &explainedFailure{err: err}
 	}
 	switch free := vfs.Bavail * vfs.Frsize; {
 	case vfs.Flag&statvfsReadOnly != 0:
-		return &explainedFailure{err, fmt.Sprintf("read-only file system (%s on the worker is mounted read-only)", dir)}
+		return &explainedFailure{err: err, why: fmt.Sprintf("read-only file system (%s on the worker is mounted read-only)", dir)}
 	case free < 1<<20 || vfs.Favail == 0:
-		return &explainedFailure{err, fmt.Sprintf("no space left on device (the file system of %s on the worker has %d bytes and %d inodes free)", dir, free, vfs.Favail)}
+		return &explainedFailure{err: err, why: fmt.Sprintf("no space left on device (the file system of %s on the worker has %d bytes and %d inodes free)", dir, free, vfs.Favail)}
 	}
-	return err
+	return &explainedFailure{err: err}
 }
 
-// explainedFailure is a failure status with what statvfs showed of its
-// cause; it is explained once, by the innermost call that saw it.
+// explainedFailure is a failure status that statvfs was asked about, by
+// the innermost call that saw it, with what the answer showed of its
+// cause (why; empty: nothing).
 type explainedFailure struct {
 	err error
 	why string
 }
 
-func (e *explainedFailure) Error() string { return e.err.Error() + ": " + e.why }
+func (e *explainedFailure) Error() string {
+	if e.why == "" {
+		return e.err.Error()
+	}
+	return e.err.Error() + ": " + e.why
+}
 func (e *explainedFailure) Unwrap() error { return e.err }
 
 // abs validates p and its parents and returns the worker's absolute path.

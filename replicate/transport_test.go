@@ -270,6 +270,28 @@ func TestSFTPExplainingAFailureGivesUpOnSilentServer(t *testing.T) {
 	}
 }
 
+// A failure is explained with one statvfs, also when the answer shows
+// nothing wrong: WriteFileAtomic explains the failure of its rename, and
+// the request around it used to ask again, about the root.
+func TestSFTPExplainsAFailureOnce(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "d", "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tr, _ := dialQuickToGiveUp(t, root)
+	asked := 0
+	replicate.SetBeforeStatVFS(tr, func() { asked++ })
+	// The temp file cannot be renamed over a directory that is not
+	// empty: a bare SSH_FX_FAILURE.
+	err := tr.WriteFileAtomic(t.Context(), "d", strings.NewReader("page"), replicate.Attrs{Perm: 0o644, UID: -1, GID: -1})
+	if err == nil {
+		t.Fatal("a file written over a directory that is not empty")
+	}
+	if asked != 1 {
+		t.Errorf("statvfs asked %d times for one failure (%v), want 1", asked, err)
+	}
+}
+
 // dialQuickToGiveUp dials SFTP to root through a new test sshd with a
 // reply timeout of 300 ms, and returns the transport (closed at the end
 // of the test) and the pid of its sftp-server.
