@@ -89,27 +89,18 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, root string, log *s
 		if !s.hello && req.Op != opHello {
 			return errors.New("agent protocol: first request is not hello")
 		}
-		if req.Op == opPing {
-			// Unanswered: a run of small files read before it is
-			// answered as though it were not there.
-			if br.Buffered() == 0 {
-				if err := s.writeSmall(ctx); err != nil {
-					return err
-				}
-				if err := s.out.Flush(); err != nil {
-					return err
-				}
-			}
-			continue
-		}
 		if s.w == nil && (req.Op == opWriteData || req.Op == opWriteEnd || req.Op == opWriteAbort) {
 			return errors.New("agent protocol: file data without a transfer in progress")
 		}
-		if req.Op == opWriteSmall && s.w == nil {
-			s.small = append(s.small, smallRequest(req))
+		if req.Op == opPing || (req.Op == opWriteSmall && s.w == nil) {
 			// The master sends a batch's small files together: the ones
 			// already here are written as one group, whose fsyncs share
-			// a journal commit (replicate.Local.WriteSmallFiles).
+			// a journal commit (replicate.Local.WriteSmallFiles). A
+			// ping is not answered: a run read before it is answered as
+			// though it were not there.
+			if req.Op == opWriteSmall {
+				s.small = append(s.small, smallRequest(req))
+			}
 			if br.Buffered() > 0 && len(s.small) < smallRunMax {
 				continue
 			}
