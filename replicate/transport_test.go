@@ -218,17 +218,11 @@ func TestSFTPGivesUpOnSilentServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Kill(pid, syscall.SIGCONT)
-	done := make(chan error, 1)
-	go func() { _, err := tr.Lstat(context.Background(), "x"); done <- err }()
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("Lstat on a stopped sftp-server succeeded")
-		}
-		t.Logf("Lstat: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("Lstat still waiting 10 s after the sftp-server stopped (reply timeout 300 ms)")
+	err := givesUp(t, "Lstat", func() error { _, err := tr.Lstat(context.Background(), "x"); return err })
+	if err == nil {
+		t.Fatal("Lstat on a stopped sftp-server succeeded")
 	}
+	t.Logf("Lstat: %v", err)
 }
 
 // A request that failed is explained with a statvfs to the same worker
@@ -252,22 +246,16 @@ func TestSFTPExplainingAFailureGivesUpOnSilentServer(t *testing.T) {
 		stopped = true
 	})
 	defer syscall.Kill(pid, syscall.SIGCONT)
-	done := make(chan error, 1)
 	// rmdir of a directory that is not empty: sftp-server answers
 	// ENOTEMPTY with a bare SSH_FX_FAILURE, which is explained.
-	go func() { done <- tr.Rmdir(context.Background(), "d") }()
-	select {
-	case err := <-done:
-		if !stopped {
-			t.Fatalf("the failure was not explained with a statvfs (rmdir: %v)", err)
-		}
-		if err == nil {
-			t.Fatal("rmdir of a directory that is not empty succeeded")
-		}
-		t.Logf("rmdir: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("rmdir still waiting 10 s after the sftp-server stopped during the statvfs that explains its failure (reply timeout 300 ms)")
+	err := givesUp(t, "rmdir, stopped during the statvfs that explains its failure,", func() error { return tr.Rmdir(context.Background(), "d") })
+	if !stopped {
+		t.Fatalf("the failure was not explained with a statvfs (rmdir: %v)", err)
 	}
+	if err == nil {
+		t.Fatal("rmdir of a directory that is not empty succeeded")
+	}
+	t.Logf("rmdir: %v", err)
 }
 
 // A failure is explained with one statvfs, also when the answer shows
@@ -289,6 +277,22 @@ func TestSFTPExplainsAFailureOnce(t *testing.T) {
 	}
 	if asked != 1 {
 		t.Errorf("statvfs asked %d times for one failure (%v), want 1", asked, err)
+	}
+}
+
+// givesUp returns what call returns, and fails the test (what names the
+// call) when it is still waiting 10 s later, far past the reply timeout
+// of dialQuickToGiveUp.
+func givesUp(t *testing.T, what string, call func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- call() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s still waiting 10 s after the sftp-server stopped (reply timeout 300 ms)", what)
+		return nil
 	}
 }
 
