@@ -33,10 +33,15 @@ type mirror struct {
 	handles map[uint64]map[*handle]struct{}
 	// dirs holds the open handles of each directory, for the same reason.
 	dirs map[uint64]map[*dirHandle]struct{}
+	// kept holds descriptors of files removed from the store while the
+	// kernel may still open them (kept.go), by file identity.
+	kept map[uint64]keptFile
 	// warnedUnnamed: files whose unjournaled change was logged (see
 	// handle.unnamedLinks).
 	warnedUnnamed sync.Map
 	onUnnamed     func() // Options.OnUnnamedChange
+	// beforeOpen, when set (by tests), runs as an open reaches the node.
+	beforeOpen atomic.Pointer[func(*node)]
 }
 
 // writerState counts the writable handles of one file and whether it has
@@ -58,7 +63,7 @@ type writerState struct {
 }
 
 func newMirror(rec Recorder, log *slog.Logger) *mirror {
-	return &mirror{rec: rec, log: log, writers: make(map[uint64]*writerState), handles: make(map[uint64]map[*handle]struct{}), dirs: make(map[uint64]map[*dirHandle]struct{})}
+	return &mirror{rec: rec, log: log, writers: make(map[uint64]*writerState), handles: make(map[uint64]map[*handle]struct{}), dirs: make(map[uint64]map[*dirHandle]struct{}), kept: make(map[uint64]keptFile)}
 }
 
 // record journals op durably. The store already changed, so an interrupted
@@ -277,12 +282,13 @@ func (m *mirror) addHandle(id uint64, h *handle) {
 	hs[h] = struct{}{}
 }
 
-// heldFd returns a descriptor of file id that an open handle holds: the
-// way to a file with no name (unlinked, replaced, O_TMPFILE).
+// heldFd returns a descriptor of file id that an open handle holds, or
+// the one kept since the file was removed: the way to a file with no name
+// (unlinked, replaced, O_TMPFILE).
 func (m *mirror) heldFd(id uint64) (int, bool) {
 	h := m.anyHandle(id)
 	if h == nil {
-		return -1, false
+		return m.keptFd(id)
 	}
 	return h.storeFd()
 }

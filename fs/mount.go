@@ -150,6 +150,7 @@ func New(ctx context.Context, opts Options) (*Mount, error) {
 	go func() {
 		server.Wait()
 		unix.Close(m.rootFd)
+		m.closeKept()
 	}()
 	if err := closeOnExecFUSE(); err != nil {
 		logger.Warn("cannot mark the FUSE connection close-on-exec: programs this process starts inherit it", "err", err)

@@ -227,6 +227,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			return nil, 0, errno
 		}
 	}
+	if hook := n.m.beforeOpen.Load(); hook != nil {
+		(*hook)(n)
+	}
 	f, errno := n.openOwn(flags)
 	if errno != 0 {
 		return nil, 0, errno
@@ -316,8 +319,15 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if op.File, links = n.identityOf(p); links > 1 {
 		op.Flags = journal.UnlinkOtherLinks
 	}
+	victim, kept := n.openVictim(name)
 	if errno := n.LoopbackNode.Unlink(ctx, name); errno != 0 {
+		if kept {
+			dropVictim(victim)
+		}
 		return errno
+	}
+	if kept {
+		n.m.keepVictim(victim)
 	}
 	return n.m.record(ctx, op)
 }
@@ -336,8 +346,19 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if _, links := np.identityOf(to); links > 1 && flags&unix.RENAME_EXCHANGE == 0 {
 		op.Flags |= journal.RenameReplacedOtherLinks
 	}
+	var victim keptFile
+	kept := false
+	if flags&(unix.RENAME_EXCHANGE|unix.RENAME_NOREPLACE) == 0 && from != to {
+		victim, kept = np.openVictim(newName)
+	}
 	if errno := n.LoopbackNode.Rename(ctx, name, np.LoopbackNode, newName, flags); errno != 0 {
+		if kept {
+			dropVictim(victim)
+		}
 		return errno
+	}
+	if kept {
+		n.m.keepVictim(victim)
 	}
 	return n.m.record(ctx, op)
 }
