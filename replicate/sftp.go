@@ -238,6 +238,19 @@ func startSFTP(sc *SSHConn, watch *StallWatch) (*sftp.Client, error) {
 // (pkg/sftp has no per-request cancellation), as does a worker that stops
 // answering (StallWatch).
 func (t *SFTP) call(ctx context.Context, f func() error) error {
+	return t.watched(ctx, true, f)
+}
+
+// callRemoving is call for a request that only frees space (a remove, an
+// rmdir): its failure is never explained as a full disk. sftp-server
+// answers an rmdir of a directory that is not empty with the same bare
+// failure as a full disk's, and a worker whose disk was nearly full was
+// told to free space when a directory kept a file it should not have.
+func (t *SFTP) callRemoving(ctx context.Context, f func() error) error {
+	return t.watched(ctx, false, f)
+}
+
+func (t *SFTP) watched(ctx context.Context, mayNeedSpace bool, f func() error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -245,7 +258,7 @@ func (t *SFTP) call(ctx context.Context, f func() error) error {
 	end := t.watch.Begin()
 	// Explained while still watched and cancellable: the statvfs waits
 	// for the same worker, which may be what hangs.
-	err := t.explainFailure(f(), t.root)
+	err := t.explainFailure(f(), t.root, mayNeedSpace)
 	end()
 	if !stop() && ctx.Err() != nil {
 		return ctx.Err()
@@ -262,11 +275,12 @@ const statvfsReadOnly = 0x1
 // ENOSPC, EROFS and more as "Failure"), which left `mirrorfs status` with
 // nothing but `sftp: "Failure"`. It asks statvfs@openssh.com about dir
 // (on the worker) and adds "read-only file system" or "no space left on
-// device" when that is what the answer shows. A failure is asked about
+// device" when that is what the answer shows (the latter only when the
+// request may have needed space: mayNeedSpace). A failure is asked about
 // once: the error returned is marked, also when the answer showed
 // nothing (then its text is err's). The status may be wrapped (pkg/sftp
 // wraps some in an *os.PathError).
-func (t *SFTP) explainFailure(err error, dir string) error {
+func (t *SFTP) explainFailure(err error, dir string, mayNeedSpace bool) error {
 	var se *sftp.StatusError
 	var done *explainedFailure
 	if !errors.As(err, &se) || se.FxCode() != sftp.ErrSSHFxFailure || errors.As(err, &done) || !hasExt(t.c, "statvfs@openssh.com") {
@@ -282,7 +296,7 @@ func (t *SFTP) explainFailure(err error, dir string) error {
 	switch free := vfs.Bavail * vfs.Frsize; {
 	case vfs.Flag&statvfsReadOnly != 0:
 		return &explainedFailure{err: err, why: fmt.Sprintf("read-only file system (%s on the worker is mounted read-only)", dir)}
-	case free < 1<<20 || vfs.Favail == 0:
+	case mayNeedSpace && (free < 1<<20 || vfs.Favail == 0):
 		return &explainedFailure{err: err, why: fmt.Sprintf("no space left on device (the file system of %s on the worker has %d bytes and %d inodes free)", dir, free, vfs.Favail)}
 	}
 	return &explainedFailure{err: err}
@@ -417,7 +431,7 @@ func (t *SFTP) Remove(ctx context.Context, p string) error {
 	} else if fi.IsDir() {
 		return &fs.PathError{Op: "remove", Path: p, Err: errors.New("is a directory")}
 	}
-	if err := t.call(ctx, func() error { return t.c.Remove(full) }); err != nil {
+	if err := t.callRemoving(ctx, func() error { return t.c.Remove(full) }); err != nil {
 		return &fs.PathError{Op: "remove", Path: p, Err: err}
 	}
 	return nil
@@ -433,7 +447,7 @@ func (t *SFTP) Rmdir(ctx context.Context, p string) error {
 		return fmt.Errorf("rmdir: %w: the root", ErrInvalidPath)
 	}
 	t.dirs.invalidate(p)
-	if err := t.call(ctx, func() error { return t.c.RemoveDirectory(full) }); err != nil {
+	if err := t.callRemoving(ctx, func() error { return t.c.RemoveDirectory(full) }); err != nil {
 		return &fs.PathError{Op: "rmdir", Path: p, Err: err}
 	}
 	return nil
@@ -581,14 +595,14 @@ func (t *SFTP) WriteFileAtomic(ctx context.Context, p string, r io.Reader, a Att
 	err = t.call(ctx, func() (err error) {
 		f, err := t.c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
 		if err != nil {
-			return t.explainFailure(err, dir)
+			return t.explainFailure(err, dir, true)
 		}
 		ok := false
 		defer func() {
 			if !ok {
 				// Explained before the temp file goes: removing it
 				// frees the space a full disk lacked.
-				err = t.explainFailure(err, dir)
+				err = t.explainFailure(err, dir, true)
 				f.Close()
 				_ = t.c.Remove(tmp)
 			}

@@ -280,6 +280,38 @@ func TestSFTPExplainsAFailureOnce(t *testing.T) {
 	}
 }
 
+// On a worker whose disk is full, a failed write is explained as a full
+// disk, but a failed rmdir (a directory that is not empty, which
+// sftp-server reports with the same bare failure) is not: freeing space
+// would not help it.
+func TestSFTPFullDiskNamedOnlyForWhatNeedsSpace(t *testing.T) {
+	root := t.TempDir()
+	if err := syscall.Mount("tmpfs", root, "tmpfs", 0, "size=256k"); err != nil {
+		t.Fatalf("mount a small tmpfs for the worker's root on %s: %v", root, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(root, 0); err != nil {
+			t.Errorf("unmount %s: %v", root, err)
+		}
+	})
+	if err := os.MkdirAll(filepath.Join(root, "d", "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the file system.
+	if err := os.WriteFile(filepath.Join(root, "fill"), make([]byte, 1<<20), 0o644); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("filling the 256 KiB tmpfs: %v, want ENOSPC", err)
+	}
+	tr, _ := dialQuickToGiveUp(t, root)
+	err := tr.Rmdir(t.Context(), "d")
+	if err == nil || strings.Contains(err.Error(), "no space") {
+		t.Errorf("rmdir of a directory that is not empty on a full disk: %v; want a failure that does not blame the disk", err)
+	}
+	err = tr.WriteFileAtomic(t.Context(), "page.html", bytes.NewReader(make([]byte, 64<<10)), replicate.Attrs{Perm: 0o644, UID: -1, GID: -1})
+	if err == nil || !strings.Contains(err.Error(), "no space left on device") {
+		t.Errorf("write of 64 KiB on a full disk: %v; want it named a full disk", err)
+	}
+}
+
 // givesUp returns what call returns, and fails the test (what names the
 // call) when it is still waiting 10 s later, far past the reply timeout
 // of dialQuickToGiveUp.
