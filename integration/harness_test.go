@@ -24,6 +24,9 @@ import (
 //	CI=true                 a missing real part fails the test instead of skipping it
 //	MIRRORFS_TEST_BINARY    use this mirrorfs binary instead of building ./cmd/mirrorfs
 //	MIRRORFS_TEST_SSHD      use this sshd instead of /usr/sbin/sshd
+//	MIRRORFS_TEST_CPU_PROFILE
+//	                        a directory: every daemon writes a CPU profile
+//	                        there (mount --cpu-profile), named after the test
 
 func TestMain(m *testing.M) {
 	becomeSubreaper()
@@ -395,7 +398,12 @@ func (c *cluster) Start(t testing.TB) {
 	defer logf.Close()
 	fmt.Fprintf(logf, "=== harness: start #%d of mirrorfs mount at %s ===\n", c.runs, time.Now().Format(time.RFC3339Nano))
 
-	cmd := exec.Command(c.Bin, "mount", "--config", c.Config)
+	args := []string{"mount", "--config", c.Config}
+	if dir := os.Getenv("MIRRORFS_TEST_CPU_PROFILE"); dir != "" {
+		name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+		args = append(args, "--cpu-profile", filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", name, c.runs)))
+	}
+	cmd := exec.Command(c.Bin, args...)
 	cmd.Env = daemonEnv()
 	cmd.Stdout = logf
 	cmd.Stderr = logf

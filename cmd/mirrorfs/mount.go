@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -23,7 +24,7 @@ import (
 )
 
 func newMountCmd() *cobra.Command {
-	var cfgPath string
+	var cfgPath, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "mount",
 		Short: "Mount the web root and replicate every change to the workers",
@@ -49,11 +50,35 @@ With 'store' omitted from the configuration the existing directory at
 			if err != nil {
 				return err
 			}
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			return runMount(cmd.Context(), cfg, log)
 		},
 	}
 	cmd.Flags().StringVarP(&cfgPath, "config", "c", "/etc/mirrorfs/mirrorfs.yaml", "configuration file")
+	cmd.Flags().StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to this file when the daemon stops (read it with go tool pprof)")
 	return cmd
+}
+
+// startCPUProfile profiles the daemon into path until stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpu-profile %s: %w", path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // runMount is the daemon: journal, mount, control socket and one shipper
