@@ -851,7 +851,7 @@ func (s *Shipper) shipIdent(ctx context.Context, plan *Plan, id *ident) error {
 		s.unresolved(plan, id, "its store file moved before it could be sent")
 		return nil
 	}
-	if s.openForWrite(id.ID) && time.Since(time.Unix(0, id.FirstTime)) < s.opts.HoldOpen {
+	if s.openForWrite(id.ID) && id.heldFor(time.Now()) < s.opts.HoldOpen {
 		// A writer opened the file again since the Close this plan saw
 		// (a rewrite with O_TRUNC, say): the store holds a version in the
 		// making. Its next Close ships it.

@@ -72,6 +72,12 @@ type ident struct {
 	FirstSeq  uint64 // first data op since the last ship
 	FirstTime int64  // Op.Time of that op
 	Open      bool   // a data op without a later Close
+	// seen is when a fold first read that op (the fold's now: in the
+	// daemon, a reading of the monotonic clock) and ageSeen the op's age
+	// then by the wall clock, never negative. heldFor measures a hold from
+	// them.
+	seen    time.Time
+	ageSeen time.Duration
 	// Ranged: Ranges (merged) hold every byte its data ops since the last
 	// ship touched, and Cut (when Truncated) the smallest size a truncate
 	// gave it meanwhile; the worker's copy is the version before them. Only
@@ -127,6 +133,21 @@ func (id *ident) clone() *ident {
 }
 
 func (id *ident) hasName(p string) bool { return slices.Contains(id.Names, p) }
+
+// heldFor is how long id's first change since its last ship has waited at
+// now, which decides whether an open file is still held (HoldOpen). The
+// op's time is the wall clock's at the journal append, and persisted. A
+// wall clock stepped back (a VM resumed, chrony stepping at boot) after
+// the shipper read the op would otherwise hold the file for the length of
+// the step on top of HoldOpen; after it was read, only the monotonic
+// clock counts. A step between the append and the read moves the hold by
+// at most HoldOpen.
+func (id *ident) heldFor(now time.Time) time.Duration {
+	if id.seen.IsZero() {
+		return now.Sub(time.Unix(0, id.FirstTime))
+	}
+	return id.ageSeen + now.Sub(id.seen)
+}
 
 // Plan is a batch of journal ops folded into what the worker needs.
 type Plan struct {
@@ -222,6 +243,7 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 		xattrs:    newPathSet[bool](),
 		lostSince: newPathSet[int64](),
 		dead:      map[uint64]int64{},
+		foldNow:   now,
 	}
 	for k, t := range dead {
 		if now.Sub(time.Unix(0, t)) < deadMemory {
@@ -260,7 +282,7 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 		if !id.Dirty || len(id.Names) == 0 {
 			continue
 		}
-		hold := id.Open && now.Sub(time.Unix(0, id.FirstTime)) < pl.holdOpen
+		hold := id.Open && id.heldFor(now) < pl.holdOpen
 		if hold {
 			plan.Carry[k] = id
 		} else {
@@ -309,6 +331,7 @@ type folder struct {
 	compare bool      // see Plan.Compare
 	names   nameIndex // names of ids
 	now     int64     // Op.Time of the op being folded
+	foldNow time.Time // the fold's now (see ident.heldFor)
 	// lostSince: attrs paths taken over from a previous plan's Lost, by
 	// their current name, with the time they were first lost.
 	lostSince pathSet[int64]
@@ -533,6 +556,7 @@ func (f *folder) dirty(op journal.Op, opens bool) {
 	if !id.Dirty {
 		id.Dirty = true
 		id.FirstSeq, id.FirstTime = op.Seq, op.Time
+		id.seen, id.ageSeen = f.foldNow, max(0, f.foldNow.Sub(time.Unix(0, op.Time)))
 	} else if id.FirstSeq == 0 {
 		// Held since a copy skipped it (see syncer.holdSkipped): from now
 		// on the journal has data of it, which pins the cursor.

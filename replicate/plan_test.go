@@ -384,6 +384,31 @@ func TestPlanHoldOpenAge(t *testing.T) {
 	}
 }
 
+// An open file is held HoldOpen from when the shipper read its first
+// change, also when the wall clock stood later at the append than at the
+// read (a clock stepped back in between): the op's wall-clock age then
+// counts as nothing, and the time since the read goes by the monotonic
+// clock. Measured on the wall clock alone, this file was held an hour more.
+func TestPlanHoldAfterClockStepBack(t *testing.T) {
+	pl := testPlanner(t)
+	pl.holdOpen = time.Minute
+	read := time.Now() // carries a monotonic reading, as in the daemon
+	op := write(1, "log")
+	op.Seq, op.Time = 1, read.Add(time.Hour).UnixNano()
+	p := pl.fold(nil, nil, []journal.Op{op}, read)
+	if got := describeIdents(carried(p)); !slices.Equal(got, []string{"1=log"}) {
+		t.Fatalf("carry = %v, want the open file held", got)
+	}
+	later := read.Add(time.Minute + time.Second)
+	if got := p.Carry[1].heldFor(later); got < time.Minute {
+		t.Errorf("held for %v at 61 s after the read, want at least HoldOpen (1m0s)", got)
+	}
+	p2 := pl.fold(p.Carry, nil, nil, later)
+	if got := describeIdents(p2.Ship); !slices.Equal(got, []string{"1=log"}) {
+		t.Errorf("61 s after the read: ship = %v, carry = %v; want the file shipped", got, describeIdents(carried(p2)))
+	}
+}
+
 // A file a full copy skipped while open is carried without pinning the
 // cursor; a data op journaled for it later pins it.
 func TestPlanHeldBySkippedCopy(t *testing.T) {

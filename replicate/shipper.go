@@ -652,7 +652,7 @@ func (s *Shipper) nextDeadline(now time.Time) (time.Duration, bool) {
 		if id.Unresolved {
 			until = unresolvedRetry
 		} else {
-			until = time.Unix(0, id.FirstTime).Add(s.opts.HoldOpen).Sub(now)
+			until = s.opts.HoldOpen - id.heldFor(now)
 		}
 		if !found || until < d {
 			d, found = until, true
@@ -858,7 +858,7 @@ func (s *Shipper) openForWrite(ino uint64) bool {
 
 func (s *Shipper) carriedDue(now time.Time) bool {
 	for _, id := range s.carried {
-		if id.Unresolved || now.Sub(time.Unix(0, id.FirstTime)) >= s.opts.HoldOpen {
+		if id.Unresolved || id.heldFor(now) >= s.opts.HoldOpen {
 			return true
 		}
 	}

@@ -97,12 +97,12 @@ func (sy *syncer) openForWrite(p string, ino uint64) bool {
 // journaled before the copy's start); data ops journaled for them later
 // do. Identities carry already has are left as they are.
 func (sy *syncer) holdSkipped(carry map[uint64]*ident) {
-	now := time.Now().UnixNano()
+	now := time.Now()
 	for ino, p := range sy.held {
 		if _, ok := carry[ino]; ok {
 			continue
 		}
-		carry[ino] = &ident{ID: ino, Names: []string{p}, Dirty: true, Open: true, FirstTime: now}
+		carry[ino] = &ident{ID: ino, Names: []string{p}, Dirty: true, Open: true, FirstTime: now.UnixNano(), seen: now}
 	}
 }
 
