@@ -24,11 +24,42 @@ import (
 // kernel forgets it (OnForget) as soon as nothing uses it, which for an
 // open under way is when that open is done. A file with other links is
 // still reachable through them.
+//
+// Keeping a file delays the freeing of its space from the unlink to the
+// forget, a few milliseconds later, and moves the freeing itself (which
+// for a large, fragmented file takes seconds on ext4) to the close of the
+// descriptor. So a file is kept only while it is small next to the store's
+// free space (keepable), and the descriptor is closed in the background,
+// not while the FORGET request waits.
 
 // maxKept bounds the descriptors kept: past it, an open that was under way
 // fails with ESTALE as before, instead of the daemon running out of
 // descriptors.
 const maxKept = 1 << 14
+
+// maxKeptBytes is the most disk space a kept file may take, and
+// keptFreeShare the share of the store's free space: a larger file is not
+// kept (an open under way of it may fail with ESTALE), so that removing
+// it frees its space at once, as on a local file system, for a deploy
+// that writes its replacement next.
+const (
+	maxKeptBytes  = 64 << 20
+	keptFreeShare = 16
+)
+
+// keepable reports whether a file taking blocks of 512 bytes may be kept
+// on the file system of fd: see maxKeptBytes.
+func keepable(fd int, blocks int64) bool {
+	size := uint64(blocks) * 512
+	if size > maxKeptBytes {
+		return false
+	}
+	var sfs unix.Statfs_t
+	if unix.Fstatfs(fd, &sfs) != nil {
+		return false
+	}
+	return size <= sfs.Bavail*uint64(sfs.Bsize)/keptFreeShare
+}
 
 // keptFile is a descriptor of a removed file and the node the kernel knows
 // it by: only that node's forget closes it.
@@ -38,8 +69,8 @@ type keptFile struct {
 }
 
 // openVictim opens the entry name of directory n, which a rename is about
-// to replace or an unlink to remove, when it is a regular file with one
-// link and a node the kernel knows. The caller passes the result to
+// to replace or an unlink to remove, when it is a keepable regular file
+// with one link and a node the kernel knows. The caller passes the result to
 // keepVictim once the store changed, or to dropVictim when it did not.
 func (n *node) openVictim(name string) (keptFile, bool) {
 	child := n.GetChild(name)
@@ -59,23 +90,29 @@ func (n *node) openVictim(name string) (keptFile, bool) {
 		return keptFile{}, false
 	}
 	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 || cn.checkOwn(fd) != 0 {
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 ||
+		!keepable(fd, st.Blocks) || cn.checkOwn(fd) != 0 {
 		unix.Close(fd)
 		return keptFile{}, false
 	}
 	return keptFile{fd: fd, n: cn}, true
 }
 
-// keepVictim keeps v until the kernel forgets its node.
+// keepVictim keeps v until the kernel forgets its node. Its descriptor
+// may be the file's last reference: it is closed outside m.mu, which every
+// open and write takes.
 func (m *mirror) keepVictim(v keptFile) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	id := v.n.id()
-	if _, dup := m.kept[id]; dup || len(m.kept) >= maxKept {
-		unix.Close(v.fd)
-		return
+	_, dup := m.kept[id]
+	keep := !dup && len(m.kept) < maxKept
+	if keep {
+		m.kept[id] = v
 	}
-	m.kept[id] = v
+	m.mu.Unlock()
+	if !keep {
+		unix.Close(v.fd)
+	}
 }
 
 // dropVictim closes a victim the store still has (the change failed).
@@ -90,24 +127,30 @@ func (m *mirror) keptFd(id uint64) (int, bool) {
 }
 
 // OnForget closes the descriptor kept for n: the kernel has no open of it
-// under way, and no name leads to it.
+// under way, and no name leads to it. The close frees the file's space,
+// which can take seconds: it runs on its own goroutine, so that neither
+// m.mu nor the FUSE reader that brought the FORGET waits for it.
 func (n *node) OnForget() {
 	m := n.m
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	id := n.id()
-	if k, ok := m.kept[id]; ok && k.n == n {
+	k, ok := m.kept[id]
+	if ok && k.n == n {
 		delete(m.kept, id)
-		unix.Close(k.fd)
+	}
+	m.mu.Unlock()
+	if ok && k.n == n {
+		go unix.Close(k.fd)
 	}
 }
 
 // closeKept closes every kept descriptor when the mount ends.
 func (m *mirror) closeKept() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	for id, k := range m.kept {
-		delete(m.kept, id)
+	kept := m.kept
+	m.kept = map[uint64]keptFile{}
+	m.mu.Unlock()
+	for _, k := range kept {
 		unix.Close(k.fd)
 	}
 }

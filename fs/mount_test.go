@@ -973,6 +973,92 @@ wait:
 	}
 }
 
+// A removed file held by nothing but an O_PATH descriptor: fstat of that
+// descriptor still answers (the kernel asks without a handle, since the
+// rename made its attributes stale), from the file the mount kept. A file
+// too large to keep is not: removing it frees its space at once.
+func TestKeptFileAnswersStatAndLargeOnesGo(t *testing.T) {
+	mnt, store, rec := newMount(t)
+	m := rec.mount.mirror
+	keptNow := func() int {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return len(m.kept)
+	}
+	page, tmp := filepath.Join(mnt, "page.html"), filepath.Join(mnt, ".page.html.tmp")
+	if err := os.WriteFile(page, []byte("old page"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := unix.Open(page, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(holder)
+	if err := os.WriteFile(tmp, []byte("the new page"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, page); err != nil {
+		t.Fatal(err)
+	}
+	if n := keptNow(); n != 1 {
+		t.Fatalf("%d files kept after a page held by a descriptor was replaced, want 1", n)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(holder, &st); err != nil || st.Size != int64(len("old page")) {
+		t.Fatalf("fstat of a descriptor of the replaced page: size %d, %v; want the old page's %d bytes", st.Size, err, len("old page"))
+	}
+
+	// 65 MiB: over maxKeptBytes.
+	big := filepath.Join(mnt, "big.bin")
+	if err := os.WriteFile(filepath.Join(store, "big.bin"), bytes.Repeat([]byte("x"), maxKeptBytes+1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bigHolder, err := unix.Open(big, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(bigHolder)
+	if err := os.Remove(big); err != nil {
+		t.Fatal(err)
+	}
+	if n := keptNow(); n != 1 {
+		t.Fatalf("%d files kept after a 65 MiB file was removed, want 1 (the page): a file that large is not kept", n)
+	}
+}
+
+// keepable keeps nothing over maxKeptBytes, nor over a sixteenth of the
+// free space of the store's file system.
+func TestKeepable(t *testing.T) {
+	for _, c := range []struct {
+		fsSize string
+		bytes  int64
+		want   bool
+	}{
+		{"2g", 64 << 10, true},
+		{"2g", maxKeptBytes, true},
+		{"2g", maxKeptBytes + 4096, false},
+		{"32m", 1 << 20, true},
+		{"32m", 4 << 20, false},
+	} {
+		dir := t.TempDir()
+		if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+c.fsSize); err != nil {
+			t.Fatalf("mount a tmpfs of %s on %s: %v", c.fsSize, dir, err)
+		}
+		fd, err := unix.Open(dir, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := keepable(fd, c.bytes/512)
+		unix.Close(fd)
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Error(err)
+		}
+		if got != c.want {
+			t.Errorf("keepable(%d bytes) on an empty tmpfs of %s = %v, want %v", c.bytes, c.fsSize, got, c.want)
+		}
+	}
+}
+
 // A file unlinked while open can be opened again through its descriptor
 // (/proc/self/fd/N), as on a local file system.
 func TestReopenUnlinkedThroughProc(t *testing.T) {

@@ -119,8 +119,10 @@ func (n *node) nameless() bool {
 
 // Getattr answers from the handle when there is one, else from the node's
 // own store file (see statOwn), else, when the file has no name, from an
-// open handle of it: the kernel sends fstat of a regular file with its
-// handle, but stat of /proc/self/fd/N or of an open directory without one.
+// open handle of it or the descriptor kept since its removal: the kernel
+// sends fstat of a regular file with its handle, but stat of
+// /proc/self/fd/N, of an O_PATH descriptor or of an open directory without
+// one.
 func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	if d, ok := f.(*dirHandle); ok {
 		return d.Getattr(ctx, out)
@@ -141,6 +143,16 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 	}
 	if d := n.m.anyDir(n.id()); d != nil {
 		return d.Getattr(ctx, out)
+	}
+	if fd, ok := n.m.keptFd(n.id()); ok {
+		// A removed file the mount keeps (kept.go). The kernel holds the
+		// node while it asks, so its forget cannot close fd meanwhile.
+		var st syscall.Stat_t
+		if err := syscall.Fstat(fd, &st); err != nil {
+			return gofs.ToErrno(err)
+		}
+		out.FromStat(&st)
+		return 0
 	}
 	return syscall.ESTALE
 }
