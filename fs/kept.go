@@ -34,8 +34,18 @@ import (
 
 // maxKept bounds the descriptors kept: past it, an open that was under way
 // fails with ESTALE as before, instead of the daemon running out of
-// descriptors.
-const maxKept = 1 << 14
+// descriptors. It is 16,384, or a quarter of the daemon's descriptor
+// limit when that is lower: the rest is for open files, the journal and
+// the workers' connections.
+var maxKept = keptLimit()
+
+func keptLimit() int {
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) != nil {
+		return 1 << 10
+	}
+	return int(min(1<<14, rl.Cur/4))
+}
 
 // maxKeptBytes is the most disk space a kept file may take, and
 // keptFreeShare the share of the store's free space: a larger file is not

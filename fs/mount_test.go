@@ -1026,6 +1026,24 @@ func TestKeptFileAnswersStatAndLargeOnesGo(t *testing.T) {
 	}
 }
 
+// The kept descriptors may take a quarter of the descriptor limit, and no
+// more than 16,384.
+func TestKeptLimit(t *testing.T) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
+	for _, c := range []struct{ soft, want uint64 }{{1024, 256}, {min(rl.Max, 1<<20), min(rl.Max/4, 1<<14)}} {
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: c.soft, Max: rl.Max}); err != nil {
+			t.Fatal(err)
+		}
+		if got := keptLimit(); uint64(got) != c.want {
+			t.Errorf("with a descriptor limit of %d, %d kept descriptors at most, want %d", c.soft, got, c.want)
+		}
+	}
+}
+
 // keepable keeps nothing over maxKeptBytes, nor over a sixteenth of the
 // free space of the store's file system.
 func TestKeepable(t *testing.T) {
