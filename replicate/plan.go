@@ -758,8 +758,14 @@ func (f *folder) rename(op journal.Op) {
 	}
 	f.steps = append(f.steps, step{Kind: stepRename, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
 		SrcPending: f.pending(op.Path), SrcFree: f.free(op.Path)})
-	// What NewPath held (a file, or an empty directory) is replaced.
-	f.dropLink(op.NewPath, op.Flags&journal.RenameReplacedOtherLinks != 0)
+	// What NewPath held (a file, or an empty directory) is replaced, unless
+	// the plan knows the moved file itself there: a refresh that skipped
+	// it while it was open found it at NewPath, after this rename
+	// (syncer.holdSkipped). It is not its own victim; taken for one, it
+	// was declared dead and its later writes were dropped.
+	if own := f.byName(op.NewPath); own == nil || op.File == 0 || own.ID != op.File || own.hasName(op.Path) {
+		f.dropLink(op.NewPath, op.Flags&journal.RenameReplacedOtherLinks != 0)
+	}
 	f.dropDirs(op.NewPath)
 	f.move(op.Path, op.NewPath)
 	// The attributes of the moved entry are copied from the store at its

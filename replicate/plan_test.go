@@ -409,6 +409,38 @@ func TestPlanHoldAfterClockStepBack(t *testing.T) {
 	}
 }
 
+// A file that a refresh skipped while it was open is held under the name
+// the store gave it then (syncer.holdSkipped), ahead of the ops not folded
+// yet: here the renames that brought it there, then its truncate. Folding
+// them must not take the file for its own victim when it is renamed onto
+// that name: it was declared dead, and its next write (a pwrite in place)
+// was dropped as a write to an unlinked file; the worker kept the file
+// empty for good (TestRandomOperations, seed 49).
+func TestPlanHeldFileRenamedOntoItsOwnName(t *testing.T) {
+	pl := testPlanner(t)
+	carry := map[uint64]*ident{7: {ID: 7, Names: []string{"a/x.css"}, Dirty: true, Open: true, FirstTime: planNow.UnixNano()}}
+	moved := func(from, to string) journal.Op {
+		op := rename(from, to)
+		op.File = 7
+		return op
+	}
+	p1 := foldOps(pl, carry, 20, moved("a/y.js", "a/c/x.css"), moved("a/c/x.css", "a/x.css"), truncate(7, "a/x.css"), closeAt(7, "a/x.css"))
+	if _, dead := p1.Dead[7]; dead {
+		t.Errorf("file 7 taken for dead after it was renamed onto the name it was held under")
+	}
+	if got := describeIdents(p1.Ship); !slices.Equal(got, []string{"7=a/x.css"}) {
+		t.Errorf("ship = %v, carry = %v; want 7 shipped to a/x.css", got, describeIdents(carried(p1)))
+	}
+	ops := []journal.Op{write(7, "a/x.css"), closeAt(7, "a/x.css")}
+	for i := range ops {
+		ops[i].Seq, ops[i].Time = uint64(30+i), planNow.UnixNano()
+	}
+	p2 := pl.fold(p1.Carry, p1.Dead, ops, planNow)
+	if got := describeIdents(p2.Ship); !slices.Equal(got, []string{"7=a/x.css"}) {
+		t.Errorf("after a later write: ship = %v; want 7 shipped to a/x.css", got)
+	}
+}
+
 // A file a full copy skipped while open is carried without pinning the
 // cursor; a data op journaled for it later pins it.
 func TestPlanHeldBySkippedCopy(t *testing.T) {
