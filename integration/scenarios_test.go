@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -473,5 +474,54 @@ func TestChangeThroughUnknownHardLinkReachesWorkers(t *testing.T) {
 	c.waitConverged(t, converge)
 	if got := readFile(t, filepath.Join(c.Workers[0].Root, "published.dat")); got != "version 2\n" {
 		t.Errorf("worker's published.dat = %q, want %q", got, "version 2\n")
+	}
+}
+
+// The same, with the file's mtime put back after the change, as cp -p,
+// rsync or touch -r leave it: size and mtime then match the worker's old
+// copy, and the comparison that the lost name asks for must still send the
+// file, which the journal knows changed. It used to trust the quick check
+// and leave the worker's published.dat at version 1 for good (found by
+// TestRandomOperations on SFTP, where the quick check sees mtimes to the
+// second only, so a change within the same second is enough).
+func TestChangeKeepingMtimeThroughUnknownHardLinkReachesWorkers(t *testing.T) {
+	for _, transport := range []string{"", "sftp"} {
+		t.Run(cmp.Or(transport, "agent"), func(t *testing.T) {
+			c := newCluster(t, clusterOptions{Workers: 1, Transport: transport, Prefill: func(store string) {
+				writeFile(t, filepath.Join(store, "upload.dat"), "version 1\n")
+				if err := os.Link(filepath.Join(store, "upload.dat"), filepath.Join(store, "published.dat")); err != nil {
+					t.Fatal(err)
+				}
+			}})
+			c.waitConverged(t, converge)
+			p := filepath.Join(c.Mount, "upload.dat")
+			st, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.OpenFile(p, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt([]byte("version 2\n"), 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chtimes(p, st.ModTime(), st.ModTime()); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, converge, "published.dat at version 2 on the worker", func() error {
+				if got := readFile(t, filepath.Join(c.Workers[0].Root, "published.dat")); got != "version 2\n" {
+					return fmt.Errorf("worker's published.dat = %q", got)
+				}
+				return nil
+			})
+			c.waitConverged(t, converge)
+		})
 	}
 }

@@ -183,6 +183,11 @@ type Plan struct {
 	// (see folder.survives); the worker is compared with the store once
 	// this plan is applied.
 	Compare bool
+	// CompareFiles are the identities whose data changed under those
+	// names: the comparison sends them whatever their size and mtime say
+	// (a change in place keeps the size, and the mtime may be the same to
+	// the second, or restored).
+	CompareFiles map[uint64]bool
 	// Lost are the paths of Attrs and Dirs whose attributes could not be
 	// copied because the store no longer had them (filled by apply), with
 	// the Unix nanoseconds they were first lost. The store moved ahead of
@@ -308,7 +313,7 @@ func (pl *planner) foldLost(carried map[uint64]*ident, dead map[uint64]int64, lo
 		f.attrs = newPathSet[uint64]()
 	}
 	plan.Attrs, plan.Dirs, plan.Refresh, plan.Dead = f.attrs.m, f.dirs.m, f.refresh.m, f.dead
-	plan.Compare = f.compare
+	plan.Compare, plan.CompareFiles = f.compare, f.compareFiles
 	plan.Xattrs = f.xattrs.m
 	plan.Lost = map[string]int64{}
 	for p, t := range f.lostSince.m {
@@ -335,6 +340,8 @@ type folder struct {
 	// lostSince: attrs paths taken over from a previous plan's Lost, by
 	// their current name, with the time they were first lost.
 	lostSince pathSet[int64]
+	// compareFiles: see Plan.CompareFiles.
+	compareFiles map[uint64]bool
 }
 
 func (f *folder) excluded(p string, isDir bool) bool {
@@ -423,6 +430,10 @@ func (f *folder) survives(id *ident) {
 	delete(f.dead, id.ID)
 	if id.Dirty {
 		f.compare = true
+		if f.compareFiles == nil {
+			f.compareFiles = map[uint64]bool{}
+		}
+		f.compareFiles[id.ID] = true
 	}
 }
 

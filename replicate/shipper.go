@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -151,6 +152,10 @@ type Shipper struct {
 	// since their attributes were last copied from the store (filled by
 	// dirTracker, emptied at the end of each applied batch).
 	touched map[string]bool
+	// forceSend are store files (by identity) that the next comparison
+	// sends whatever the quick check says: Plan.CompareFiles, until a
+	// full copy is done.
+	forceSend map[uint64]bool
 	// sweep: remove leftover temp files from the directories batches
 	// touch (see sweepTemps); set by every connect. swept are the
 	// directories already swept on this connection.
@@ -639,6 +644,7 @@ func (s *Shipper) fullSync(ctx context.Context) error {
 	sy.holdSkipped(s.carried)
 	s.sweep = false
 	clear(s.touched)
+	s.forceSend = nil
 	s.log.Info("full copy done", "seq", start, "files", sy.files, "bytes", sy.bytes, "held", len(sy.held), "took", time.Since(t0).Round(time.Millisecond))
 	return nil
 }
@@ -814,6 +820,10 @@ func (s *Shipper) batch(ctx context.Context) error {
 	}
 	if plan.Compare {
 		s.log.Info("a hard-linked file changed under names the journal does not know: comparing the worker with the store")
+		if s.forceSend == nil {
+			s.forceSend = map[uint64]bool{}
+		}
+		maps.Copy(s.forceSend, plan.CompareFiles)
 		s.Resync(false)
 	}
 	s.mu.Lock()

@@ -261,7 +261,7 @@ func (sy *syncer) syncEntry(ctx context.Context, p string, sfi fs.FileInfo, wfi 
 		// is sent anew (a temp file renamed over it splits it off): kept,
 		// a mode or owner set on one name would change the others.
 		joined := wfi != nil && wfi.Nlink > 1 && nlink(sfi) < 2
-		if wfi != nil && wfi.Mode.IsRegular() && !joined && wfi.Size == sfi.Size() && sameMtime(sfi.ModTime(), wfi.Mtime, nanos) {
+		if wfi != nil && wfi.Mode.IsRegular() && !joined && !s.forceSend[ino] && wfi.Size == sfi.Size() && sameMtime(sfi.ModTime(), wfi.Mtime, nanos) {
 			sy.links[ino] = p
 			return s.setAttrs(ctx, p, sfi, wfi)
 		}
