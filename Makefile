@@ -18,7 +18,7 @@ DEB_PKGS  := fuse3 openssh-server openssh-client iproute2 iptables \
 BENCH_PKGS := lsyncd mount e2fsprogs
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build deps bench-deps test race lint fuzz bench demo install clean
+.PHONY: all build deps bench-deps test test-random race lint fuzz bench demo install clean
 
 all: build
 
@@ -45,6 +45,13 @@ deps:
 test: deps
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@$(MAKE) --no-print-directory fuzz FUZZ_COUNTS=1
+
+# Random operations through the mount, compared with the workers after
+# each round (integration/random_test.go), for RANDOM_SEEDS (a seed or a
+# range): not part of make test, see the test's comment.
+RANDOM_SEEDS ?= 1-200
+test-random: deps
+	MIRRORFS_TEST_RANDOM_SEED=$(RANDOM_SEEDS) $(GO) test -count=1 -timeout 60m -run '^TestRandomOperations$$' ./integration/
 
 race: deps
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
