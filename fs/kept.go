@@ -2,6 +2,7 @@ package fs
 
 import (
 	"path"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -80,8 +81,8 @@ type keptFile struct {
 
 // openVictim opens the entry name of directory n, which a rename is about
 // to replace or an unlink to remove, when it is a keepable regular file
-// with one link and a node the kernel knows. The caller passes the result to
-// keepVictim once the store changed, or to dropVictim when it did not.
+// with one link and a node the kernel knows. The caller passes the result
+// to afterRemoval.
 func (n *node) openVictim(name string) (keptFile, bool) {
 	child := n.GetChild(name)
 	if child == nil {
@@ -125,8 +126,17 @@ func (m *mirror) keepVictim(v keptFile) {
 	}
 }
 
-// dropVictim closes a victim the store still has (the change failed).
-func dropVictim(v keptFile) { unix.Close(v.fd) }
+// afterRemoval keeps v, from openVictim (ok), once the store change
+// succeeded (errno 0), and closes it when the store still has the file.
+func (m *mirror) afterRemoval(v keptFile, ok bool, errno syscall.Errno) {
+	switch {
+	case !ok:
+	case errno != 0:
+		unix.Close(v.fd)
+	default:
+		m.keepVictim(v)
+	}
+}
 
 // keptFd returns the descriptor kept for file id, if any.
 func (m *mirror) keptFd(id uint64) (int, bool) {

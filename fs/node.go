@@ -332,14 +332,10 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		op.Flags = journal.UnlinkOtherLinks
 	}
 	victim, kept := n.openVictim(name)
-	if errno := n.LoopbackNode.Unlink(ctx, name); errno != 0 {
-		if kept {
-			dropVictim(victim)
-		}
+	errno := n.LoopbackNode.Unlink(ctx, name)
+	n.m.afterRemoval(victim, kept, errno)
+	if errno != 0 {
 		return errno
-	}
-	if kept {
-		n.m.keepVictim(victim)
 	}
 	return n.m.record(ctx, op)
 }
@@ -363,14 +359,10 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if flags&(unix.RENAME_EXCHANGE|unix.RENAME_NOREPLACE) == 0 && from != to {
 		victim, kept = np.openVictim(newName)
 	}
-	if errno := n.LoopbackNode.Rename(ctx, name, np.LoopbackNode, newName, flags); errno != 0 {
-		if kept {
-			dropVictim(victim)
-		}
+	errno := n.LoopbackNode.Rename(ctx, name, np.LoopbackNode, newName, flags)
+	n.m.afterRemoval(victim, kept, errno)
+	if errno != 0 {
 		return errno
-	}
-	if kept {
-		n.m.keepVictim(victim)
 	}
 	return n.m.record(ctx, op)
 }
