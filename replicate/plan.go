@@ -679,7 +679,14 @@ func (f *folder) op(op journal.Op) {
 		if !f.valid(op, op.Path, op.NewPath) || f.excluded(op.NewPath, false) {
 			return
 		}
-		f.dropName(op.NewPath)
+		// The new name held nothing, unless the plan knows the linked file
+		// itself there: a refresh that skipped it while it was open found
+		// it under that name, after this link (syncer.holdSkipped). Taken
+		// for what the name held, it was declared dead and its later
+		// writes were dropped.
+		if own := f.byName(op.NewPath); own == nil || op.File == 0 || own.ID != op.File {
+			f.dropName(op.NewPath)
+		}
 		f.changedDir(op.NewPath)
 		if f.excluded(op.Path, false) {
 			f.refresh.put(op.NewPath, true)
@@ -694,7 +701,14 @@ func (f *folder) op(op journal.Op) {
 		if id != nil {
 			st.SrcPending = id.Born
 			f.names.remove(id)
-			id.Names = append(id.Names, op.NewPath)
+			// Both names are the file's now; a held file may lack the
+			// one it was linked from.
+			if !id.hasName(op.Path) && id.hasName(op.NewPath) {
+				id.Names = append(id.Names, op.Path)
+			}
+			if !id.hasName(op.NewPath) {
+				id.Names = append(id.Names, op.NewPath)
+			}
 			if id.Born {
 				if id.Free == nil {
 					id.Free = map[string]bool{}

@@ -441,6 +441,23 @@ func TestPlanHeldFileRenamedOntoItsOwnName(t *testing.T) {
 	}
 }
 
+// The same with a hard link: the held file is known under the name a link
+// gave it, and the link op is folded later. The name was taken for one
+// that held another file: the held file was declared dead, its write
+// through the other name dropped, and the worker kept old content under
+// the linked name (TestRandomOperations, seeds 1-83).
+func TestPlanHeldFileLinkedOntoItsOwnName(t *testing.T) {
+	pl := testPlanner(t)
+	carry := map[uint64]*ident{7: {ID: 7, Names: []string{"b/index.html"}, Dirty: true, Open: true, FirstTime: planNow.UnixNano()}}
+	p := foldOps(pl, carry, 20, link(7, "a/c", "b/index.html"), write(7, "a/c"), closeAt(7, "a/c"))
+	if _, dead := p.Dead[7]; dead {
+		t.Errorf("file 7 taken for dead after the link that gave it the name it was held under")
+	}
+	if got := describeIdents(p.Ship); !slices.Equal(got, []string{"7=b/index.html,a/c"}) {
+		t.Errorf("ship = %v, carry = %v; want 7 shipped to both its names", got, describeIdents(carried(p)))
+	}
+}
+
 // A file a full copy skipped while open is carried without pinning the
 // cursor; a data op journaled for it later pins it.
 func TestPlanHeldBySkippedCopy(t *testing.T) {
