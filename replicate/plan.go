@@ -543,6 +543,20 @@ func (f *folder) byName(p string) *ident {
 	return nil
 }
 
+// ownAhead returns the identity the plan knows at p when it is file, the
+// file a rename or link op moves or links to p: the plan can know a file
+// under a name the ops folded so far have not given it yet, when a
+// refresh that skipped it while it was open found it there
+// (syncer.holdSkipped). Such a name is the file's own, not one it
+// replaces; taken for what p held, the file was declared dead and its
+// later writes were dropped.
+func (f *folder) ownAhead(p string, file uint64) *ident {
+	if id := f.byName(p); id != nil && file != 0 && id.ID == file {
+		return id
+	}
+	return nil
+}
+
 // dirty marks the data of op.File changed.
 func (f *folder) dirty(op journal.Op, opens bool) {
 	if op.File == 0 {
@@ -679,12 +693,9 @@ func (f *folder) op(op journal.Op) {
 		if !f.valid(op, op.Path, op.NewPath) || f.excluded(op.NewPath, false) {
 			return
 		}
-		// The new name held nothing, unless the plan knows the linked file
-		// itself there: a refresh that skipped it while it was open found
-		// it under that name, after this link (syncer.holdSkipped). Taken
-		// for what the name held, it was declared dead and its later
-		// writes were dropped.
-		if own := f.byName(op.NewPath); own == nil || op.File == 0 || own.ID != op.File {
+		// The new name held nothing, unless the plan knows the linked
+		// file itself there (ownAhead).
+		if f.ownAhead(op.NewPath, op.File) == nil {
 			f.dropName(op.NewPath)
 		}
 		f.changedDir(op.NewPath)
@@ -783,12 +794,10 @@ func (f *folder) rename(op journal.Op) {
 	}
 	f.steps = append(f.steps, step{Kind: stepRename, Seq: op.Seq, Path: op.Path, NewPath: op.NewPath,
 		SrcPending: f.pending(op.Path), SrcFree: f.free(op.Path)})
-	// What NewPath held (a file, or an empty directory) is replaced, unless
-	// the plan knows the moved file itself there: a refresh that skipped
-	// it while it was open found it at NewPath, after this rename
-	// (syncer.holdSkipped). It is not its own victim; taken for one, it
-	// was declared dead and its later writes were dropped.
-	if own := f.byName(op.NewPath); own == nil || op.File == 0 || own.ID != op.File || own.hasName(op.Path) {
+	// What NewPath held (a file, or an empty directory) is replaced,
+	// unless the plan knows the moved file itself there (ownAhead). Two
+	// hard links of one file, which rename leaves both, are not that.
+	if own := f.ownAhead(op.NewPath, op.File); own == nil || own.hasName(op.Path) {
 		f.dropLink(op.NewPath, op.Flags&journal.RenameReplacedOtherLinks != 0)
 	}
 	f.dropDirs(op.NewPath)
