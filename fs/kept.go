@@ -100,9 +100,12 @@ func (n *node) openVictim(name string) (keptFile, bool) {
 	if errno != 0 {
 		return keptFile{}, false
 	}
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 ||
-		!keepable(fd, st.Blocks) || cn.checkOwn(fd) != 0 {
+	// One statx for the type, links, size and identity.
+	var stx unix.Statx_t
+	mask := unix.STATX_TYPE | unix.STATX_NLINK | unix.STATX_BLOCKS | unix.STATX_INO | unix.STATX_BTIME
+	if unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, mask, &stx) != nil ||
+		stx.Mode&unix.S_IFMT != unix.S_IFREG || stx.Nlink != 1 ||
+		!keepable(fd, int64(stx.Blocks)) || cn.ownStatx(&stx) != 0 {
 		unix.Close(fd)
 		return keptFile{}, false
 	}

@@ -121,6 +121,12 @@ func (n *node) checkStatx(dirfd int, path string, flags int) syscall.Errno {
 	if err := unix.Statx(dirfd, path, flags|unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO|unix.STATX_BTIME, &stx); err != nil {
 		return gofs.ToErrno(err)
 	}
+	return n.ownStatx(&stx)
+}
+
+// ownStatx is checkStatx's verdict on stx, a statx with at least
+// STATX_INO and STATX_BTIME asked for.
+func (n *node) ownStatx(stx *unix.Statx_t) syscall.Errno {
 	dev := unix.Mkdev(stx.Dev_major, stx.Dev_minor)
 	if !n.m.isFile(dev, stx.Ino, n.id()) {
 		return syscall.ESTALE
